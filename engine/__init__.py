@@ -1,0 +1,1 @@
+"""ferry's engine: models, weights, paged KV cache, scheduling and sampling, as plain modules."""

@@ -1,0 +1,111 @@
+"""Attention over the paged KV cache, and the per-step metadata every layer reads.
+
+Two backends behind one seam: Triton kernels on CUDA (kernels/), plain torch on the CPU. The
+runner sets the step's AttentionMetadata once (set_attention_metadata); each layer's Attention
+module writes its new K/V into its cache slots and attends through the block tables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    context_lens: torch.Tensor  # [B] int32: tokens in the cache after this step, new ones included
+    cu_seqlens_q: torch.Tensor  # [B+1] int32: new tokens of sequence i are q[cu[i]:cu[i+1]]
+    max_query_len: int
+    max_context_len: int
+    # torch backend only: where each sequence's context lies, padded to the longest
+    gather_slots: torch.Tensor | None = None  # [B, C] int64
+    mask: torch.Tensor | None = None  # [B, 1, L, C] bool: query may see key
+    q_rows: torch.Tensor | None = None  # [T] row of each new token in the padded [B * L] query block
+
+    @property
+    def is_decode(self) -> bool:
+        return self.max_query_len == 1
+
+
+def torch_backend_indices(query_lens: list[int], context_lens: list[int], block_tables: list[list[int]],
+                          block_size: int, device) -> dict:
+    """Precompute, once per step, the gathers and the causal mask the torch backend uses in every layer."""
+    B, L, C = len(query_lens), max(query_lens), max(context_lens)
+    pos = torch.arange(C)
+    slots = torch.zeros(B, C, dtype=torch.int64)
+    q_pos = torch.zeros(B, L, dtype=torch.int64)  # absolute position of each padded query row
+    for i, (table, n) in enumerate(zip(block_tables, context_lens)):
+        t = torch.tensor(table, dtype=torch.int64)
+        slots[i, :n] = t[pos[:n] // block_size] * block_size + pos[:n] % block_size
+        q_pos[i, :query_lens[i]] = torch.arange(n - query_lens[i], n)
+    ctx = torch.tensor(context_lens)
+    mask = (pos[None, None, :] <= q_pos[:, :, None]) & (pos[None, None, :] < ctx[:, None, None])
+    q_rows = torch.cat([torch.arange(n) + i * L for i, n in enumerate(query_lens)])
+    return dict(gather_slots=slots.to(device), mask=mask.unsqueeze(1).to(device), q_rows=q_rows.to(device))
+
+
+_metadata: AttentionMetadata | None = None
+
+
+def set_attention_metadata(meta: AttentionMetadata | None) -> None:
+    global _metadata
+    _metadata = meta
+
+
+def get_attention_metadata() -> AttentionMetadata:
+    assert _metadata is not None, "attention called outside a model step"
+    return _metadata
+
+
+def torch_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    # index_select / index_copy_ rather than advanced indexing: the latter is many times slower on CPU.
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    flat_k, flat_v = k_cache.view(-1, num_kv_heads, head_dim), v_cache.view(-1, num_kv_heads, head_dim)
+    flat_k.index_copy_(0, meta.slot_mapping, k)
+    flat_v.index_copy_(0, meta.slot_mapping, v)
+    B, C = meta.gather_slots.shape
+    slots = meta.gather_slots.view(-1)
+    keys = flat_k.index_select(0, slots).view(B, C, num_kv_heads, head_dim).transpose(1, 2)  # [B, Hkv, C, D]
+    values = flat_v.index_select(0, slots).view(B, C, num_kv_heads, head_dim).transpose(1, 2)
+    group = q.shape[1] // num_kv_heads
+    if group > 1:
+        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    L = meta.max_query_len
+    if meta.is_decode:
+        queries = q.view(B, 1, -1, head_dim)
+    else:
+        queries = q.new_zeros(B * L, q.shape[1], head_dim).index_copy_(0, meta.q_rows, q).view(B, L, -1, head_dim)
+    out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, attn_mask=meta.mask,
+                                         scale=scale).transpose(1, 2)
+    if meta.is_decode:
+        return out.reshape(B, -1, head_dim)
+    return out.reshape(B * L, -1, head_dim).index_select(0, meta.q_rows)
+
+
+def triton_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    from kernels import paged_decode_attention, paged_prefill_attention, store_kv
+
+    store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    if meta.is_decode:
+        return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
+    return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.context_lens,
+                                   scale)
+
+
+class Attention(nn.Module):
+    """Paged attention for one layer; the runner assigns k_cache and v_cache after allocating the pool."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
+        self.k_cache = self.v_cache = torch.empty(0)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [T, Hq, D], k and v [T, Hkv, D] -> [T, Hq, D]"""
+        meta = get_attention_metadata()
+        backend = triton_paged_attention if q.is_cuda else torch_paged_attention
+        return backend(q, k, v, self.k_cache, self.v_cache, meta, self.scale)

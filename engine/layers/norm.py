@@ -1,0 +1,29 @@
+"""RMSNorm with an optional fused residual add; the Triton kernel on CUDA, plain torch elsewhere."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same numerics as transformers: normalize in fp32, cast back, then scale.
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if x.is_cuda:
+            from kernels import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, residual)
+        if residual is None:
+            return rms_norm_torch(x, self.weight, self.eps)
+        x = x + residual
+        return rms_norm_torch(x, self.weight, self.eps), x

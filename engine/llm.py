@@ -1,0 +1,57 @@
+"""The whole engine in one process: scheduler and runner joined by direct calls instead of sockets.
+
+Tests and benchmarks use it; the services run the same two halves in separate processes.
+"""
+from __future__ import annotations
+
+import itertools
+
+from shared.sampling_params import SamplingParams
+from shared.settings import Settings
+
+from engine.model_runner import ModelRunner
+from engine.scheduler import Scheduler
+
+
+class LLM:
+    def __init__(self, settings: Settings | None = None, runner: ModelRunner | None = None, **overrides):
+        self.settings = settings or Settings(**overrides)
+        self.runner = runner or ModelRunner(self.settings)
+        self.model_config = self.runner.model_config
+        # a scheduler may use fewer blocks than the runner holds (tests that force preemption)
+        blocks = min(self.settings.num_kv_blocks or self.runner.num_kv_blocks, self.runner.num_kv_blocks)
+        self.scheduler = Scheduler(self.settings, self.model_config, blocks)
+        self._ids = itertools.count()
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from engine.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.settings)
+        return self._tokenizer
+
+    def step(self):
+        plan = self.scheduler.schedule()
+        if plan is None:
+            return []
+        return self.scheduler.update(plan, self.runner.execute(plan))
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:
+        """Run token-id prompts to completion together; returns, per prompt, the n output token lists."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        order = []
+        for prompt, p in zip(prompts, params_list):
+            rid = f"req-{next(self._ids)}"
+            self.scheduler.add_request(rid, 0, list(prompt), SamplingParams(**{f: getattr(p, f) for f in p.__slots__}))
+            order.append((rid, p.n))
+        outputs = {rid: [[] for _ in range(n)] for rid, n in order}
+        while self.scheduler.has_work():
+            for out in self.step():
+                outputs[out.request_id][out.index].extend(out.new_token_ids)
+        return [outputs[rid] for rid, _ in order]
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)

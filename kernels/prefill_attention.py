@@ -1,0 +1,159 @@
+"""Paged prefill attention: causal attention of a variable-length batch of new tokens over the
+paged KV cache (which already holds any cached prefix and the new tokens' own K/V).
+
+One launch covers the whole batch: the grid is sized from shapes alone (an upper bound on the
+number of BLOCK_M query tiles, plus one per sequence for rounding) and each program finds its
+sequence and tile from cu_seqlens_q in the kernel, so no host sync is needed.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.decode_attention import dot_precision
+
+DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
+_INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
+
+
+@triton.jit
+def _attend(
+    q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
+    lo, hi, kv_end, stride_cb, stride_ct, offs_d,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < kv_end
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
+        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+        if DOT_F32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
+        if CAUSAL_MASK:
+            s = tl.where((offs_n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
+        if DOT_F32:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
+    qk_scale, B,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt,
+    GROUP: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    h = tl.program_id(1)
+    # Which sequence owns this tile: prefix sums of per-sequence tile counts.
+    offs_b = tl.arange(0, BLOCK_B)
+    bmask = offs_b < B
+    q_starts = tl.load(cu_seqlens_ptr + offs_b, mask=bmask, other=0)
+    n_new_all = tl.load(cu_seqlens_ptr + offs_b + 1, mask=bmask, other=0) - q_starts
+    tiles = tl.where(bmask, tl.cdiv(n_new_all, BLOCK_M), 0)
+    tiles_end = tl.cumsum(tiles, 0)
+    seq = tl.sum((tiles_end <= tile).to(tl.int32), 0)
+    if seq >= B:
+        return  # the grid is an upper bound
+    sel = offs_b == seq
+    # Heaviest (last, longest causal span) tile first, so the light ones fill the tail of the launch.
+    tile_in_seq = tl.sum(tl.where(sel, tiles_end, 0), 0) - 1 - tile
+    q_start = tl.sum(tl.where(sel, q_starts, 0), 0)
+    n_new = tl.sum(tl.where(sel, n_new_all, 0), 0)
+    ctx = tl.load(context_lens_ptr + seq)
+
+    offs_m = tile_in_seq * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    mmask = offs_m < n_new
+    q_pos = ctx - n_new + offs_m  # absolute position of each new token
+    rows = (q_start + offs_m).to(tl.int64)
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask[:, None], other=0.0)
+    if DOT_F32:  # the interpreter (triton 3.9) gets bf16 tl.dot wrong; GPUs use the native dtype
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    head_off = (h // GROUP).to(tl.int64) * stride_ch
+    first_pos = ctx - n_new + tile_in_seq * BLOCK_M
+    kv_end = tl.minimum(first_pos + BLOCK_M, ctx)  # one past the last position this tile sees
+    # Key tiles entirely at or before the tile's first query need no causal mask.
+    unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+    m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
+                            0, unmasked_end, kv_end, stride_cb, stride_ct, offs_d,
+                            BLOCK_SIZE, BLOCK_N, False, DOT_F32, PRECISION)
+    m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
+                            unmasked_end, kv_end, kv_end, stride_cb, stride_ct, offs_d,
+                            BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mmask[:, None])
+
+
+def paged_prefill_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, scale: float,
+    out: torch.Tensor | None = None, **overrides,
+) -> torch.Tensor:
+    """q [T, Hq, D] new tokens of B sequences back to back; cu_seqlens_q [B+1] int32;
+    context_lens [B] int32 = cached prefix + new tokens. Returns [T, Hq, D] in q's dtype."""
+    T, HQ, D = q.shape
+    _, block_size, HKV, Dk = k_cache.shape
+    B = context_lens.shape[0]
+    assert Dk == D and HQ % HKV == 0 and triton.next_power_of_2(D) == D
+    assert k_cache.stride(3) == 1 and v_cache.stride() == k_cache.stride()
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    cfg = dict(DEFAULTS if q.is_cuda else _INTERPRET_DEFAULTS)
+    cfg.update(overrides)
+    if out is None:
+        out = torch.empty((T, HQ, D), dtype=q.dtype, device=q.device)
+    if T == 0 or B == 0:
+        return out
+    bm, bn = cfg["block_m"], cfg["block_n"]
+    grid = (triton.cdiv(T, bm) + B, HQ)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
+        scale * 1.4426950408889634, B,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        GROUP=HQ // HKV, D=D, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_B=max(16, triton.next_power_of_2(B)), DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+def paged_prefill_attention_ref(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale):
+    """Plain torch: per sequence, gather K/V of positions [0, ctx) and apply a causal mask offset
+    by the cached prefix; softmax in fp32."""
+    T, HQ, D = q.shape
+    block_size, HKV = k_cache.shape[1], k_cache.shape[2]
+    out = torch.zeros((T, HQ, D), dtype=torch.float32, device=q.device)
+    for b in range(context_lens.shape[0]):
+        s0, s1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        n_new, ctx = s1 - s0, int(context_lens[b])
+        if n_new == 0:
+            continue
+        pos = torch.arange(ctx, device=q.device)
+        blocks = block_tables[b].long()[pos // block_size]
+        k = k_cache[blocks, pos % block_size].float().repeat_interleave(HQ // HKV, dim=1)
+        v = v_cache[blocks, pos % block_size].float().repeat_interleave(HQ // HKV, dim=1)
+        s = torch.einsum("thd,nhd->htn", q[s0:s1].float(), k) * scale
+        q_pos = torch.arange(ctx - n_new, ctx, device=q.device)
+        s = s.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        out[s0:s1] = torch.einsum("htn,nhd->thd", torch.softmax(s, dim=-1), v)
+    return out.to(q.dtype)

@@ -1,0 +1,64 @@
+"""RMSNorm, optionally fused with the residual add, matching HF LlamaRMSNorm rounding."""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    stride_x, stride_r, stride_o, stride_ro, H, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < H
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
+        # HF adds in the model dtype; round the sum the same way before normalising it.
+        s = (x + r).to(res_out_ptr.dtype.element_ty)
+        tl.store(res_out_ptr + row * stride_ro + offs, s, mask=mask)
+        x = s.to(tl.float32)
+    var = tl.sum(x * x, axis=0) / H
+    h = x * tl.rsqrt(var + eps)
+    # HF: weight * hidden.to(input_dtype): round to the input dtype first, then scale.
+    h = h.to(out_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, (h * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """x [T, H]. Returns out, or (out, x + residual) when residual is given."""
+    T, H = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    res_out = None
+    if residual is not None:
+        if residual.stride(1) != 1:
+            residual = residual.contiguous()
+        res_out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if T > 0:
+        BLOCK = triton.next_power_of_2(H)
+        num_warps = min(16, max(1, BLOCK // 512))
+        _rms_norm_kernel[(T,)](
+            x, residual if residual is not None else x, weight, out,
+            res_out if res_out is not None else out,
+            x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
+            res_out.stride(0) if res_out is not None else 0, H, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK=BLOCK, num_warps=num_warps,
+        )
+    return out if residual is None else (out, res_out)
+
+
+def rms_norm_ref(x, weight, eps, residual=None):
+    if residual is not None:
+        x = x + residual
+        res = x
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    out = (weight.float() * h.to(dtype).float()).to(dtype)
+    return out if residual is None else (out, res)

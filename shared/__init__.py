@@ -1,0 +1,1 @@
+"""Code common to every ferry service: settings, message types and codec, sockets, logging."""

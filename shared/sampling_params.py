@@ -1,0 +1,94 @@
+"""Sampling parameters of one request, validated where they enter the system."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.errors import InvalidParameter, PromptTooLong
+
+MAX_LOGPROBS = 20
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_tokens: int | None = 16  # None: up to the end of the context
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1 disables
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    n: int = 1
+    logprobs: int | None = None  # None: none; k: the chosen token's plus the top k
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)  # stop strings, applied by the detokenizer
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def needs_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    def validate(self) -> "SamplingParams":
+        def bad(param: str, msg: str):
+            raise InvalidParameter(f"{param} {msg}", param=param)
+
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            bad("temperature", f"must be non-negative, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", f"must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < -1 or self.top_k == 0:
+            bad("top_k", f"must be -1 (disable) or at least 1, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            bad("min_p", f"must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            bad("repetition_penalty", f"must be greater than zero, got {self.repetition_penalty}")
+        if not -2 <= self.presence_penalty <= 2:
+            bad("presence_penalty", f"must be in [-2, 2], got {self.presence_penalty}")
+        if not -2 <= self.frequency_penalty <= 2:
+            bad("frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
+        if not isinstance(self.n, int) or self.n < 1:
+            bad("n", f"must be at least 1, got {self.n}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            bad("logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
+        if self.min_tokens < 0:
+            bad("min_tokens", f"must be non-negative, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            bad("min_tokens", f"must not exceed max_tokens ({self.max_tokens}), got {self.min_tokens}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            bad("seed", "must be an integer")
+        for tok, bias in self.logit_bias.items():
+            if not -100 <= bias <= 100:
+                bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {tok}")
+        return self
+
+    def check_length(self, prompt_len: int, max_model_len: int, vocab_size: int | None = None) -> None:
+        """Reject a prompt that cannot fit; fill in max_tokens when the client left it out."""
+        if prompt_len == 0:
+            raise InvalidParameter("the prompt is empty", param="prompt")
+        if prompt_len >= max_model_len:
+            raise PromptTooLong(
+                f"This model's maximum context length is {max_model_len} tokens, "
+                f"but the prompt has {prompt_len} tokens.")
+        if self.max_tokens is None:
+            self.max_tokens = max_model_len - prompt_len
+        elif prompt_len + self.max_tokens > max_model_len:
+            raise PromptTooLong(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{prompt_len + self.max_tokens} tokens ({prompt_len} in the prompt, {self.max_tokens} "
+                f"for the completion). Please reduce the prompt or max_tokens.", param="max_tokens")
+        if vocab_size is not None:
+            for tok in list(self.logit_bias) + list(self.stop_token_ids):
+                if not 0 <= tok < vocab_size:
+                    raise InvalidParameter(f"token id {tok} is outside the vocabulary (size {vocab_size})",
+                                           param="logit_bias" if tok in self.logit_bias else "stop_token_ids")

@@ -1,0 +1,90 @@
+"""Issue 6, must-hold 1: TP=2 on the CPU (gloo, two runner processes fed the same plans) gives the same
+greedy text as TP=1, for the default model (9 heads over 3 KV heads: an uneven 6 + 3 split) and for tiny
+random Llama, Qwen2 and Qwen3 models, one of them with fewer KV heads than ranks."""
+import multiprocessing as mp
+import socket
+
+import pytest
+import torch
+
+from shared.codec import decode, encode
+from shared.messages import StepPlan
+from shared.sampling_params import SamplingParams
+from shared.settings import Settings
+from tests.engine.test_tiny_models_vs_transformers import make_hf_model
+
+PROMPTS = [[1, 9, 33, 4, 87, 12], [1, 200, 5, 5, 61, 17, 3, 250, 44, 8, 2, 9, 10, 11, 12, 13, 14, 15]]
+TOKENS = 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, settings: Settings, port: int, plans, results) -> None:
+    import os
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    from engine.model_runner import ModelRunner
+
+    runner = ModelRunner(settings, rank=rank, show_progress=False)
+    if rank == 0:
+        from engine.llm import LLM
+
+        llm = LLM(settings, runner=runner)
+        real_execute = runner.execute
+
+        def execute_everywhere(plan: StepPlan):
+            plans.put(encode(plan))  # what the scheduler's socket would carry to rank 1
+            return real_execute(plan)
+
+        runner.execute = execute_everywhere
+        params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
+        results.put([o[0] for o in llm.generate(PROMPTS, params)])
+        plans.put(None)
+    else:
+        while (frame := plans.get()) is not None:
+            assert runner.execute(decode(frame)) is None  # only rank 0 answers
+
+
+def generate_tp2(settings: Settings) -> list[list[int]]:
+    ctx = mp.get_context("spawn")
+    plans, results = ctx.Queue(), ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, settings, port, plans, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        out = results.get(timeout=600)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    assert all(p.exitcode == 0 for p in procs)
+    return out
+
+
+def generate_tp1(settings: Settings) -> list[list[int]]:
+    from engine.llm import LLM
+
+    params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
+    return [o[0] for o in LLM(settings).generate(PROMPTS, params)]
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-tied-llama3-rope", "qwen2", "qwen3"])
+def test_tiny_models_tp2_equals_tp1(name, tmp_path):
+    make_hf_model(name, tmp_path)  # llama-tied-llama3-rope has 1 KV head: replicated on both ranks
+    base = dict(model=str(tmp_path), dtype="float32", device="cpu", num_kv_blocks=32, block_size=4)
+    assert generate_tp2(Settings(**base, tensor_parallel_size=2)) == generate_tp1(Settings(**base))
+
+
+def test_default_model_tp2_equals_tp1(default_runner, chat_prompts):
+    from engine.llm import LLM
+
+    params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
+    tp1 = [o[0] for o in LLM(Settings(), runner=default_runner).generate(PROMPTS, params)]
+    assert generate_tp2(Settings(tensor_parallel_size=2, kv_cache_bytes=64 * 2**20)) == tp1

@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from kernels import (apply_rotary, apply_rotary_ref, build_cos_sin_cache, rms_norm, rms_norm_ref, silu_and_mul,
+                     silu_and_mul_ref, store_kv, store_kv_ref)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _tol(dtype):
+    # The interpreter rounds bf16 by truncation: allow one bf16 ulp there.
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_store_kv_skips_padding(slot_dtype, head_dim):
+    T, hkv, hq, bs, blocks = 9, 2, 8, 16, 4
+    qkv = torch.randn(T, (hq + 2 * hkv) * head_dim)
+    # k and v as strided views of a fused qkv projection, as the engine passes them.
+    k = qkv[:, hq * head_dim:(hq + hkv) * head_dim].view(T, hkv, head_dim)
+    v = qkv[:, (hq + hkv) * head_dim:].view(T, hkv, head_dim)
+    slots = torch.tensor([0, 15, 16, -1, 17, 33, -1, 63, 40], dtype=slot_dtype)
+    caches = [torch.randn(blocks, bs, hkv, head_dim) for _ in range(2)]
+    ref = [c.clone() for c in caches]
+    store_kv(k, v, *caches, slots)
+    store_kv_ref(k, v, *ref, slots)
+    assert torch.equal(caches[0], ref[0]) and torch.equal(caches[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm(dtype, with_residual):
+    x = torch.randn(7, 200).to(dtype)
+    w = (1 + 0.1 * torch.randn(200)).to(dtype)
+    res = torch.randn(7, 200).to(dtype) if with_residual else None
+    out = rms_norm(x, w, 1e-6, residual=res)
+    ref = rms_norm_ref(x, w, 1e-6, residual=res)
+    if with_residual:
+        torch.testing.assert_close(out[1], ref[1], **_tol(dtype))
+        out, ref = out[0], ref[0]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref, **_tol(dtype))
+
+
+def test_rms_norm_ref_matches_hf():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    norm = LlamaRMSNorm(64, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64))
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    assert torch.equal(norm(x), rms_norm_ref(x, norm.weight, 1e-5))
+    del transformers
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(dtype):
+    x = torch.randn(5, 2 * 300).to(dtype)
+    out = silu_and_mul(x)
+    assert out.shape == (5, 300) and out.dtype == dtype
+    torch.testing.assert_close(out, silu_and_mul_ref(x), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim,hq,hkv", [(64, 8, 2), (128, 4, 4)])
+def test_rotary_in_place(dtype, head_dim, hq, hkv):
+    T = 6
+    cache = build_cos_sin_cache(head_dim, 4096, 500000.0)
+    qkv = torch.randn(T, (hq + 2 * hkv) * head_dim).to(dtype)
+    q = qkv[:, :hq * head_dim].view(T, hq, head_dim)  # strided views, rotated in place
+    k = qkv[:, hq * head_dim:(hq + hkv) * head_dim].view(T, hkv, head_dim)
+    pos = torch.tensor([0, 1, 17, 100, 2047, 4095])
+    q_ref, k_ref = q.clone(), k.clone()
+    apply_rotary(pos, q, k, cache)
+    apply_rotary_ref(pos, q_ref, k_ref, cache)
+    torch.testing.assert_close(q, q_ref, **_tol(dtype))
+    torch.testing.assert_close(k, k_ref, **_tol(dtype))
+
+
+def test_rotary_ref_matches_hf():
+    pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    cache = build_cos_sin_cache(64, 64, 10000.0)
+    q, k = torch.randn(1, 4, 10, 64), torch.randn(1, 2, 10, 64)
+    pos = torch.arange(10)
+    cos, sin = cache[pos, :32].repeat(1, 2)[None], cache[pos, 32:].repeat(1, 2)[None]
+    q_hf, k_hf = apply_rotary_pos_emb(q, k, cos, sin)
+    q2, k2 = q[0].transpose(0, 1).clone(), k[0].transpose(0, 1).clone()
+    apply_rotary_ref(pos, q2, k2, cache)
+    torch.testing.assert_close(q2, q_hf[0].transpose(0, 1))
+    torch.testing.assert_close(k2, k_hf[0].transpose(0, 1))
+
+
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}])
+def test_cos_sin_cache_matches_transformers(scaling):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    params = {"rope_type": "default", "rope_theta": 500000.0} if scaling is None else {**scaling, "rope_theta": 500000.0}
+    cfg = LlamaConfig(hidden_size=256, num_attention_heads=2, max_position_embeddings=131072, rope_parameters=params)
+    if scaling is None:
+        inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
+    else:
+        inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    pos = torch.tensor([0, 1, 5000, 131071])
+    freqs = pos[:, None].float() * inv_freq[None, :]
+    cache = build_cos_sin_cache(128, 131072, 500000.0, scaling)
+    assert torch.equal(cache[pos], torch.cat((freqs.cos(), freqs.sin()), dim=-1))
