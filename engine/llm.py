@@ -53,5 +53,7 @@ class LLM:
         return [outputs[rid] for rid, _ in order]
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        """Token ids of a chat with plain-string contents (the tokenizer service also accepts text parts)."""
+        from engine.tokenizer import chat_token_ids
+
+        return chat_token_ids(self.tokenizer, messages)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -103,7 +104,8 @@ def gguf_to_hf_config(path: str) -> dict:
     """Translate llama.cpp's GGUF metadata into a transformers-style config dict."""
     from gguf import GGUFReader
 
-    fields = GGUFReader(path).fields
+    reader = GGUFReader(path)
+    fields = reader.fields
 
     def get(key, default=None):
         f = fields.get(key)
@@ -123,11 +125,39 @@ def gguf_to_hf_config(path: str) -> dict:
         rms_norm_eps=get(p + "attention.layer_norm_rms_epsilon", 1e-6), rope_theta=get(p + "rope.freq_base", 10000.0),
         max_position_embeddings=get(p + "context_length", 2048), bos_token_id=get("tokenizer.ggml.bos_token_id"),
         eos_token_id=get("tokenizer.ggml.eos_token_id"), attention_bias=arch == "qwen2",
-        tie_word_embeddings=not any(t.name == "output.weight" for t in GGUFReader(path).tensors),
+        tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
     )
     key_len = get(p + "attention.key_length")
     if key_len:
         cfg["head_dim"] = key_len
+    return cfg
+
+
+def cache_dir(kind: str, path: str) -> str:
+    """A per-file cache location, keyed by the file's path, size and modification time."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("FERRY_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ferry")
+    return os.path.join(root, kind, key)
+
+
+def cached_gguf_config(path: str) -> dict:
+    """gguf_to_hf_config, cached on disk: parsing the metadata takes seconds and every process needs it."""
+    cache = cache_dir("model_configs", path) + ".json"
+    try:
+        with open(cache) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        pass
+    cfg = gguf_to_hf_config(path)
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = f"{cache}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(cfg, fh)
+        os.replace(tmp, cache)  # atomic: processes starting together may race to write it
+    except OSError:
+        pass
     return cfg
 
 
@@ -141,7 +171,7 @@ def load_model_config(settings: Settings) -> ModelConfig:
     else:
         path = resolve_model_path(settings.model)
         if path.endswith(".gguf"):
-            cfg = gguf_to_hf_config(path)
+            cfg = cached_gguf_config(path)
             fmt = "gguf" if fmt == "auto" else fmt
         else:
             with open(os.path.join(path, "config.json")) as fh:

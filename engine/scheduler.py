@@ -41,7 +41,7 @@ class Scheduler:
         self.block_size = settings.block_size
         self.max_num_seqs = settings.max_num_seqs
         self.max_num_batched_tokens = settings.max_num_batched_tokens
-        self.max_model_len = model_config.max_model_len
+        self.max_model_len = min(model_config.max_model_len, settings.max_model_len or model_config.max_model_len)
         self.vocab_size = model_config.vocab_size
         self.eos_token_ids = list(model_config.eos_token_ids)
         self.blocks = BlockManager(num_kv_blocks, settings.block_size, settings.enable_prefix_caching)

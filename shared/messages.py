@@ -70,3 +70,170 @@ class StepResult:
     token_ids: bytes
     logprobs: list[SeqLogprobs] = field(default_factory=list)
     error: str | None = None
+
+
+# ---------------------------------------------------------------- service pipeline (tags 40-99)
+# gateway -> tokenizer -> scheduler -> detokenizer -> gateway; heartbeats and stats beside them.
+
+
+@message(40)
+@dataclass(slots=True)
+class TokenizeRequest:
+    """gateway -> a tokenizer worker: exactly one of messages / prompt / prompt_token_ids is set."""
+
+    request_id: str
+    gateway_id: int
+    params: SamplingParams
+    messages: list[dict] | None = None  # chat: OpenAI message dicts, content a string or text parts
+    prompt: str | None = None
+    prompt_token_ids: bytes | None = None  # int32
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict = field(default_factory=dict)
+
+
+@message(41)
+@dataclass(slots=True)
+class EngineRequest:
+    """tokenizer -> scheduler: a validated, tokenized request."""
+
+    request_id: str
+    gateway_id: int
+    prompt_token_ids: bytes  # int32
+    params: SamplingParams
+    arrival_time: float = 0.0
+
+
+@message(42)
+@dataclass(slots=True)
+class AbortRequest:
+    """gateway or detokenizer -> scheduler; idempotent."""
+
+    request_id: str
+    gateway_id: int = -1
+    reason: str = "abort"
+
+
+@message(43)
+@dataclass(slots=True)
+class Heartbeat:
+    """tokenizer workers and the detokenizer -> scheduler, every heartbeat_interval."""
+
+    service: str  # "tokenizer" | "detokenizer"
+    instance: int  # tokenizer_id; 0 for the detokenizer
+    pid: int
+    stats: dict = field(default_factory=dict)  # e.g. {"requests_handled": 12}
+
+
+@message(44)
+@dataclass(slots=True)
+class RunnerReady:
+    """runner rank -> scheduler, every heartbeat_interval once the model is loaded."""
+
+    rank: int
+    pid: int
+    num_kv_blocks: int
+    instance: str  # new on every start: a restarted runner is told apart from the old one
+    session: str = ""  # the scheduler session it last heard: proves the plan socket is connected
+
+
+@message(45)
+@dataclass(slots=True)
+class SchedulerPing:
+    """scheduler -> each runner rank, every heartbeat_interval. A runner that sees the session
+    change has per-sequence state from a dead scheduler: it exits so its supervisor restarts it."""
+
+    session: str
+
+
+@message(46)
+@dataclass(slots=True)
+class DetokRegister:
+    """scheduler -> detokenizer, before any token of the request: how to decode and route it."""
+
+    request_id: str
+    gateway_id: int
+    n: int
+    prompt_tail: bytes  # int32: the last prompt tokens, context for the first output's leading space
+    stop: list[str] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+
+
+@message(47)
+@dataclass(slots=True)
+class SeqDelta:
+    """One sequence's new tokens from one step (the scheduler's SeqOutput on the wire)."""
+
+    request_id: str
+    gateway_id: int
+    index: int
+    token_ids: bytes  # int32
+    finish_reason: str | None = None
+    logprobs: list[SeqLogprobs] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@message(48)
+@dataclass(slots=True)
+class TokenBatch:
+    """scheduler -> detokenizer: every output of one step."""
+
+    deltas: list[SeqDelta]
+
+
+@message(49)
+@dataclass(slots=True)
+class RequestError:
+    """anyone -> the request's gateway (through the detokenizer from the scheduler): it failed."""
+
+    request_id: str
+    gateway_id: int
+    status: int
+    error: dict  # the inner OpenAI error object: message, type, param, code
+
+
+@message(50)
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top_tokens: list[str] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+
+
+@message(51)
+@dataclass(slots=True)
+class ChoiceDelta:
+    index: int
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0  # so far, for this choice
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: bytes = b""  # int32
+
+
+@message(52)
+@dataclass(slots=True)
+class RequestOutput:
+    """detokenizer -> gateway: new text for one or more choices of a request."""
+
+    request_id: str
+    gateway_id: int
+    choices: list[ChoiceDelta]
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@message(53)
+@dataclass(slots=True)
+class EngineStats:
+    """scheduler -> every gateway (PUB), about every second and after requests finish."""
+
+    ready: bool  # runners announced, every peer heard from recently
+    reason: str  # why not ready, for /health
+    engine: dict  # Scheduler.stats()
+    tokenizers: dict  # tokenizer id -> its own stats ({"requests_handled": n})
+    time: float = 0.0

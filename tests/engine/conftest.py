@@ -35,12 +35,9 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def chat_prompts(tokenizer):
-    out = []
-    for text in PROMPTS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
+    from engine.tokenizer import chat_token_ids
+
+    return [chat_token_ids(tokenizer, [{"role": "user", "content": text}]) for text in PROMPTS]
 
 
 @pytest.fixture(scope="session")

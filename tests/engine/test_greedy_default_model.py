@@ -3,6 +3,7 @@ one prompt at a time and all together; preemption, prefix caching and chunked pr
 import pytest
 import torch
 
+from engine.tokenizer import chat_token_ids
 from shared.sampling_params import SamplingParams
 from tests.engine.conftest import make_llm
 
@@ -55,21 +56,18 @@ def test_shared_system_prompt_hits_prefix_cache(default_runner, tokenizer):
               "over 50 dollars. 3. Fragile items need extra packaging.")
     questions = ["Can I return a vase after 40 days?", "Is shipping free for a 60 dollar order?",
                  "How should I pack a glass lamp?"]
-    prompts = []
-    for q in questions:
-        ids = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
-                                            add_generation_prompt=True, tokenize=True)
-        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    prompts = [chat_token_ids(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": q}])
+               for q in questions]
     params = SamplingParams(temperature=0.0, max_tokens=24)
     uncached = make_llm(default_runner, enable_prefix_caching=False)
     expected = [uncached.generate([p], params)[0][0] for p in prompts]
     cached = make_llm(default_runner)
     got = [cached.generate([p], params)[0][0] for p in prompts]  # one after another: later ones hit
     assert got == expected
-    shared_blocks = len(tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=False)) and \
-        min(len(p) for p in prompts) // 16
+    system_only = chat_token_ids(tokenizer, [{"role": "system", "content": system}], add_generation_prompt=False)
+    shared_blocks = len(system_only) // 16
+    assert shared_blocks >= 3
     stats = cached.scheduler.stats()
     assert stats["prefix_queried_tokens"] == sum(len(p) for p in prompts)
-    # the 2nd and 3rd requests skip at least the system prompt's full blocks
-    assert stats["prefix_hit_tokens"] >= 2 * 16 * (shared_blocks - 2)
-    assert stats["prefix_hit_tokens"] > 0
+    # the 2nd and 3rd requests skip (at least) the system prompt's full blocks
+    assert stats["prefix_hit_tokens"] >= 2 * 16 * shared_blocks

@@ -1,0 +1,1 @@
+"""ferry's processes: gateway, tokenizer workers, scheduler, runner ranks, detokenizer, launcher."""

@@ -1,0 +1,32 @@
+"""The `ferry` command.
+
+    ferry serve [flags]          every process, for development (Ctrl-C stops them all)
+    ferry gateway|tokenizer|scheduler|runner|detokenizer [flags]   one process
+Flags are the settings' names (--model, --served-model-name, --port, --num-tokenizers, ...).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SERVICES = ("gateway", "tokenizer", "scheduler", "runner", "detokenizer")
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "serve":
+        from services.launcher import serve
+
+        return serve(rest)
+    if command in SERVICES:
+        return importlib.import_module(f"services.{command}.__main__").main(rest)
+    print(f"ferry: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The detokenizer's bookkeeping: per-request decoders, stop strings, and outgoing messages.
+
+Pure logic: takes decoded messages, returns (gateway_id, message) pairs to send and request ids
+to abort in the engine. The process around it (services.detokenizer.__main__) only moves frames.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from shared.codec import pack_ids, unpack_ids, unpack_f32
+from shared.messages import (ChoiceDelta, DetokRegister, RequestError, RequestOutput, SeqDelta,
+                             TokenBatch, TokenLogprob)
+from services.detokenizer.incremental import IncrementalDecoder, StopChecker
+
+log = logging.getLogger("ferry.detokenizer")
+
+
+@dataclass(slots=True)
+class _Choice:
+    decoder: IncrementalDecoder
+    stopper: StopChecker
+    finished: bool = False
+    stopped_here: bool = False  # ended by a stop string: the engine does not know yet
+
+
+@dataclass(slots=True)
+class _Request:
+    reg: DetokRegister
+    choices: list[_Choice] = field(default_factory=list)
+
+
+class Detokenizer:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.requests: dict[str, _Request] = {}
+        self.outputs_sent = 0
+
+    def register(self, reg: DetokRegister) -> None:
+        tail = unpack_ids(reg.prompt_tail).tolist()
+        choices = [_Choice(IncrementalDecoder(self.tokenizer, tail, reg.skip_special_tokens),
+                           StopChecker(reg.stop, reg.include_stop_str_in_output))
+                   for _ in range(max(1, reg.n))]
+        self.requests[reg.request_id] = _Request(reg, choices)
+
+    def fail(self, err: RequestError) -> list[tuple[int, object]]:
+        """An error from upstream: forget the request and pass the error on to its gateway."""
+        self.requests.pop(err.request_id, None)
+        return [(err.gateway_id, err)]
+
+    def on_batch(self, batch: TokenBatch) -> tuple[list[tuple[int, RequestOutput]], list[str]]:
+        by_request: dict[str, RequestOutput] = {}
+        aborts: list[str] = []
+        for d in batch.deltas:
+            req = self.requests.get(d.request_id)
+            if req is None or not 0 <= d.index < len(req.choices):
+                continue  # finished here already (stop string) or never registered
+            choice = req.choices[d.index]
+            if choice.finished:
+                continue
+            out = by_request.get(d.request_id)
+            if out is None:
+                out = by_request[d.request_id] = RequestOutput(
+                    d.request_id, req.reg.gateway_id, [], d.prompt_tokens, d.cached_tokens)
+            out.choices.append(self._step(req, choice, d))
+            if all(c.finished for c in req.choices):
+                del self.requests[d.request_id]
+                if any(c.stopped_here for c in req.choices):
+                    aborts.append(d.request_id)
+        self.outputs_sent += len(by_request)
+        return [(o.gateway_id, o) for o in by_request.values()], aborts
+
+    def _step(self, req: _Request, choice: _Choice, d: SeqDelta) -> ChoiceDelta:
+        ids = unpack_ids(d.token_ids).tolist()
+        text = choice.decoder.push(ids)
+        if d.finish_reason is not None:
+            text += choice.decoder.flush()
+        text, stopped = choice.stopper.push(text)
+        finish = d.finish_reason
+        if stopped:
+            finish = "stop"
+            choice.stopped_here = d.finish_reason is None
+        elif finish is not None:
+            text += choice.stopper.flush()
+        choice.finished = finish is not None
+        logprobs = self._logprobs(d, ids) if req.reg.logprobs is not None else []
+        return ChoiceDelta(d.index, text, finish, d.completion_tokens, logprobs, pack_ids(ids))
+
+    def _logprobs(self, d: SeqDelta, ids: list[int]) -> list[TokenLogprob]:
+        out = []
+        for tok, lp in zip(ids, d.logprobs):
+            top_ids = unpack_ids(lp.top_token_ids).tolist()
+            out.append(TokenLogprob(self._piece(tok), float(lp.token_logprob),
+                                    [self._piece(t) for t in top_ids],
+                                    unpack_f32(lp.top_logprobs).tolist()))
+        return out
+
+    def _piece(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)

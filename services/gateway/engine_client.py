@@ -1,0 +1,112 @@
+"""The gateway's side of the pipeline: sends requests to tokenizer workers, aborts to the
+scheduler, and routes replies and stats that come back to it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import zmq
+import zmq.asyncio
+
+from shared.errors import NotReady
+from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, TokenizeRequest
+from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
+from services.gateway.metrics import Metrics
+
+log = logging.getLogger("ferry.gateway")
+
+
+class EngineClient:
+    def __init__(self, settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.ctx = zmq.asyncio.Context()
+        gid = settings.gateway_id
+        self.replies = AsyncPullSocket(self.ctx, endpoint(settings, "gateway", gid), (RequestOutput, RequestError))
+        self.stats_in = AsyncPullSocket(self.ctx, endpoint(settings, "stats"), EngineStats, bind=False, kind=zmq.SUB)
+        # IMMEDIATE: round-robin only over workers that are up; with none up the send fails (503).
+        self.tokenizers = AsyncPushSocket(self.ctx, endpoint(settings, "tokenizer", 0), immediate=True)
+        self.known_tokenizers = {0}
+        for wid in range(1, settings.num_tokenizers):
+            self._connect_tokenizer(wid)
+        self.scheduler = AsyncPushSocket(self.ctx, endpoint(settings, "scheduler"))
+        self.runs: dict[str, tuple[asyncio.Queue, int]] = {}  # request id -> (its queue, prompt index)
+        self.stats: EngineStats | None = None
+        self.stats_at = 0.0
+        self.started_at = time.monotonic()
+        self.tasks: list[asyncio.Task] = []
+
+    def _connect_tokenizer(self, wid: int):
+        self.known_tokenizers.add(wid)
+        self.tokenizers.connect(endpoint(self.settings, "tokenizer", wid))
+
+    def start(self):
+        self.tasks = [asyncio.create_task(f()) for f in (self._reply_loop, self._stats_loop, self._watchdog)]
+
+    async def stop(self):
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.ctx.destroy(0)
+
+    def not_ready_reason(self) -> str | None:
+        """None when the pipeline can take requests, else why not (for /health and 503s)."""
+        if self.stats is None:
+            return "waiting for the scheduler"
+        age = time.monotonic() - self.stats_at
+        if age > self.settings.peer_timeout:
+            return f"no word from the scheduler for {age:.1f}s"
+        if not self.stats.ready:
+            return self.stats.reason or "the engine is not ready"
+        return None
+
+    def submit(self, req: TokenizeRequest, queue: asyncio.Queue, prompt_index: int = 0):
+        reason = self.not_ready_reason()
+        if reason:
+            raise NotReady(f"the server is not ready: {reason}")
+        self.runs[req.request_id] = (queue, prompt_index)
+        if not self.tokenizers.send(req):
+            self.runs.pop(req.request_id, None)
+            raise NotReady("no tokenizer worker is available")
+
+    def release(self, request_id: str, abort: bool):
+        """The handler is done with a request; abort it in the engine unless it finished."""
+        if self.runs.pop(request_id, None) is not None and abort:
+            self.scheduler.send(AbortRequest(request_id, self.settings.gateway_id, "client"))
+
+    async def _reply_loop(self):
+        while True:
+            msg = await self.replies.recv()
+            entry = self.runs.get(msg.request_id)
+            if entry is not None:  # else: the client is gone already
+                entry[0].put_nowait((entry[1], msg))
+
+    async def _stats_loop(self):
+        while True:
+            msg: EngineStats = await self.stats_in.recv()
+            self.stats, self.stats_at = msg, time.monotonic()
+            try:
+                self.metrics.update_engine(msg.ready, msg.engine, msg.tokenizers)
+                for wid in msg.tokenizers:  # workers started beyond num_tokenizers join the rotation
+                    if isinstance(wid, int) and wid not in self.known_tokenizers and 0 <= wid < 900:
+                        self._connect_tokenizer(wid)
+            except Exception:
+                log.exception("bad stats message")
+
+    async def _watchdog(self):
+        """A dead peer ends every open request with an error instead of leaving clients waiting."""
+        was_ready = False
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval / 2)
+            reason = self.not_ready_reason()
+            self.metrics.ready.set(0 if reason else 1)
+            if reason and was_ready:
+                log.error("pipeline not ready: %s", reason)
+            was_ready = reason is None
+            if reason and self.runs:
+                body = {"message": f"the server failed while answering: {reason}", "type": "service_unavailable",
+                        "param": None, "code": None}
+                for rid, (queue, index) in list(self.runs.items()):
+                    queue.put_nowait((index, RequestError(rid, self.settings.gateway_id, 503, body)))
+                    self.release(rid, abort=True)

@@ -1,0 +1,53 @@
+"""The gateway's Prometheus metrics: its own request/token counters plus the scheduler's stats."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Scheduler.stats() keys we publish under stable, documented names.
+_ENGINE_GAUGES = {
+    "num_running": ("ferry_num_requests_running", "Sequences running in the engine"),
+    "num_waiting": ("ferry_num_requests_waiting", "Sequences waiting in the engine"),
+    "num_free_blocks": ("ferry_kv_blocks_free", "Free KV cache blocks"),
+    "num_total_blocks": ("ferry_kv_blocks_total", "KV cache blocks in all"),
+    "num_preemptions": ("ferry_num_preemptions", "Preemptions so far (scheduler's count)"),
+    "prefix_queried_tokens": ("ferry_prefix_cache_queried_tokens", "Prompt tokens looked up in the prefix cache"),
+    "prefix_hit_tokens": ("ferry_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache"),
+}
+
+
+class Metrics:
+    def __init__(self, gateway_id: int):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("ferry_requests", "HTTP generation requests by endpoint and status",
+                                ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("ferry_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.generation_tokens = Counter("ferry_generation_tokens", "Generated tokens of finished requests", registry=r)
+        self.ttft = Histogram("ferry_time_to_first_token_seconds", "Time to the first output",
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.latency = Histogram("ferry_request_latency_seconds", "Time to the last output",
+                                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r)
+        self.in_flight = Gauge("ferry_gateway_requests_in_flight", "Requests this gateway is answering", registry=r)
+        self.ready = Gauge("ferry_engine_ready", "1 when the whole pipeline is up", registry=r)
+        self.engine = {key: Gauge(name, doc, registry=r) for key, (name, doc) in _ENGINE_GAUGES.items()}
+        self.kv_used = Gauge("ferry_kv_blocks_used", "KV cache blocks in use", registry=r)
+        self.engine_stat = Gauge("ferry_scheduler_stat", "Every numeric Scheduler.stats() value", ["name"], registry=r)
+        self.tokenizer_handled = Gauge("ferry_tokenizer_requests_handled", "Requests each tokenizer worker has handled",
+                                       ["tokenizer"], registry=r)
+        self.gateway_info = Gauge("ferry_gateway_info", "This gateway's id", ["gateway_id"], registry=r)
+        self.gateway_info.labels(str(gateway_id)).set(1)
+
+    def update_engine(self, ready: bool, engine: dict, tokenizers: dict):
+        self.ready.set(1 if ready else 0)
+        for key, value in engine.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.engine_stat.labels(str(key)).set(value)
+                if key in self.engine:
+                    self.engine[key].set(value)
+        if "num_total_blocks" in engine and "num_free_blocks" in engine:
+            self.kv_used.set(engine["num_total_blocks"] - engine["num_free_blocks"])
+        for wid, st in tokenizers.items():
+            if isinstance(st, dict) and isinstance(st.get("requests_handled"), int):
+                self.tokenizer_handled.labels(str(wid)).set(st["requests_handled"])
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,261 @@
+"""The gateway's HTTP routes: OpenAI-compatible generation, models, health, metrics, version."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+from aiohttp import web
+
+from shared.errors import FerryError
+from shared.messages import RequestError, RequestOutput, TokenizeRequest
+from services.gateway import responses as R
+from services.gateway.engine_client import EngineClient
+from services.gateway.metrics import Metrics
+from services.gateway.protocol import ParsedRequest, parse_request
+
+log = logging.getLogger("ferry.gateway")
+VERSION = "0.1.0"
+
+
+def json_error(status: int, message: str, type_: str | None = None, param=None, code=None) -> web.Response:
+    return web.json_response(R.error_body(status, message, type_, param, code), status=status)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Every failure leaves as an OpenAI-shaped error body with a meaningful status."""
+    try:
+        return await handler(request)
+    except FerryError as e:
+        return web.json_response(e.to_dict(), status=e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return json_error(e.status, e.reason or "error", code=str(e.status))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as e:  # a bug: say so, keep serving
+        log.exception("unhandled error on %s", request.path)
+        return json_error(500, f"internal error: {e}", "internal_error")
+
+
+async def read_json(request: web.Request, max_bytes: int):
+    if request.content_length is not None and request.content_length > max_bytes:
+        return None, json_error(413, f"the request body exceeds {max_bytes} bytes", code="body_too_large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return None, json_error(413, f"the request body exceeds {max_bytes} bytes", code="body_too_large")
+    try:
+        return json.loads(raw), None
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, json_error(400, f"the body is not valid JSON: {e}", code="invalid_json")
+
+
+class Gateway:
+    def __init__(self, settings):
+        self.settings = settings
+        self.model = settings.resolved_name()
+        self.metrics = Metrics(settings.gateway_id)
+        self.client = EngineClient(settings, self.metrics)
+        self.created = int(time.time())
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[openai_errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/version", self.version)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app):
+        self.client.start()
+
+    async def _stop(self, app):
+        await self.client.stop()
+
+    # ------------------------------------------------------------------ small routes
+
+    async def models(self, request):
+        engine = self.client.stats.engine if self.client.stats else {}
+        card = {"id": self.model, "object": "model", "created": self.created, "owned_by": "ferry",
+                "root": self.settings.model}
+        if "max_model_len" in engine:
+            card["max_model_len"] = engine["max_model_len"]
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def health(self, request):
+        reason = self.client.not_ready_reason()
+        if reason:
+            return json_error(503, reason, "service_unavailable", code="not_ready")
+        return web.json_response({"status": "ok"})
+
+    async def prometheus(self, request):
+        self.metrics.in_flight.set(len(self.client.runs))
+        return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def version(self, request):
+        return web.json_response({"version": VERSION})
+
+    # ------------------------------------------------------------------ generation
+
+    async def chat(self, request):
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request):
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, chat: bool):
+        endpoint = "chat" if chat else "completions"
+        body, error = await read_json(request, self.settings.max_body_bytes)
+        if error is not None:
+            self.metrics.requests.labels(endpoint, str(error.status)).inc()
+            return error
+        try:
+            parsed = parse_request(body, chat, self.model)
+        except FerryError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            raise
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        run = Run(self, rid, parsed)
+        try:
+            run.submit()
+            response = await run.answer(request)
+        except FerryError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            raise
+        finally:
+            run.release()
+        self.metrics.requests.labels(endpoint, str(response.status)).inc()
+        return response
+
+
+class Run:
+    """One HTTP generation request in flight: its sub-requests (one per prompt), outputs, answer."""
+
+    def __init__(self, gw: Gateway, rid: str, parsed: ParsedRequest):
+        self.gw, self.rid, self.p = gw, rid, parsed
+        self.n = parsed.params.n
+        num_prompts = 1 if parsed.chat else len(parsed.prompts)
+        self.sub_ids = [rid] if num_prompts == 1 else [f"{rid}-{i}" for i in range(num_prompts)]
+        self.collector = R.Collector(self.n * num_prompts, num_prompts)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.created = int(time.time())
+        self.start = time.monotonic()
+        self.first_at: float | None = None
+
+    def submit(self):
+        for i, sub in enumerate(self.sub_ids):
+            req = TokenizeRequest(sub, self.gw.settings.gateway_id, self.p.params)
+            if self.p.chat:
+                req.messages = self.p.messages
+                req.add_generation_prompt = self.p.add_generation_prompt
+                req.chat_template_kwargs = self.p.chat_template_kwargs
+            elif isinstance(self.p.prompts[i], str):
+                req.prompt = self.p.prompts[i]
+            else:
+                req.prompt_token_ids = self.p.prompts[i]
+            self.gw.client.submit(req, self.queue, i)
+
+    def release(self):
+        for sub in self.sub_ids:
+            self.gw.client.release(sub, abort=not self.collector.done)
+
+    async def next(self):
+        """(prompt index, RequestOutput) or raises the request's error (FerryError-like)."""
+        index, msg = await self.queue.get()
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+            self.gw.metrics.ttft.observe(self.first_at - self.start)
+        if isinstance(msg, RequestError):
+            raise _AsError(msg)
+        return index, msg
+
+    def _absorb(self, index: int, out: RequestOutput) -> list[tuple[int, object, int]]:
+        """Fold one output into the collector; returns (choice index, delta, text offset before)."""
+        placed = []
+        for d in out.choices:
+            ci = index * self.n + d.index
+            if not 0 <= ci < len(self.collector.texts):
+                continue
+            placed.append((ci, d, len(self.collector.texts[ci])))
+            self.collector.add(index, ci, d, out.prompt_tokens, out.cached_tokens)
+        return placed
+
+    def _finished(self):
+        usage = self.collector.usage()
+        m = self.gw.metrics
+        m.prompt_tokens.inc(usage["prompt_tokens"])
+        m.generation_tokens.inc(usage["completion_tokens"])
+        m.latency.observe(time.monotonic() - self.start)
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        # Wait for the first output before answering, so that a rejected prompt gets a plain 4xx.
+        first = await self.next()
+        if self.p.stream:
+            return await self._stream(request, first)
+        item = first
+        while True:
+            self._absorb(*item)
+            if self.collector.done:
+                break
+            item = await self.next()
+        self._finished()
+        shape = R.chat_response if self.p.chat else R.completion_response
+        return web.json_response(shape(self.rid, self.created, self.p.model, self.collector,
+                                       self.p.params.logprobs, self.p.top_logprobs))
+
+    async def _stream(self, request: web.Request, first) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        p, chat = self.p, self.p.chat
+        chunk = R.chat_chunk if chat else R.completion_chunk
+        if chat:
+            await resp.write(R.sse(chunk(self.rid, self.created, p.model, R.chat_role_choices(len(self.collector.texts)))))
+        item = first
+        try:
+            while True:
+                choices = []
+                for ci, d, offset in self._absorb(*item):
+                    if not d.text and d.finish_reason is None:
+                        continue  # nothing to show yet (a held-back stop string prefix, a partial character)
+                    if chat:
+                        choices.append(R.chat_delta_choice(ci, d, p.params.logprobs, p.top_logprobs))
+                    else:
+                        choices.append(R.completion_delta_choice(ci, d, p.params.logprobs, p.top_logprobs, offset))
+                if choices:
+                    await resp.write(R.sse(chunk(self.rid, self.created, p.model, choices)))
+                if self.collector.done:
+                    break
+                item = await self.next()
+        except _AsError as e:
+            await resp.write(R.sse(e.body))
+            await resp.write(R.sse("[DONE]"))
+            return resp
+        self._finished()
+        if p.include_usage:
+            await resp.write(R.sse(chunk(self.rid, self.created, p.model, [], self.collector.usage())))
+        await resp.write(R.sse("[DONE]"))
+        return resp
+
+
+class _AsError(FerryError):
+    """A RequestError from the pipeline, raised where the handler can turn it into a response."""
+
+    def __init__(self, err: RequestError):
+        e = err.error if isinstance(err.error, dict) else {}
+        super().__init__(str(e.get("message", "request failed")), e.get("param"), e.get("code"))
+        self.status = err.status if isinstance(err.status, int) and 400 <= err.status < 600 else 500
+        self.type = str(e.get("type") or ("invalid_request_error" if self.status < 500 else "service_unavailable"))
+
+    @property
+    def body(self) -> dict:
+        return self.to_dict()

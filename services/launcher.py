@@ -1,0 +1,106 @@
+"""`ferry serve`: start every process for development, stop them all on Ctrl-C or SIGTERM.
+
+A child that dies is reported, not restarted: the others notice it (heartbeats) and the gateway
+answers 503, which is what a developer wants to see. supervisord restarts processes in production.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from shared.logs import setup_logging
+from shared.settings import load_settings
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """In the child: get SIGTERM when the launcher dies, even by SIGKILL (Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except Exception:
+        pass
+
+
+def plan_processes(settings, argv: list[str], run_dir: str) -> list[tuple[str, list[str]]]:
+    """(name, command) for every process, in start order: runners load weights the longest."""
+    py = [sys.executable, "-m"]
+    common = [*argv, "--run-dir", run_dir]
+    procs = [(f"runner.{r}", py + ["services.runner", *common, "--rank", str(r)])
+             for r in range(settings.tensor_parallel_size)]
+    procs.append(("scheduler", py + ["services.scheduler", *common]))
+    procs.append(("detokenizer", py + ["services.detokenizer", *common]))
+    procs += [(f"tokenizer.{i}", py + ["services.tokenizer", *common, "--tokenizer-id", str(i)])
+              for i in range(settings.num_tokenizers)]
+    procs.append(("gateway", py + ["services.gateway", *common]))
+    return procs
+
+
+def serve(argv: list[str]) -> int:
+    settings = load_settings(argv)  # fail on bad flags here, before starting anything
+    log = setup_logging("launcher", settings.log_level)
+    own_dir = not settings.run_dir
+    run_dir = settings.run_dir or tempfile.mkdtemp(prefix="ferry-")
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children: dict[str, subprocess.Popen] = {}
+    for name, cmd in plan_processes(settings, argv, run_dir):
+        children[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        log.info("started %s (pid %d)", name, children[name].pid)
+    url = f"http://{settings.host}:{settings.port}/health"
+    announced = False
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for name, p in list(children.items()):
+                if p.poll() is not None:
+                    log.error("%s exited with status %s; the others keep running", name, p.returncode)
+                    del children[name]
+            if not children:
+                log.error("every process has exited")
+                return 1
+            if not announced and _healthy(url):
+                announced = True
+                log.info("ready: %s as model %r on http://%s:%d", settings.model, settings.resolved_name(),
+                         settings.host, settings.port)
+    finally:
+        _stop_all(children, log)
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def _stop_all(children: dict[str, subprocess.Popen], log: logging.Logger, grace: float = 10.0):
+    for p in children.values():
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for name, p in children.items():
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", name, grace)
+            p.kill()
+            p.wait()

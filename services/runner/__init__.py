@@ -1,0 +1,1 @@
+"""Runner: one process per GPU rank; owns the weights and the KV cache, executes step plans."""

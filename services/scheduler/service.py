@@ -1,0 +1,241 @@
+"""The scheduler process's logic: requests in, plans out, tokens on, liveness of every peer.
+
+No sockets here: messages come in through on_message(), everything leaves through the Outbox,
+and time is passed in, so tests drive it with fakes.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from shared.codec import pack_ids, unpack_ids
+from shared.errors import FerryError
+from shared.messages import (AbortRequest, DetokRegister, EngineRequest, EngineStats, Heartbeat, RequestError,
+                             RunnerReady, SchedulerPing, SeqDelta, StepPlan, StepResult, TokenBatch)
+
+log = logging.getLogger("ferry.scheduler")
+
+PROMPT_TAIL = 8  # prompt tokens the detokenizer decodes before the first output (leading spaces)
+
+
+class Outbox(Protocol):
+    def to_runner(self, rank: int, msg) -> bool: ...
+    def to_detokenizer(self, msg) -> bool: ...
+    def publish(self, stats: EngineStats) -> None: ...
+
+
+@dataclass(slots=True)
+class _Runner:
+    instance: str
+    num_kv_blocks: int
+    last_seen: float
+
+
+@dataclass(slots=True)
+class _Peer:
+    last_seen: float
+    stats: dict = field(default_factory=dict)
+
+
+class SchedulerService:
+    def __init__(self, settings, model_config, make_scheduler: Callable[[int], object], out: Outbox, now: float):
+        self.settings = settings
+        self.model_config = model_config
+        self.make_scheduler = make_scheduler
+        self.out = out
+        self.world = settings.tensor_parallel_size
+        self.runners: dict[int, _Runner] = {}  # ranks that answered this session's pings
+        self.pending_runners: dict[int, float] = {}  # ranks heard from, not yet on this session
+        self.recent_aborts: dict[str, float] = {}  # aborts that may overtake their request
+        self.detokenizer: _Peer | None = None
+        self.tokenizers: dict[int, _Peer] = {}
+        self.sched = None
+        self.session = uuid.uuid4().hex
+        self.inflight: StepPlan | None = None
+        self.requests: dict[str, tuple[int, int]] = {}  # request id -> (gateway id, sequences not finished)
+        self.last_ping = self.last_stats = -1e9
+        self.stats_dirty = False
+        self.down_reason = "waiting for the runners"
+
+    # ------------------------------------------------------------------ input
+
+    def on_message(self, msg, now: float) -> None:
+        if isinstance(msg, EngineRequest):
+            if self.recent_aborts.pop(msg.request_id, None) is None:
+                self._add(msg)
+        elif isinstance(msg, AbortRequest):
+            if not self._abort(msg.request_id):
+                self.recent_aborts[msg.request_id] = now
+        elif isinstance(msg, StepResult):
+            self._on_result(msg)
+        elif isinstance(msg, RunnerReady):
+            self._on_runner(msg, now)
+        elif isinstance(msg, Heartbeat):
+            peer = _Peer(now, msg.stats)
+            if msg.service == "tokenizer":
+                self.tokenizers[msg.instance] = peer
+            elif msg.service == "detokenizer":
+                self.detokenizer = peer
+
+    def _error(self, rid: str, gateway_id: int, err: FerryError) -> None:
+        self.out.to_detokenizer(RequestError(rid, gateway_id, err.status, err.to_dict()["error"]))
+
+    def _add(self, req: EngineRequest) -> None:
+        if self.sched is None:
+            body = {"message": f"the engine is not ready: {self.down_reason}", "type": "service_unavailable",
+                    "param": None, "code": "not_ready"}
+            self.out.to_detokenizer(RequestError(req.request_id, req.gateway_id, 503, body))
+            return
+        ids = unpack_ids(req.prompt_token_ids).tolist()
+        try:
+            self.sched.add_request(req.request_id, req.gateway_id, ids, req.params)
+        except FerryError as e:
+            self._error(req.request_id, req.gateway_id, e)
+            return
+        except Exception as e:  # a request the engine chokes on must not stop the loop
+            log.exception("add_request(%s) failed", req.request_id)
+            body = {"message": f"the engine rejected the request: {e}", "type": "invalid_request_error",
+                    "param": None, "code": None}
+            self.out.to_detokenizer(RequestError(req.request_id, req.gateway_id, 400, body))
+            return
+        p = req.params
+        self.requests[req.request_id] = (req.gateway_id, p.n)
+        # Sent on the same socket as the tokens, so it always arrives first.
+        self.out.to_detokenizer(DetokRegister(req.request_id, req.gateway_id, p.n, pack_ids(ids[-PROMPT_TAIL:]),
+                                              p.stop, p.include_stop_str_in_output, p.skip_special_tokens,
+                                              p.logprobs))
+
+    def _abort(self, rid: str) -> bool:
+        """False when the request is not (or no longer) here: it may still be on its way."""
+        if self.requests.pop(rid, None) is None:
+            return False
+        if self.sched is not None:
+            self.sched.abort_request(rid)
+        self.stats_dirty = True
+        return True
+
+    def _on_result(self, result: StepResult) -> None:
+        plan, self.inflight = self.inflight, None
+        if plan is None or result.step_id != plan.step_id:
+            log.warning("dropped a result for step %s (expected %s)", result.step_id, plan and plan.step_id)
+            self.inflight = plan
+            return
+        if result.error:
+            self.reset(f"runner failed: {result.error}")
+            return
+        deltas = []
+        for o in self.sched.update(plan, result):
+            entry = self.requests.get(o.request_id)
+            if entry is None:
+                continue  # aborted by its client
+            if o.finish_reason is not None:
+                left = entry[1] - 1
+                if left:
+                    self.requests[o.request_id] = (entry[0], left)
+                else:
+                    del self.requests[o.request_id]
+                    self.stats_dirty = True
+            deltas.append(SeqDelta(o.request_id, o.gateway_id, o.index, pack_ids(o.new_token_ids), o.finish_reason,
+                                   list(o.logprobs), o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+        if deltas:
+            self.out.to_detokenizer(TokenBatch(deltas))
+
+    def _on_runner(self, msg: RunnerReady, now: float) -> None:
+        if not 0 <= msg.rank < self.world:
+            log.warning("ignoring runner rank %d (tensor_parallel_size is %d)", msg.rank, self.world)
+            return
+        known = self.runners.get(msg.rank)
+        if known is not None and known.instance != msg.instance:
+            del self.runners[msg.rank]
+            self.reset(f"runner rank {msg.rank} restarted")
+            known = None
+        if msg.session != self.session:
+            # Until it echoes our session it may not hear our plans yet; pings keep going to it.
+            self.pending_runners[msg.rank] = now
+            return
+        if known is None:
+            log.info("runner rank %d up (pid %d, %d KV blocks)", msg.rank, msg.pid, msg.num_kv_blocks)
+        self.pending_runners.pop(msg.rank, None)
+        self.runners[msg.rank] = _Runner(msg.instance, msg.num_kv_blocks, now)
+
+    # ------------------------------------------------------------------ failure
+
+    def reset(self, reason: str) -> None:
+        """Fail every request, drop the engine state; a fresh Scheduler starts once all ranks are up."""
+        log.error("engine down: %s; failing %d requests", reason, len(self.requests))
+        body = {"message": f"the engine failed: {reason}", "type": "service_unavailable", "param": None,
+                "code": "engine_failure"}
+        for rid, (gid, _) in self.requests.items():
+            self.out.to_detokenizer(RequestError(rid, gid, 503, body))
+        self.requests.clear()
+        self.sched, self.inflight = None, None
+        self.down_reason = reason
+        self.session = uuid.uuid4().hex  # surviving ranks hold stale sequences: they restart
+        self.stats_dirty = True
+
+    # ------------------------------------------------------------------ the loop body
+
+    def tick(self, now: float) -> None:
+        timeout = self.settings.peer_timeout
+        for rank, r in list(self.runners.items()):
+            if now - r.last_seen > timeout:
+                del self.runners[rank]
+                self.reset(f"runner rank {rank} silent for {now - r.last_seen:.1f}s")
+        for wid, t in list(self.tokenizers.items()):
+            if now - t.last_seen > timeout:
+                log.warning("tokenizer %d silent for %.1fs", wid, now - t.last_seen)
+                del self.tokenizers[wid]
+                self.stats_dirty = True
+        for rid, t in list(self.recent_aborts.items()):
+            if now - t > 60:
+                del self.recent_aborts[rid]
+        for rank, t in list(self.pending_runners.items()):
+            if now - t > timeout:
+                del self.pending_runners[rank]
+        if now - self.last_ping >= self.settings.heartbeat_interval:
+            self.last_ping = now
+            for rank in set(self.runners) | set(self.pending_runners):
+                self.out.to_runner(rank, SchedulerPing(self.session))
+        if self.sched is None and len(self.runners) == self.world:
+            blocks = min(r.num_kv_blocks for r in self.runners.values())
+            self.sched = self.make_scheduler(blocks)
+            self.down_reason = ""
+            self.stats_dirty = True
+            log.info("engine ready: %d KV blocks per rank, %d rank(s)", blocks, self.world)
+        if self.sched is not None and self.inflight is None and self.sched.has_work():
+            plan = self.sched.schedule()
+            if plan is not None:
+                self.inflight = plan
+                for rank in range(self.world):
+                    if not self.out.to_runner(rank, plan):
+                        self.reset(f"runner rank {rank} is not connected")
+                        break
+        self._maybe_publish(now)
+
+    def not_ready_reason(self, now: float) -> str:
+        if self.sched is None:
+            return self.down_reason or "waiting for the runners"
+        if self.detokenizer is None or now - self.detokenizer.last_seen > self.settings.peer_timeout:
+            return "the detokenizer is not running"
+        if not self.tokenizers:
+            return "no tokenizer worker is running"
+        return ""
+
+    def _maybe_publish(self, now: float) -> None:
+        interval = min(1.0, self.settings.heartbeat_interval)
+        # Right after a request ends (freed blocks), but not more than 20 times a second.
+        if now - self.last_stats >= interval or (self.stats_dirty and now - self.last_stats >= 0.05):
+            self.last_stats, self.stats_dirty = now, False
+            reason = self.not_ready_reason(now)
+            engine = dict(self.sched.stats()) if self.sched is not None else {}
+            engine["max_model_len"] = self.model_config.max_model_len
+            engine["num_active_requests"] = len(self.requests)
+            tokenizers = {wid: p.stats for wid, p in self.tokenizers.items()}
+            self.out.publish(EngineStats(not reason, reason, engine, tokenizers, now))
+
+    @property
+    def busy(self) -> bool:
+        """Work is waiting and no step is out: the loop should not sleep."""
+        return self.sched is not None and self.inflight is None and self.sched.has_work()

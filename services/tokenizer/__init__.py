@@ -1,0 +1,1 @@
+"""Tokenizer workers: chat templates, encoding and length checks, fed round-robin by gateways."""

@@ -1,0 +1,193 @@
+"""ZeroMQ plumbing: endpoint names, and thin typed PUSH/PULL/PUB/SUB wrappers (sync and asyncio).
+
+Every frame is one shared.codec message. A frame that does not decode, or decodes to a type the
+socket does not expect, is logged and dropped: a stray or hostile sender must never kill a
+process. Sends never block: a peer that is gone must not hang us (the caller learns from the
+return value, and liveness is judged by heartbeats elsewhere).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+
+import zmq
+import zmq.asyncio
+
+from shared import codec
+
+log = logging.getLogger("ferry.sockets")
+
+# With run_dir = "tcp://HOST:BASE", every endpoint gets a fixed port above BASE.
+_TCP_PORT = {"scheduler": 0, "runner_out": 1, "stats": 2, "detokenizer": 3}
+_TCP_RANGE = {"runner": (10, 90), "tokenizer": (100, 900), "gateway": (1000, 1000)}
+
+
+def run_dir(settings) -> str:
+    """Where ipc sockets live. Processes started by hand agree on it through the HTTP port."""
+    return settings.run_dir or os.path.join(tempfile.gettempdir(), f"ferry-{os.getuid()}-{settings.port}")
+
+
+def endpoint(settings, name: str, index: int | None = None) -> str:
+    """The address of one named socket: ipc://RUN_DIR/name[.index] or tcp://HOST:BASE+offset."""
+    base = run_dir(settings)
+    if base.startswith("tcp://"):
+        host, port = base[len("tcp://"):].rsplit(":", 1)
+        if index is None:
+            offset = _TCP_PORT[name]
+        else:
+            start, size = _TCP_RANGE[name]
+            if not 0 <= index < size:
+                raise ValueError(f"{name} index {index} out of range for tcp endpoints")
+            offset = start + index
+        return f"tcp://{host}:{int(port) + offset}"
+    leaf = name if index is None else f"{name}.{index}"
+    return f"ipc://{os.path.join(base, leaf)}"
+
+
+def _open(ctx, kind: int, addr: str, bind: bool, immediate: bool = False) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)  # never hang at exit on undelivered messages
+    if immediate:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    if bind:
+        if addr.startswith("ipc://"):
+            os.makedirs(os.path.dirname(addr[len("ipc://"):]), exist_ok=True)
+        sock.bind(addr)
+    else:
+        sock.connect(addr)
+    return sock
+
+
+def _decode(frame: bytes, expect, where: str):
+    try:
+        return codec.decode(frame, expect=expect)
+    except codec.DecodeError as e:
+        log.warning("dropped a malformed frame on %s (%d bytes): %s", where, len(frame), e)
+        return None
+
+
+class _Sender:
+    def __init__(self, sock: zmq.Socket, addr: str):
+        self.sock, self.addr = sock, addr
+
+    def send(self, msg) -> bool:
+        """Queue one message; False when no peer can take it now (nothing connected, queue full)."""
+        try:
+            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def close(self):
+        self.sock.close(0)
+
+
+class PushSocket(_Sender):
+    """PUSH. immediate=True: queue only to peers that are connected now (round-robin over live
+    workers; a dead worker gets nothing) instead of holding messages for a peer that may return."""
+
+    def __init__(self, ctx: zmq.Context, addr: str, bind: bool = False, immediate: bool = False):
+        super().__init__(_open(ctx, zmq.PUSH, addr, bind, immediate), addr)
+
+    def connect(self, addr: str):
+        self.sock.connect(addr)
+
+
+class PubSocket(_Sender):
+    def __init__(self, ctx: zmq.Context, addr: str):
+        super().__init__(_open(ctx, zmq.PUB, addr, bind=True), addr)
+
+
+class _Receiver:
+    def __init__(self, sock, addr: str, expect):
+        self.sock, self.addr, self.expect = sock, addr, expect
+
+    def close(self):
+        self.sock.close(0)
+
+
+class PullSocket(_Receiver):
+    """PULL (bind by default: the long-lived fan-in side binds)."""
+
+    kind = zmq.PULL
+
+    def __init__(self, ctx: zmq.Context, addr: str, expect=None, bind: bool = True):
+        super().__init__(_open(ctx, self.kind, addr, bind), addr, expect)
+
+    def recv(self, timeout: float | None):
+        """One well-formed message, or None when none came within timeout seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.sock.poll(None if left is None else int(left * 1000)):
+                return None
+            msg = _decode(self.sock.recv(), self.expect, self.addr)
+            if msg is not None:
+                return msg
+
+    def drain(self, limit: int = 10_000) -> list:
+        """Every message waiting now, without blocking."""
+        out = []
+        for _ in range(limit):
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = _decode(frame, self.expect, self.addr)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+
+class SubSocket(PullSocket):
+    kind = zmq.SUB
+
+    def __init__(self, ctx: zmq.Context, addr: str, expect=None):
+        super().__init__(ctx, addr, expect, bind=False)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+
+
+class AsyncPullSocket(_Receiver):
+    """asyncio PULL/SUB for the gateway: recv() awaits the next well-formed message."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, addr: str, expect=None, bind: bool = True,
+                 kind: int = zmq.PULL):
+        sock = _open(ctx, kind, addr, bind)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        super().__init__(sock, addr, expect)
+
+    async def recv(self):
+        while True:
+            msg = _decode(await self.sock.recv(), self.expect, self.addr)
+            if msg is not None:
+                return msg
+
+
+class AsyncPushSocket(_Sender):
+    """asyncio PUSH; send() is synchronous and non-blocking, which is all a PUSH needs."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, addr: str, immediate: bool = False):
+        super().__init__(_open(ctx, zmq.PUSH, addr, False, immediate), addr)
+
+    def connect(self, addr: str):
+        self.sock.connect(addr)
+
+
+class Peers:
+    """Lazily connected PUSH sockets keyed by an id (reply routes to gateways by gateway id)."""
+
+    def __init__(self, ctx: zmq.Context, address_of):
+        self.ctx, self.address_of, self.socks = ctx, address_of, {}
+
+    def send(self, key, msg) -> bool:
+        sock = self.socks.get(key)
+        if sock is None:
+            sock = self.socks[key] = PushSocket(self.ctx, self.address_of(key))
+        return sock.send(msg)
+
+    def close(self):
+        for s in self.socks.values():
+            s.close()

@@ -1,0 +1,94 @@
+import random
+
+from shared.codec import pack_ids
+from shared.messages import DetokRegister, SeqDelta, TokenBatch
+from services.detokenizer.incremental import IncrementalDecoder, StopChecker
+from services.detokenizer.state import Detokenizer
+
+TEXTS = ["The capital of France is Paris.", "héllo wörld — 日本語のテキスト 😀👍🏽 done",
+         "  leading spaces\n\nand\ttabs", "naïve café 🇫🇷 flags"]
+
+
+def test_incremental_matches_full_decode_and_never_splits_characters(tokenizer):
+    prompt = tokenizer.encode("<|im_start|>assistant\n")
+    for text in TEXTS:
+        ids = tokenizer.encode(text)
+        dec = IncrementalDecoder(tokenizer, prompt)
+        pieces = [dec.push([t]) for t in ids]
+        pieces.append(dec.flush())
+        assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+        assert not any("\ufffd" in p for p in pieces)
+
+
+def test_incremental_with_several_tokens_per_step(tokenizer):
+    ids = tokenizer.encode(TEXTS[1])
+    rng = random.Random(0)
+    dec, out, i = IncrementalDecoder(tokenizer, []), [], 0
+    while i < len(ids):
+        k = rng.randint(1, 3)
+        out.append(dec.push(ids[i:i + k]))
+        i += k
+    assert "".join(out) + dec.flush() == TEXTS[1]
+
+
+def test_special_tokens_are_skipped(tokenizer):
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    dec = IncrementalDecoder(tokenizer, [])
+    text = dec.push(tokenizer.encode("Paris.")) + dec.push([eos]) + dec.flush()
+    assert text == "Paris."
+
+
+def test_stop_string_spanning_pushes_is_never_sent():
+    s = StopChecker(["STOP here"])
+    assert s.push("abc ST") == ("abc ", False)
+    assert s.push("OP h") == ("", False)
+    assert s.push("ere and more") == ("", True)
+
+
+def test_stop_prefix_released_once_ruled_out():
+    s = StopChecker(["\n\n", "END"])
+    assert s.push("one\n") == ("one", False)
+    assert s.push("two E") == ("\ntwo ", False)
+    assert s.push("Nx") == ("ENx", False)
+    assert s.flush() == ""
+
+
+def test_stop_included_and_earliest_wins():
+    s = StopChecker(["b", "a"], include_stop=True)
+    assert s.push("xxab") == ("xxa", True)
+
+
+def _register(rid, n=1, stop=(), logprobs=None):
+    return DetokRegister(rid, 7, n, pack_ids([]), list(stop), False, True, logprobs)
+
+
+def test_detokenizer_routes_and_applies_stop_strings(tokenizer):
+    d = Detokenizer(tokenizer)
+    d.register(_register("r1", stop=[" Paris"]))
+    ids = tokenizer.encode("The capital is Paris. Yes")
+    outs = []
+    aborts = []
+    for k, t in enumerate(ids):
+        o, a = d.on_batch(TokenBatch([SeqDelta("r1", 7, 0, pack_ids([t]), None, [], 5, k + 1, 0)]))
+        outs += o
+        aborts += a
+    text = "".join(c.text for _, o in outs for c in o.choices)
+    assert text == "The capital is"
+    assert outs[-1][1].choices[-1].finish_reason == "stop"
+    assert all(gid == 7 for gid, _ in outs)
+    assert aborts == ["r1"]  # the engine did not know: it must stop generating
+    assert "r1" not in d.requests
+
+
+def test_detokenizer_n_choices_and_engine_finish(tokenizer):
+    d = Detokenizer(tokenizer)
+    d.register(_register("r2", n=2))
+    a, b = tokenizer.encode("yes"), tokenizer.encode("no")
+    o, ab = d.on_batch(TokenBatch([SeqDelta("r2", 7, 0, pack_ids(a), "length", [], 3, 1, 0),
+                                   SeqDelta("r2", 7, 1, pack_ids(b), None, [], 3, 1, 0)]))
+    assert [(c.index, c.text, c.finish_reason) for c in o[0][1].choices] == [(0, "yes", "length"), (1, "no", None)]
+    assert ab == [] and "r2" in d.requests
+    o, ab = d.on_batch(TokenBatch([SeqDelta("r2", 7, 1, pack_ids(a), "stop", [], 3, 2, 0)]))
+    assert o[0][1].choices[0].text == "yes" and ab == [] and "r2" not in d.requests
+    # outputs for an unknown or finished request are dropped
+    assert d.on_batch(TokenBatch([SeqDelta("r2", 7, 0, pack_ids(a), None)])) == ([], [])

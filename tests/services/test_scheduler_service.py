@@ -1,0 +1,165 @@
+from dataclasses import dataclass
+
+from shared.codec import pack_ids, unpack_ids
+from shared.errors import PromptTooLong
+from shared.messages import (AbortRequest, DetokRegister, EngineRequest, Heartbeat, RequestError, RunnerReady,
+                             SchedulerPing, StepPlan, StepResult, TokenBatch)
+from shared.sampling_params import SamplingParams
+from shared.settings import Settings
+from services.scheduler.service import SchedulerService
+
+
+@dataclass
+class Out:
+    request_id: str
+    gateway_id: int
+    index: int
+    new_token_ids: list
+    finish_reason: str | None
+    logprobs: list
+    prompt_tokens: int = 3
+    completion_tokens: int = 1
+    cached_tokens: int = 0
+
+
+class FakeScheduler:
+    """Runs every request for two steps; the second finishes it."""
+
+    def __init__(self, blocks):
+        self.blocks, self.reqs, self.steps, self.aborted = blocks, {}, 0, []
+
+    def add_request(self, rid, gid, ids, params):
+        if len(ids) > 100:
+            raise PromptTooLong("too long")
+        self.reqs[rid] = [gid, 0]
+
+    def abort_request(self, rid):
+        self.aborted.append(rid)
+        self.reqs.pop(rid, None)
+
+    def has_work(self):
+        return bool(self.reqs)
+
+    def schedule(self):
+        self.steps += 1
+        return StepPlan(self.steps, [], b"", b"", b"", b"", b"", b"", b"", b"", b"")
+
+    def update(self, plan, result):
+        outs = []
+        for rid, st in list(self.reqs.items()):
+            st[1] += 1
+            done = st[1] == 2
+            outs.append(Out(rid, st[0], 0, [10 + st[1]], "length" if done else None, [], completion_tokens=st[1]))
+            if done:
+                del self.reqs[rid]
+        return outs
+
+    def stats(self):
+        return {"num_running": len(self.reqs), "num_free_blocks": self.blocks, "num_total_blocks": self.blocks}
+
+
+class Outbox:
+    def __init__(self):
+        self.runner, self.detok, self.stats = [], [], []
+        self.runner_up = True
+
+    def to_runner(self, rank, msg):
+        self.runner.append((rank, msg))
+        return self.runner_up
+
+    def to_detokenizer(self, msg):
+        self.detok.append(msg)
+        return True
+
+    def publish(self, stats):
+        self.stats.append(stats)
+
+
+class Config:
+    max_model_len = 128
+
+
+def make(now=0.0):
+    out = Outbox()
+    svc = SchedulerService(Settings(peer_timeout=5.0, heartbeat_interval=0.5), Config(), FakeScheduler, out, now)
+    return svc, out
+
+
+def bring_up(svc, out, now=0.0):
+    svc.on_message(Heartbeat("tokenizer", 0, 1, {"requests_handled": 0}), now)
+    svc.on_message(Heartbeat("detokenizer", 0, 2), now)
+    svc.on_message(RunnerReady(0, 3, 64, "inst-a"), now)  # no session yet: pinged, not used
+    svc.tick(now)
+    assert svc.sched is None and any(isinstance(m, SchedulerPing) for _, m in out.runner)
+    svc.on_message(RunnerReady(0, 3, 64, "inst-a", svc.session), now)
+    svc.tick(now)
+    assert svc.sched is not None and svc.sched.blocks == 64
+
+
+def request(rid, n_ids=3):
+    return EngineRequest(rid, 1, pack_ids(list(range(n_ids))), SamplingParams(max_tokens=2))
+
+
+def test_not_ready_then_ready():
+    svc, out = make()
+    svc.on_message(request("early"), 0.0)
+    assert isinstance(out.detok[-1], RequestError) and out.detok[-1].status == 503
+    bring_up(svc, out)
+    svc.tick(0.1)  # stats go out right after a change, at most 20 times a second
+    assert out.stats[-1].ready and out.stats[-1].tokenizers == {0: {"requests_handled": 0}}
+
+
+def test_request_runs_to_completion():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("r1"), 0.1)
+    reg = out.detok[-1]
+    assert isinstance(reg, DetokRegister) and unpack_ids(reg.prompt_tail).tolist() == [0, 1, 2]
+    svc.tick(0.1)
+    plan = svc.inflight
+    assert [m for _, m in out.runner][-1] is plan
+    svc.on_message(StepResult(plan.step_id, b"", b""), 0.2)
+    svc.tick(0.2)
+    svc.on_message(StepResult(svc.inflight.step_id, b"", b""), 0.3)
+    batches = [m for m in out.detok if isinstance(m, TokenBatch)]
+    assert [d.finish_reason for b in batches for d in b.deltas] == [None, "length"]
+    assert "r1" not in svc.requests
+
+
+def test_rejection_and_abort_before_arrival():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("long", 200), 0.1)
+    assert out.detok[-1].status == 400 and out.detok[-1].error["code"] == "context_length_exceeded"
+    svc.on_message(AbortRequest("late"), 0.1)  # the abort overtook its request
+    svc.on_message(request("late"), 0.2)
+    assert "late" not in svc.requests
+    svc.on_message(request("r2"), 0.3)
+    svc.on_message(AbortRequest("r2"), 0.3)
+    assert svc.sched.aborted == ["r2"] and svc.stats_dirty
+
+
+def test_dead_runner_fails_requests_and_restarts_engine():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("r3"), 0.1)
+    svc.on_message(Heartbeat("tokenizer", 0, 1), 5.9)
+    svc.on_message(Heartbeat("detokenizer", 0, 2), 5.9)
+    svc.tick(6.0)  # rank 0 last seen at 0.0
+    err = [m for m in out.detok if isinstance(m, RequestError)][-1]
+    assert err.request_id == "r3" and err.status == 503
+    assert svc.sched is None and not out.stats[-1].ready
+    # a restarted runner (new instance) joins the new session and the engine comes back
+    svc.on_message(RunnerReady(0, 9, 32, "inst-b", svc.session), 6.1)
+    svc.tick(6.1)
+    assert svc.sched is not None and svc.sched.blocks == 32
+
+
+def test_runner_restart_is_noticed_before_timeout():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("r4"), 0.1)
+    old = svc.session
+    svc.on_message(RunnerReady(0, 10, 64, "inst-new", old), 0.2)
+    assert svc.session != old and svc.sched is None
+    assert any(isinstance(m, RequestError) and m.request_id == "r4" for m in out.detok)
