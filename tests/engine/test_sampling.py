@@ -61,7 +61,7 @@ def test_prompt_too_long_is_rejected(default_runner):
 
 
 def _state(**kw):
-    return SamplingState.create(0, SamplingParams(**kw), [1, 2], [0], torch.device("cpu"))
+    return SamplingState.create(0, SamplingParams(**kw), [1], [0], torch.device("cpu"))  # prompt [1], EOS 0
 
 
 def _draws(logits, n=400, **kw):
