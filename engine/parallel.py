@@ -52,15 +52,49 @@ def head_shard(num_heads: int, num_kv_heads: int, rank: int, size: int) -> tuple
 
 
 def init_tensor_parallel(world_size: int, rank: int, device: torch.device) -> None:
-    """Join the group (NCCL on GPUs, gloo on the CPU) at MASTER_ADDR:MASTER_PORT (127.0.0.1:29500 by default)."""
+    """Join the group (NCCL on GPUs, gloo on the CPU) at MASTER_ADDR:MASTER_PORT (127.0.0.1:29500 by default).
+
+    Rank 0 hosts the rendezvous store. A rank restarted while an old rank 0 still runs would meet that
+    rank's store and "join" a group that is gone; it refuses such a store (rank 0 marks its store once
+    its group has formed) and exits so that its supervisor retries once the old rank 0 has gone too.
+    Whatever else hangs here ends the process after the timeout: a rank never waits forever to join.
+    """
     if world_size <= 1 or dist.is_initialized():
         return
     import datetime
+    import logging
     import os
+    import threading
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    addr = os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    port = int(os.environ.setdefault("MASTER_PORT", "29500"))
     # A bounded timeout: a rank whose peer died fails its collective instead of waiting forever.
-    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=int(os.environ.get("FERRY_DIST_TIMEOUT", "60"))))
+    timeout = datetime.timedelta(seconds=int(os.environ.get("FERRY_DIST_TIMEOUT", "60")))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    formed_key = "ferry/group_formed"
+
+    def give_up():
+        logging.getLogger(__name__).error("rank %d could not join its group in %.0fs; exiting", rank,
+                                          timeout.total_seconds())
+        logging.shutdown()
+        os._exit(1)
+
+    guard = threading.Timer(timeout.total_seconds() + 15, give_up)  # a store whose host died can hang
+    guard.daemon = True
+    guard.start()
+    try:
+        store = dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=timeout)
+        if rank and store.check([formed_key]):
+            raise RuntimeError(f"the rendezvous store at {addr}:{port} belongs to a group formed earlier "
+                               "(its rank 0 still runs); retry once that rank has exited")
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        # Prove the group live while every rank is here, before weights load (no collective waits on those).
+        probe = torch.ones(1, device=device)
+        dist.all_reduce(probe)
+        if int(probe.item()) != world_size:
+            raise RuntimeError(f"tensor-parallel group check: {int(probe.item())} of {world_size} ranks answered")
+        if rank == 0:
+            store.set(formed_key, "1")
+    finally:
+        guard.cancel()
+

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from shared.codec import pack_ids, unpack_f32, unpack_ids
+from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.messages import NewSequence, SeqLogprobs, StepPlan, StepResult
 from shared.sampling_params import SamplingParams
@@ -235,6 +235,3 @@ class Scheduler:
                     prefix_queried_tokens=self.prefix_queried_tokens, prefix_hit_tokens=self.prefix_hit_tokens,
                     num_finished=self.num_finished)
 
-
-def logprob_values(lp: SeqLogprobs) -> tuple[list[int], list[float]]:
-    return unpack_ids(lp.top_token_ids).tolist(), unpack_f32(lp.top_logprobs).tolist()

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,21 @@ def plan_processes(settings, argv: list[str], run_dir: str) -> list[tuple[str, l
     return procs
 
 
+def group_env(settings, environ=os.environ) -> dict[str, str]:
+    """The children's environment: with several runner ranks, one rendezvous address for the group.
+
+    A MASTER_PORT given by the user is kept; otherwise a free port, so that two servers on one host
+    (or two test runs) never join each other's group."""
+    env = dict(environ)
+    if settings.tensor_parallel_size > 1:
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in env:
+            with socket.socket() as s:
+                s.bind((env["MASTER_ADDR"], 0))
+                env["MASTER_PORT"] = str(s.getsockname()[1])
+    return env
+
+
 def serve(argv: list[str]) -> int:
     settings = load_settings(argv)  # fail on bad flags here, before starting anything
     log = setup_logging("launcher", settings.log_level)
@@ -58,8 +74,11 @@ def serve(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     children: dict[str, subprocess.Popen] = {}
+    env = group_env(settings)
+    if settings.tensor_parallel_size > 1:
+        log.info("%d runner ranks meet at %s:%s", settings.tensor_parallel_size, env["MASTER_ADDR"], env["MASTER_PORT"])
     for name, cmd in plan_processes(settings, argv, run_dir):
-        children[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        children[name] = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
         log.info("started %s (pid %d)", name, children[name].pid)
     url = f"http://{settings.host}:{settings.port}/health"
     announced = False

@@ -170,6 +170,9 @@ class SchedulerService:
         for rid, (gid, _) in self.requests.items():
             self.out.to_detokenizer(RequestError(rid, gid, 503, body))
         self.requests.clear()
+        # Forget the ranks too: /health stays 503 until every rank has joined the new session (the
+        # survivors of a broken group exit on seeing it, and their restarted selves sign up again).
+        self.runners.clear()
         self.sched, self.inflight = None, None
         self.down_reason = reason
         self.session = uuid.uuid4().hex  # surviving ranks hold stale sequences: they restart
