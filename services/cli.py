@@ -2,6 +2,7 @@
 
     ferry serve [flags]          every process, for development (Ctrl-C stops them all)
     ferry gateway|tokenizer|scheduler|runner|detokenizer [flags]   one process
+    ferry bench [--num-requests N] [--request-rate R] [--out FILE] ...   load a running server (--help)
 Flags are the settings' names (--model, --served-model-name, --port, --num-tokenizers, ...).
 """
 from __future__ import annotations
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None):
         from services.launcher import serve
 
         return serve(rest)
+    if command == "bench":
+        from services.bench.__main__ import main as bench
+
+        return bench(rest)
     if command in SERVICES:
         return importlib.import_module(f"services.{command}.__main__").main(rest)
     print(f"ferry: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
