@@ -4,6 +4,7 @@ Tests and benchmarks use it; the services run the same two halves in separate pr
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from shared.sampling_params import SamplingParams
@@ -44,7 +45,7 @@ class LLM:
         order = []
         for prompt, p in zip(prompts, params_list):
             rid = f"req-{next(self._ids)}"
-            self.scheduler.add_request(rid, 0, list(prompt), SamplingParams(**{f: getattr(p, f) for f in p.__slots__}))
+            self.scheduler.add_request(rid, 0, list(prompt), dataclasses.replace(p))  # a copy: validation fills it in
             order.append((rid, p.n))
         outputs = {rid: [[] for _ in range(n)] for rid, n in order}
         while self.scheduler.has_work():
