@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engine.layers.attention import AttentionMetadata, set_attention_metadata
+from engine.parallel import tp_size
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class CudaGraphRunner:
     def _capture(self) -> None:
         torch.cuda.synchronize()
         pool = None
+        mode = "thread_local" if tp_size() > 1 else "global"
         for bs in reversed(self.ladder):  # largest first: smaller graphs reuse its memory pool
             meta = self._metadata(bs)
             set_attention_metadata(meta)
@@ -115,7 +117,9 @@ class CudaGraphRunner:
                     self._forward(bs)
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                # thread-local capture under TP: the NCCL watchdog thread keeps querying its events while this
+                # thread captures, and must not invalidate the capture (a precaution; global mode was not tried)
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
                     self.outputs[bs] = self._forward(bs)
             finally:
                 set_attention_metadata(None)

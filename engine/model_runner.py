@@ -18,7 +18,7 @@ from engine.layers.attention import AttentionMetadata, Attention, set_attention_
 from engine.loader import load_weights
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
-from engine.parallel import init_tensor_parallel, tp_size
+from engine.parallel import init_tensor_parallel
 from engine.sampler import Sampler, SamplingState
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ class ModelRunner:
         self.graphs = self._capture_cuda_graphs()
 
     def _capture_cuda_graphs(self):
-        # Single GPU only for now: capturing NCCL collectives is untested here.
-        if self.device.type != "cuda" or self.settings.enforce_eager or tp_size() > 1:
+        # With tensor parallelism the graphs hold the layers' NCCL all-reduces: every rank captures the
+        # same ladder in the same order (CudaGraphRunner), so the collectives pair up at capture and replay.
+        if self.device.type != "cuda" or self.settings.enforce_eager:
             return None
         from engine.cuda_graphs import CudaGraphRunner
 

@@ -68,8 +68,10 @@ def init_tensor_parallel(world_size: int, rank: int, device: torch.device) -> No
 
     addr = os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     port = int(os.environ.setdefault("MASTER_PORT", "29500"))
-    # A bounded timeout: a rank whose peer died fails its collective instead of waiting forever.
-    timeout = datetime.timedelta(seconds=int(os.environ.get("FERRY_DIST_TIMEOUT", "60")))
+    # Bounded, but long enough for ranks that load real checkpoints at different speeds before their first
+    # captured all-reduce (CUDA graphs). A dead peer is noticed sooner elsewhere: gloo fails at once on a
+    # closed connection, and the runner service exits when the scheduler moves to a new session.
+    timeout = datetime.timedelta(seconds=int(os.environ.get("FERRY_DIST_TIMEOUT", "300")))
     backend = "nccl" if device.type == "cuda" else "gloo"
     formed_key = "ferry/group_formed"
 
