@@ -44,14 +44,12 @@ def test_rms_norm(dtype, with_residual):
 
 
 def test_rms_norm_ref_matches_hf():
-    transformers = pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     norm = LlamaRMSNorm(64, eps=1e-5).to(torch.bfloat16)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(64))
     x = torch.randn(5, 64).to(torch.bfloat16)
     assert torch.equal(norm(x), rms_norm_ref(x, norm.weight, 1e-5))
-    del transformers
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -79,7 +77,6 @@ def test_rotary_in_place(dtype, head_dim, hq, hkv):
 
 
 def test_rotary_ref_matches_hf():
-    pytest.importorskip("transformers")
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
     cache = build_cos_sin_cache(64, 64, 10000.0)
     q, k = torch.randn(1, 4, 10, 64), torch.randn(1, 2, 10, 64)
@@ -95,7 +92,6 @@ def test_rotary_ref_matches_hf():
 @pytest.mark.parametrize("scaling", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}])
 def test_cos_sin_cache_matches_transformers(scaling):
-    pytest.importorskip("transformers")
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
