@@ -36,8 +36,7 @@ def main() -> None:
     rows = []
 
     def timed(label, fn, n_tokens):
-        fn_warm = fn  # one warm-up call of the same shape
-        fn_warm()
+        fn()  # one warm-up call of the same shape
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0

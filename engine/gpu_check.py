@@ -245,16 +245,9 @@ def gpu_busy_fraction(llm, batch: int, prompt_len: int = 5, first: int = 20, cou
 
 def graph_replay_ms(llm, bs: int) -> float:
     """GPU time of one decode-graph replay, replayed back to back (no host gaps)."""
-    g = llm.runner.graphs.graphs[bs]
-    for _ in range(3):
-        g.replay()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(20):
-        g.replay()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / 20
+    from engine.cuda_graphs import replay_time_ms
+
+    return replay_time_ms(llm.runner.graphs.graphs[bs])
 
 
 def bench(results: dict, shape: str) -> None:

@@ -128,18 +128,11 @@ class ForwardingRunner:
 
 def replay_ms(runner, bs: int, n: int = 20) -> float | None:
     """GPU time of one decode-graph replay, back to back (every rank must call this together under TP)."""
+    from engine.cuda_graphs import replay_time_ms
+
     if runner.graphs is None or bs not in runner.graphs.graphs:
         return None
-    g = runner.graphs.graphs[bs]
-    for _ in range(3):
-        g.replay()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
-        g.replay()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / n
+    return replay_time_ms(runner.graphs.graphs[bs], n)
 
 
 class Rank:
@@ -365,15 +358,9 @@ def _allreduce_times(rank: int, device: str, results) -> None:
             with torch.cuda.graph(g, capture_error_mode="thread_local"):
                 for _ in range(64):
                     dist.all_reduce(x)
-            for _ in range(3):
-                g.replay()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(20):
-                g.replay()
-            b.record()
-            b.synchronize()
-            out[f"graph_us_{rows}"] = a.elapsed_time(b) * 1e3 / (20 * 64)
+            from engine.cuda_graphs import replay_time_ms
+
+            out[f"graph_us_{rows}"] = replay_time_ms(g) * 1e3 / 64  # 64 all-reduces per replay
             del g
     dist.barrier()
     if rank == 0:
