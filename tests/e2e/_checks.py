@@ -92,3 +92,19 @@ def check_concurrent_streams(server, llm, reference, count: int = 8):
 
     got = asyncio.run(all_of_them())
     assert got == want
+
+
+class OpenAIClientChecks:
+    """The four client checks as tests; a launch mode's module subclasses this beside its `server` fixture."""
+
+    def test_chat(self, server, llm, reference):
+        check_chat(server, llm, reference)
+
+    def test_stream_with_usage(self, server, llm, reference):
+        check_stream(server, llm, reference)
+
+    def test_completion(self, server, llm, reference):
+        check_completion(server, llm, reference)
+
+    def test_eight_concurrent_streams(self, server, llm, reference):
+        check_concurrent_streams(server, llm, reference)

@@ -13,7 +13,7 @@ import openai
 import pytest
 import zmq
 
-from _checks import check_chat, check_completion, check_concurrent_streams, check_stream, client
+from _checks import OpenAIClientChecks, client
 from _pipeline import MODEL, Server, alive, child_pids, ferry_command, free_port, get, metric, post
 
 
@@ -32,20 +32,8 @@ def server(tmp_path_factory):
         s.stop()
 
 
-def test_chat(server, llm, reference):
-    check_chat(server, llm, reference)
-
-
-def test_stream_with_usage(server, llm, reference):
-    check_stream(server, llm, reference)
-
-
-def test_completion(server, llm, reference):
-    check_completion(server, llm, reference)
-
-
-def test_eight_concurrent_streams(server, llm, reference):
-    check_concurrent_streams(server, llm, reference)
+class TestOpenAIClient(OpenAIClientChecks):
+    pass
 
 
 def test_models_version_metrics(server):

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from _checks import check_chat, check_completion, check_concurrent_streams, check_stream
+from _checks import OpenAIClientChecks
 from _pipeline import REPO, VENV_BIN, Server, base_env, free_port, get, metric
 
 SUPERVISORD = shutil.which("supervisord", path=VENV_BIN) or shutil.which("supervisord")
@@ -14,8 +14,7 @@ SUPERVISORD = shutil.which("supervisord", path=VENV_BIN) or shutil.which("superv
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if SUPERVISORD is None:
-        pytest.skip("supervisor is not installed")
+    assert SUPERVISORD is not None, "supervisord is missing: install the test extras (make test does)"
     tmp = tmp_path_factory.mktemp("supervisord")
     port = free_port()
     env = base_env(FERRY_PORT=port, FERRY_RUN_DIR=tmp / "run", FERRY_PEER_TIMEOUT=3)
@@ -26,20 +25,8 @@ def server(tmp_path_factory):
         s.stop()
 
 
-def test_chat(server, llm, reference):
-    check_chat(server, llm, reference)
-
-
-def test_stream_with_usage(server, llm, reference):
-    check_stream(server, llm, reference)
-
-
-def test_completion(server, llm, reference):
-    check_completion(server, llm, reference)
-
-
-def test_eight_concurrent_streams(server, llm, reference):
-    check_concurrent_streams(server, llm, reference)
+class TestOpenAIClient(OpenAIClientChecks):
+    pass
 
 
 def test_numprocs_tokenizers_both_work(server):
