@@ -85,7 +85,9 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         parent = seq.block_hashes[-1] if seq.block_hashes else None
-        for i in range(len(seq.block_hashes), seq.num_computed_tokens // self.block_size):
+        # Only blocks whose tokens are all known (a pending token has no value here yet); their K/V may still
+        # be on its way, but every step that could read them runs after the step that writes them.
+        for i in range(len(seq.block_hashes), min(seq.num_computed_tokens, seq.num_tokens) // self.block_size):
             chunk = self._chunk(seq, i)
             h = hash((parent, chunk))
             seq.block_hashes.append(h)

@@ -51,6 +51,7 @@ class DecodeInputs:
         self.host = torch.zeros(n, dtype=torch.int32, pin_memory=device.type == "cuda")
         self.device_buf = torch.zeros(n, dtype=torch.int32, device=device)
         self.host_np = self.host.numpy()
+        self.copied = torch.cuda.Event() if device.type == "cuda" else None
         self.views = {name: self._views(name) for name in ("input_ids", "positions", "slots", "context_lens")}
         self.block_tables = self.device_buf[4 * max_bs:].view(max_bs, max_blocks)
         self.host_tables = self.host_np[4 * max_bs:].reshape(max_bs, max_blocks)
@@ -69,6 +70,10 @@ class DecodeInputs:
     def fill(self, input_ids, positions, slots, context_lens, block_tables, bs: int) -> None:
         """Write n real rows and bs - n padding rows on the host side, then copy them across."""
         n = len(input_ids)
+        if self.copied is not None:
+            # Steps overlap: the last step's copy may still be queued. It is next in line by the time the
+            # next step is prepared, so this wait is short, but the host rows must not change before it.
+            self.copied.synchronize()
         for name, values, pad in (("input_ids", input_ids, 0), ("positions", positions, 0), ("slots", slots, -1),
                                   ("context_lens", context_lens, 0)):
             host = self.views[name][1]
@@ -78,6 +83,8 @@ class DecodeInputs:
         self.host_tables[:n, :w] = block_tables  # columns past a row's context are never read
         end = 4 * self.max_bs + bs * self.max_blocks
         self.device_buf[:end].copy_(self.host[:end], non_blocking=True)
+        if self.copied is not None:
+            self.copied.record()
 
 
 class CudaGraphRunner:
@@ -135,11 +142,14 @@ class CudaGraphRunner:
         return 0 < n <= self.ladder[-1] and int(num_tokens.max()) == 1 and table_width <= self.inputs.max_blocks
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slots: np.ndarray, context_lens: np.ndarray,
-            block_tables: np.ndarray) -> torch.Tensor:
-        """One decode step of n sequences; returns the hidden states [n, hidden] (valid until the next run)."""
+            block_tables: np.ndarray, fill_inputs=None) -> torch.Tensor:
+        """One decode step of n sequences; returns the hidden states [n, hidden] (valid until the next run).
+        fill_inputs(input_ids on the device) may write input tokens that only the device knows."""
         n = len(input_ids)
         bs = padded_batch_size(n, self.ladder)
         self.inputs.fill(input_ids, positions, slots, context_lens, block_tables, bs)
+        if fill_inputs is not None:
+            fill_inputs(self.inputs.device("input_ids", n))
         self.graphs[bs].replay()
         return self.outputs[bs][:n]
 

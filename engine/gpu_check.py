@@ -62,10 +62,13 @@ class Recorder:
     def __init__(self, inner):
         self.inner, self.rows = inner, {}
 
-    def __call__(self, logits, states):
+    def sample(self, logits, states):
         for row, s in zip(logits, states):
             self.rows.setdefault(tuple(s.prompt_token_ids), []).append(row.float().cpu())
-        return self.inner(logits, states)
+        return self.inner.sample(logits, states)
+
+    def finish(self, *args):
+        return self.inner.finish(*args)
 
 
 def teacher_forced(hf, prompts, outputs, recorder=None) -> tuple[int, int, float]:

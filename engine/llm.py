@@ -5,6 +5,7 @@ Tests and benchmarks use it; the services run the same two halves in separate pr
 from __future__ import annotations
 
 import dataclasses
+import collections
 import itertools
 
 from shared.sampling_params import SamplingParams
@@ -24,6 +25,7 @@ class LLM:
         self.scheduler = Scheduler(self.settings, self.model_config, blocks)
         self._ids = itertools.count()
         self._tokenizer = None
+        self._submitted = collections.deque()  # plans submitted to the runner, results not yet applied
 
     @property
     def tokenizer(self):
@@ -34,10 +36,30 @@ class LLM:
         return self._tokenizer
 
     def step(self):
+        """One step, start to end: schedule, run, apply."""
         plan = self.scheduler.schedule()
         if plan is None:
             return []
         return self.scheduler.update(plan, self.runner.execute(plan))
+
+    def step_overlapped(self):
+        """Schedule and submit the next plan while the last one runs, as the services do; apply the result of
+        the step that finished meanwhile. Returns what that step produced."""
+        plan = self.scheduler.schedule() if self.scheduler.has_work() else None
+        if plan is not None:
+            result = self.runner.submit(plan)
+            self._submitted.append(plan)
+        elif self.runner.has_pending:
+            result = self.runner.flush()
+        else:
+            raise RuntimeError("the scheduler has work but schedules nothing, and no step is running")
+        if len(self._submitted) == (2 if plan is not None else 1) and result is not None:
+            return self.scheduler.update(self._submitted.popleft(), result)
+        return []
+
+    @property
+    def busy(self) -> bool:
+        return self.scheduler.has_work() or self.runner.has_pending
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:
         """Run token-id prompts to completion together; returns, per prompt, the n output token lists."""
@@ -48,8 +70,8 @@ class LLM:
             self.scheduler.add_request(rid, 0, list(prompt), dataclasses.replace(p))  # a copy: validation fills it in
             order.append((rid, p.n))
         outputs = {rid: [[] for _ in range(n)] for rid, n in order}
-        while self.scheduler.has_work():
-            for out in self.step():
+        while self.busy:
+            for out in self.step_overlapped():
                 outputs[out.request_id][out.index].extend(out.new_token_ids)
         return [outputs[rid] for rid, _ in order]
 

@@ -6,6 +6,7 @@ changed. Every rank of a tensor-parallel group executes every plan; rank 0 sampl
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,8 +19,9 @@ from engine.layers.attention import AttentionMetadata, Attention, set_attention_
 from engine.loader import load_weights
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
-from engine.parallel import init_tensor_parallel
+from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
 from engine.sampler import Sampler, SamplingState
+from engine.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class ModelRunner:
             torch.cuda.set_device(self.device)
         init_tensor_parallel(settings.tensor_parallel_size, rank, self.device)
         self.dtype = resolve_dtype(settings, self.device)
+        enable_peer_all_reduce(self.dtype, self.device)
         self.block_size = settings.block_size
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
@@ -63,7 +66,34 @@ class ModelRunner:
         self.sampler = Sampler(self.device, settings.seed)
         self.block_tables: dict[int, list[int]] = {}
         self.states: dict[int, SamplingState] = {}
+        self._pending: _Step | None = None  # submitted, not finished
+        self._last_tokens: torch.Tensor | None = None  # the last sampled step's tokens, on the device
+        self._last_rows: dict[int, int] = {}  # seq id -> row of _last_tokens
+        self._warm_up()
         self.graphs = self._capture_cuda_graphs()
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """Run one small mixed step (a decode row and a 3-token prefill) so that Triton compiles the eager
+        kernels now rather than during the first request (over a second of stall each). Its K/V goes to
+        blocks 0 and 1, which hold nothing yet. Every rank runs it: its all-reduces pair up."""
+        if self.device.type != "cuda" or self.num_kv_blocks < 2:
+            return
+        dev, bs = self.device, self.block_size
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor([0, bs, bs + 1, bs + 2], device=dev),
+            block_tables=torch.tensor([[0], [1]], dtype=torch.int32, device=dev),
+            context_lens=torch.tensor([1, 3], dtype=torch.int32, device=dev),
+            cu_seqlens_q=torch.tensor([0, 1, 4], dtype=torch.int32, device=dev),
+            max_query_len=3, max_context_len=3, num_decode_seqs=1)
+        set_attention_metadata(meta)
+        try:
+            hidden = self.model(torch.zeros(4, dtype=torch.long, device=dev),
+                                torch.tensor([0, 0, 1, 2], device=dev))
+        finally:
+            set_attention_metadata(None)
+        self.model.compute_logits(hidden[torch.tensor([0, 3], device=dev)])
+        torch.cuda.synchronize(dev)
 
     def _capture_cuda_graphs(self):
         # With tensor parallelism the graphs hold the layers' NCCL all-reduces: every rank captures the
@@ -101,6 +131,11 @@ class ModelRunner:
         return num_blocks
 
     # ------------------------------------------------------------------ one step
+    #
+    # A step is forward, sample, finish. submit() overlaps consecutive steps: it launches plan N+1's forward
+    # (its pending input tokens taken on the device from step N's samples), then finishes step N (waits for
+    # N's tokens, records them), then launches N+1's sampling. The GPU runs N+1 while the host reports N.
+    # Sampling waits for the previous finish because penalties read each sequence's token history.
 
     def _apply_plan_state(self, plan: StepPlan) -> None:
         for ns in plan.new_seqs:
@@ -113,10 +148,40 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult | None:
+        """One step, start to end (no step may be outstanding)."""
+        assert self._pending is None, "execute() with a submitted step outstanding: flush() first"
+        self.submit(plan)
+        return self.flush()
+
+    @torch.inference_mode()
+    def submit(self, plan: StepPlan) -> StepResult | None:
+        """Launch plan's step; return the previous step's result (None on ranks other than 0, or if none)."""
+        step = self._forward(plan)
+        result = self.flush()
+        self._sample(step)
+        self._pending = step
+        return result
+
+    @torch.inference_mode()
+    def flush(self) -> StepResult | None:
+        """Finish the outstanding step, if any, and return its result (rank 0)."""
+        step, self._pending = self._pending, None
+        return self._finish(step) if step is not None else None
+
+    def pending_done(self) -> bool:
+        """The outstanding step's GPU work has finished (or there is none): flushing would not wait."""
+        step = self._pending
+        return step is None or step.event is None or step.event.query()
+
+    @property
+    def has_pending(self) -> bool:
+        return self._pending is not None
+
+    def _forward(self, plan: StepPlan) -> "_Step":
         self._apply_plan_state(plan)
         seq_ids = unpack_ids(plan.seq_ids)
         if len(seq_ids) == 0:
-            return StepResult(plan.step_id, b"", b"") if self.rank == 0 else None
+            return _Step(plan.step_id, seq_ids, [], None)
         num_tokens = unpack_ids(plan.num_tokens)
         starts = unpack_ids(plan.start_positions)
         kept, num_new_blocks = unpack_ids(plan.blocks_kept), unpack_ids(plan.num_new_blocks)
@@ -140,33 +205,96 @@ class ModelRunner:
             block_tables[i, :len(t)] = t
         slots = block_tables[seq_of_token, positions // self.block_size].astype(np.int64) * self.block_size \
             + positions % self.block_size
+        token_ids = unpack_ids(plan.token_ids)
+        fill_pending, token_ids = self._pending_inputs(token_ids, seq_ids[seq_of_token])
 
         dev = self.device
         if self.graphs is not None and self.graphs.can_run(num_tokens, max_blocks):
-            hidden = self.graphs.run(unpack_ids(plan.token_ids), positions, slots, context_lens, block_tables)
+            hidden = self.graphs.run(token_ids, positions, slots, context_lens, block_tables, fill_pending)
         else:
+            multi = num_tokens != 1
+            num_decode = int(np.argmax(multi)) if multi.any() else len(num_tokens)
             meta = AttentionMetadata(
-                slot_mapping=torch.from_numpy(slots).to(dev), block_tables=torch.from_numpy(block_tables).to(dev),
-                context_lens=torch.from_numpy(context_lens.astype(np.int32)).to(dev),
-                cu_seqlens_q=torch.from_numpy(cu).to(dev), max_query_len=int(num_tokens.max()),
-                max_context_len=int(context_lens.max()))
+                slot_mapping=to_device(slots, dev), block_tables=to_device(block_tables, dev),
+                context_lens=to_device(context_lens.astype(np.int32), dev),
+                cu_seqlens_q=to_device(cu, dev), max_query_len=int(num_tokens.max()),
+                max_context_len=int(context_lens.max()), num_decode_seqs=num_decode)
             if dev.type != "cuda":
                 for k, v in torch_backend_indices(num_tokens.tolist(), context_lens.tolist(), tables,
                                                   self.block_size, dev).items():
                     setattr(meta, k, v)
-            input_ids = torch.from_numpy(unpack_ids(plan.token_ids).astype(np.int64)).to(dev)
+            input_ids = to_device(token_ids.astype(np.int64), dev)
+            if fill_pending is not None:
+                fill_pending(input_ids)
             set_attention_metadata(meta)
             try:
-                hidden = self.model(input_ids, torch.from_numpy(positions.astype(np.int64)).to(dev))
+                hidden = self.model(input_ids, to_device(positions.astype(np.int64), dev))
             finally:
                 set_attention_metadata(None)
 
         sample_mask = np.frombuffer(plan.sample_mask, dtype=np.uint8).astype(bool)
         if hidden.shape[0] != int(sample_mask.sum()):  # some rows are prompt chunks or not last tokens
-            hidden = hidden[torch.from_numpy((cu[1:] - 1)[sample_mask].astype(np.int64)).to(dev)]
+            hidden = hidden[to_device((cu[1:] - 1)[sample_mask].astype(np.int64), dev)]
         logits = self.model.compute_logits(hidden)  # every rank joins the vocab all-gather
+        return _Step(plan.step_id, seq_ids[sample_mask], [self.states[sid] for sid in seq_ids[sample_mask].tolist()],
+                     logits)
+
+    def _pending_inputs(self, token_ids: np.ndarray, token_seq_ids: np.ndarray):
+        """Input tokens the scheduler did not know yet (PENDING_TOKEN) are this rank's samples of the last step.
+        Returns a function that writes them into the device input ids (None when there are none), and the
+        token ids with those holes made valid."""
+        holes = np.flatnonzero(token_ids < 0)
+        if len(holes) == 0:
+            return None, token_ids
+        rows = self._last_rows
+        try:
+            src = np.fromiter((rows[sid] for sid in token_seq_ids[holes].tolist()), dtype=np.int64, count=len(holes))
+        except KeyError as e:
+            raise RuntimeError(f"the plan wants sequence {e.args[0]}'s last token, which the last step did not "
+                               "sample") from None
+        token_ids = token_ids.copy()  # unpacked from the message: read-only
+        token_ids[holes] = 0  # a valid id until the device copy lands
+        dev, last = self.device, self._last_tokens
+        holes_t, src_t = to_device(holes, dev), to_device(src, dev)
+
+        def fill(input_ids: torch.Tensor) -> None:
+            input_ids[holes_t] = last[src_t].to(input_ids.dtype)
+        return fill, token_ids
+
+    def _sample(self, step: "_Step") -> None:
+        if step.logits is None:
+            return
+        step.tokens, step.raw_logprobs = self.sampler.sample(step.logits, step.states)
+        step.logits = None
+        self._last_tokens = step.tokens
+        self._last_rows = {sid: i for i, sid in enumerate(step.seq_ids.tolist())}
+        if self.device.type == "cuda":
+            step.host_tokens = step.tokens.to("cpu", non_blocking=True)
+            step.event = torch.cuda.Event()
+            step.event.record()
+        else:
+            step.host_tokens = step.tokens
+
+    def _finish(self, step: "_Step") -> StepResult | None:
+        if step.tokens is None:  # an empty step
+            return StepResult(step.step_id, b"", b"") if self.rank == 0 else None
+        if step.event is not None:
+            step.event.synchronize()
+        tokens = step.host_tokens.tolist()
+        logprobs = self.sampler.finish(tokens, step.states, step.raw_logprobs)
         if self.rank != 0:
             return None
-        sampled_ids = seq_ids[sample_mask].tolist()
-        tokens, logprobs = self.sampler(logits, [self.states[sid] for sid in sampled_ids])
-        return StepResult(plan.step_id, pack_ids(sampled_ids), pack_ids(tokens), logprobs)
+        return StepResult(step.step_id, pack_ids(step.seq_ids), pack_ids(tokens), logprobs)
+
+
+@dataclass(slots=True, eq=False)
+class _Step:
+    """One submitted step, from its forward to its finish."""
+    step_id: int
+    seq_ids: np.ndarray  # sequences that sample, in row order
+    states: list[SamplingState]
+    logits: torch.Tensor | None
+    tokens: torch.Tensor | None = None  # on the device
+    raw_logprobs: torch.Tensor | None = None
+    host_tokens: torch.Tensor | None = None  # pinned, filled once event has passed
+    event: "torch.cuda.Event | None" = None

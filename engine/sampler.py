@@ -15,6 +15,8 @@ from shared.codec import pack_f32, pack_ids
 from shared.messages import SeqLogprobs
 from shared.sampling_params import SamplingParams
 
+from engine.transfer import to_device
+
 
 @dataclass(slots=True, eq=False)
 class SamplingState:
@@ -42,11 +44,11 @@ class SamplingState:
 def _apply_penalties(row: torch.Tensor, state: SamplingState) -> None:
     p = state.params
     if p.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(state.prompt_token_ids) | set(state.output_token_ids)), device=row.device)
+        seen = to_device(sorted(set(state.prompt_token_ids) | set(state.output_token_ids)), row.device)
         vals = row[seen]
         row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
     if (p.presence_penalty or p.frequency_penalty) and state.output_token_ids:
-        counts = torch.bincount(torch.tensor(state.output_token_ids, device=row.device),
+        counts = torch.bincount(to_device(state.output_token_ids, row.device),
                                 minlength=row.shape[0]).to(row.dtype)
         row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
 
@@ -56,35 +58,35 @@ def _process_row(row: torch.Tensor, state: SamplingState) -> None:
     if p.needs_penalties:
         _apply_penalties(row, state)
     if p.logit_bias:
-        ids = torch.tensor(list(p.logit_bias.keys()), device=row.device)
-        row[ids] += torch.tensor(list(p.logit_bias.values()), device=row.device, dtype=row.dtype)
+        ids = to_device(list(p.logit_bias.keys()), row.device)
+        row[ids] += to_device(list(p.logit_bias.values()), row.device, row.dtype)
     if len(state.output_token_ids) < p.min_tokens:
         banned = list(p.stop_token_ids) + ([] if p.ignore_eos else state.eos_token_ids)
         if banned:
-            row[torch.tensor(banned, device=row.device)] = float("-inf")
+            row[to_device(banned, row.device)] = float("-inf")
 
 
 def _filter(logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:
     """Temperature, then top-k, top-p (on the top-k-renormalized distribution) and min-p."""
     device = logits.device
-    temps = torch.tensor([s.params.temperature or 1.0 for s in states], device=device)
+    temps = to_device([s.params.temperature or 1.0 for s in states], device)
     logits = logits / temps[:, None]
     top_k = [s.params.top_k for s in states]
     top_p = [s.params.top_p for s in states]
     if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
         vocab = logits.shape[-1]
-        ks = torch.tensor([k if k > 0 else vocab for k in top_k], device=device)
+        ks = to_device([k if k > 0 else vocab for k in top_k], device)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(vocab, device=device)
         sorted_logits = sorted_logits.masked_fill(ranks[None, :] >= ks[:, None], float("-inf"))
         probs = sorted_logits.softmax(-1)
-        beyond = (probs.cumsum(-1) - probs) > torch.tensor(top_p, device=device)[:, None]
+        beyond = (probs.cumsum(-1) - probs) > to_device(top_p, device)[:, None]
         sorted_logits = sorted_logits.masked_fill(beyond, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     min_p = [s.params.min_p for s in states]
     if any(m > 0 for m in min_p):
         probs = logits.softmax(-1)
-        floor = torch.tensor(min_p, device=device)[:, None] * probs.max(-1, keepdim=True).values
+        floor = to_device(min_p, device)[:, None] * probs.max(-1, keepdim=True).values
         logits = logits.masked_fill(probs < floor, float("-inf"))
     return logits
 
@@ -96,9 +98,17 @@ class Sampler:
 
     @torch.no_grad()
     def __call__(self, logits: torch.Tensor, states: list[SamplingState]) -> tuple[list[int], list[SeqLogprobs]]:
+        """Sample and finish in one go (tests, single steps)."""
+        tokens, raw_logprobs = self.sample(logits, states)
+        token_list = tokens.tolist()
+        return token_list, self.finish(token_list, states, raw_logprobs)
+
+    @torch.no_grad()
+    def sample(self, logits: torch.Tensor, states: list[SamplingState]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Launch the sampling of one token per row; returns the tokens (int64, on logits' device) and, when a
+        row asked for logprobs, the raw log-softmax. Nothing here waits for the device."""
         logits = logits.float()
-        want_logprobs = [s for s in states if s.params.logprobs is not None]
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(s.params.logprobs is not None for s in states) else None
         if any(s.needs_logit_processing for s in states):
             logits = logits.clone()
             for i, s in enumerate(states):
@@ -114,11 +124,15 @@ class Sampler:
                 if s.generator is not None:
                     noise[i].exponential_(generator=s.generator)
             sampled = (probs / noise).argmax(dim=-1)
-            tokens = torch.where(torch.tensor(greedy, device=logits.device), tokens, sampled)
-        token_list = tokens.tolist()
-        for s, t in zip(states, token_list):
+            tokens = torch.where(to_device(greedy, logits.device), tokens, sampled)
+        return tokens, raw_logprobs
+
+    def finish(self, tokens: list[int], states: list[SamplingState], raw_logprobs: torch.Tensor | None
+               ) -> list[SeqLogprobs]:
+        """Record the sampled tokens in each sequence's history; the logprobs the rows asked for."""
+        for s, t in zip(states, tokens):
             s.output_token_ids.append(t)
-        return token_list, self._logprobs(raw_logprobs, states, token_list) if want_logprobs else []
+        return self._logprobs(raw_logprobs, states, tokens) if raw_logprobs is not None else []
 
     @staticmethod
     def _logprobs(raw: torch.Tensor, states: list[SamplingState], tokens: list[int]) -> list[SeqLogprobs]:

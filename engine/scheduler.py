@@ -4,6 +4,11 @@ Every step: running sequences first (oldest first: a decode token, or the next p
 waiting ones while the token budget (max_num_batched_tokens) and max_num_seqs allow. When blocks
 run out, the newest running sequence is preempted (its blocks freed, recomputed later) and goes back
 to the front of the queue. The step goes out as a StepPlan that carries only deltas.
+
+Steps may overlap: the next plan can be scheduled while the last one runs, so that the GPU never
+waits for the host. A sequence whose sampled token is still on its way (num_pending) is scheduled
+with a placeholder (-1) as its input token; the runner fills in the token it sampled in the previous
+step. A sequence that will have reached max_tokens once its pending tokens arrive is not scheduled.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.messages import NewSequence, SeqLogprobs, StepPlan, StepResult
+
+PENDING_TOKEN = -1  # a plan's input token that the runner takes from its own previous step
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
 
@@ -99,7 +106,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_new = min(self._unscheduled(seq), budget)
+            if num_new <= 0 or self._done_when_pending_arrive(seq):
+                i += 1
+                continue
             while not self.blocks.allocate_slots(seq, num_new):
                 victim = self.running.pop()  # the newest goes first
                 self._preempt(victim)
@@ -110,25 +120,37 @@ class Scheduler:
                 scheduled.append((seq, num_new))
                 budget -= num_new
                 i += 1
-        if not preempted:  # blocks are short: let the preempted catch up before admitting more
+        # Blocks are short: let the preempted catch up before admitting more, unless nothing runs at all.
+        if not preempted or not scheduled:
             budget = self._admit_waiting(scheduled, budget)
         if not scheduled and not self._forget_on_runner:
             return None
         return self._build_plan(scheduled)
+
+    @staticmethod
+    def _unscheduled(seq: Sequence) -> int:
+        return seq.num_tokens + seq.num_pending - seq.num_computed_tokens
+
+    def _done_when_pending_arrive(self, seq: Sequence) -> bool:
+        """Finished by length once its in-flight tokens land: another step would be wasted."""
+        if not seq.num_pending:
+            return False
+        return (seq.num_output_tokens + seq.num_pending >= seq.params.max_tokens
+                or seq.num_tokens + seq.num_pending >= self.max_model_len)
 
     def _admit_waiting(self, scheduled: list[tuple[Sequence, int]], budget: int) -> int:
         held_back = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             leader = seq.leader
-            if leader is not None and leader.status is not SeqStatus.FINISHED and \
-                    leader.num_computed_tokens < leader.num_prompt_tokens:
+            # the leader's prompt blocks are committed when its first token comes back
+            if leader is not None and leader.status is not SeqStatus.FINISHED and leader.num_output_tokens == 0:
                 held_back.append(self.waiting.popleft())  # share the leader's prompt blocks once cached
                 continue
             fresh = not seq.block_table
             if fresh:
                 self.blocks.attach_cached_prefix(seq)
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_new = min(self._unscheduled(seq), budget)
             if not self.blocks.allocate_slots(seq, num_new):
                 if fresh:
                     self.blocks.free(seq)
@@ -154,6 +176,8 @@ class Scheduler:
     def _build_plan(self, scheduled: list[tuple[Sequence, int]]) -> StepPlan:
         new_seqs, seq_ids, num_tokens, starts, token_ids = [], [], [], [], []
         kept, num_new_blocks, new_blocks, sample = [], [], [], []
+        # One-token sequences first: the runner sends them through the decode attention kernel.
+        scheduled.sort(key=lambda sn: sn[1] != 1)
         for seq, n in scheduled:
             if not seq.known_to_runner:
                 new_seqs.append(NewSequence(seq.seq_id, pack_ids(seq.prompt_token_ids), seq.params,
@@ -163,13 +187,18 @@ class Scheduler:
             seq_ids.append(seq.seq_id)
             num_tokens.append(n)
             starts.append(start)
-            token_ids.extend(seq.token_ids[start:start + n])
+            known = seq.token_ids[start:start + n]
+            token_ids.extend(known)
+            token_ids.extend([PENDING_TOKEN] * (n - len(known)))
             kept.append(seq.blocks_on_runner)
             added = seq.block_table[seq.blocks_on_runner:]
             num_new_blocks.append(len(added))
             new_blocks.extend(added)
             seq.blocks_on_runner = len(seq.block_table)
-            sample.append(start + n == seq.num_tokens)
+            samples = start + n == seq.num_tokens + seq.num_pending
+            sample.append(samples)
+            seq.num_computed_tokens = start + n
+            seq.num_pending += samples
         step_id = self._next_step_id
         self._next_step_id += 1
         self._inflight[step_id] = scheduled
@@ -186,12 +215,13 @@ class Scheduler:
         outputs, self._aborted = self._aborted, []
         for seq, n in scheduled:
             if seq.status is SeqStatus.FINISHED:
-                continue  # aborted while the step ran
-            seq.num_computed_tokens += n
+                continue  # aborted (or finished by an earlier step) while the step ran
             token = sampled.get(seq.seq_id)
             if token is not None:
                 seq.token_ids.append(token)
-            self.blocks.commit_full_blocks(seq)
+                seq.num_pending -= 1
+            if seq.status is SeqStatus.RUNNING:  # not preempted meanwhile
+                self.blocks.commit_full_blocks(seq)
             if token is None:
                 continue
             reason = self._finish_reason(seq, token)

@@ -24,7 +24,10 @@ class Sequence:
     num_prompt_tokens: int
     arrival: float = 0.0
     status: SeqStatus = SeqStatus.WAITING
-    num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    num_computed_tokens: int = 0  # tokens whose K/V are in the cache or on their way there (scheduled)
+    # Tokens sampled by steps still in flight: scheduled as inputs already (the runner fills in the value
+    # it sampled), appended to token_ids when their step's result comes back.
+    num_pending: int = 0
     num_cached_tokens: int = 0  # of those, how many came from the prefix cache
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # chained hash of each full, committed block

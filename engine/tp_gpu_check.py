@@ -125,6 +125,12 @@ class ForwardingRunner:
         self._send(("plan", encode(plan)))
         return self._runner.execute(plan)
 
+    def submit(self, plan):
+        from shared.codec import encode
+
+        self._send(("plan", encode(plan)))
+        return self._runner.submit(plan)
+
 
 def replay_ms(runner, bs: int, n: int = 20) -> float | None:
     """GPU time of one decode-graph replay, back to back (every rank must call this together under TP)."""
@@ -314,9 +320,9 @@ class Driver:
 
 # ------------------------------------------------------------------------------------------ all-reduce
 
-ALLREDUCE_VARIANTS = [("default", {}), ("NCCL_PROTO=LL", {"NCCL_PROTO": "LL"}),
-                      ("NCCL_ALGO=Ring NCCL_PROTO=LL", {"NCCL_ALGO": "Ring", "NCCL_PROTO": "LL"}),
-                      ("NCCL_ALGO=Tree", {"NCCL_ALGO": "Tree"}), ("NCCL_MAX_NCHANNELS=2", {"NCCL_MAX_NCHANNELS": "2"})]
+ALLREDUCE_VARIANTS = [("NCCL default", {"FERRY_PEER_ALLREDUCE": "0"}),
+                      ("peer memory (engine.parallel.PeerAllReduce)", {"FERRY_PEER_ALLREDUCE": "1"}),
+                      ("NCCL_PROTO=LL", {"NCCL_PROTO": "LL", "FERRY_PEER_ALLREDUCE": "0"})]
 
 
 def _allreduce_rank(rank: int, port: int, device: str, env: dict, results) -> None:
@@ -341,23 +347,27 @@ def _allreduce_times(rank: int, device: str, results) -> None:
     if device == "cuda":
         torch.cuda.set_device(dev)
     init_tensor_parallel(2, rank, dev)
+    from engine.parallel import all_reduce, enable_peer_all_reduce
+
+    out = {"peer": enable_peer_all_reduce(torch.bfloat16, dev)}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    out = {}
     for rows in (1, 64):
-        x = torch.zeros(rows, 4096, dtype=torch.bfloat16, device=dev)  # zeros: sums stay finite
+        x = torch.full((rows, 4096), float(rank + 1), dtype=torch.bfloat16, device=dev)
+        out[f"sum_ok_{rows}"] = bool((all_reduce(x.clone()) == 3).all().item())
+        x.zero_()  # zeros: in-place NCCL sums stay finite
         for _ in range(20):
-            dist.all_reduce(x)
+            all_reduce(x)
         sync()
         t0 = time.perf_counter()
         for _ in range(200):
-            dist.all_reduce(x)
+            all_reduce(x)
         sync()
         out[f"eager_us_{rows}"] = (time.perf_counter() - t0) / 200 * 1e6
         if device == "cuda":
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, capture_error_mode="thread_local"):
                 for _ in range(64):
-                    dist.all_reduce(x)
+                    x = all_reduce(x)
             from engine.cuda_graphs import replay_time_ms
 
             out[f"graph_us_{rows}"] = replay_time_ms(g) * 1e3 / 64  # 64 all-reduces per replay

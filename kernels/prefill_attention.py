@@ -14,6 +14,9 @@ from kernels.decode_attention import dot_precision
 
 DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
 _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
+# The tile -> sequence search spans BLOCK_B sequences. One width up to 256 sequences (the default max_num_seqs)
+# keeps to one compiled variant; the search is a few hundred integer ops per program, noise beside the attention.
+MIN_BLOCK_B = 256
 
 
 @triton.jit
@@ -46,7 +49,9 @@ def _attend(
     return m_i, l_i, acc
 
 
-@triton.jit
+# B varies step to step: unspecialized, so that a new batch size never compiles a new variant (a first-use
+# compile stalls a live server for over a second).
+@triton.jit(do_not_specialize=["B"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
     qk_scale, B,
@@ -131,7 +136,7 @@ def paged_prefill_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=HQ // HKV, D=D, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
-        BLOCK_B=max(16, triton.next_power_of_2(B)), DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
+        BLOCK_B=max(MIN_BLOCK_B, triton.next_power_of_2(B)), DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out

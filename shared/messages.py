@@ -35,7 +35,9 @@ class StepPlan:
 
     For sequence i: its input is num_tokens[i] tokens (from token_ids, concatenated) at positions
     start_positions[i]...; its block table becomes table[:blocks_kept[i]] + the next
-    num_new_blocks[i] ids of new_block_ids; it is sampled when sample_mask[i] is 1.
+    num_new_blocks[i] ids of new_block_ids; it is sampled when sample_mask[i] is 1. A token id of -1
+    (PENDING_TOKEN) is the token the runner sampled for that sequence in the previous step: the
+    scheduler sends a plan before it knows the last step's tokens.
     """
 
     step_id: int

@@ -21,6 +21,9 @@ class AttentionMetadata:
     cu_seqlens_q: torch.Tensor  # [B+1] int32: new tokens of sequence i are q[cu[i]:cu[i+1]]
     max_query_len: int
     max_context_len: int
+    # Sequences [0, num_decode_seqs) have one new token each: a mixed step sends them through the decode
+    # kernel (K/V read once per kv head) and only the rest through the prefill kernel.
+    num_decode_seqs: int = 0
     # torch backend only: where each sequence's context lies, padded to the longest
     gather_slots: torch.Tensor | None = None  # [B, C] int64
     mask: torch.Tensor | None = None  # [B, 1, L, C] bool: query may see key
@@ -92,8 +95,14 @@ def triton_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, s
     store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     if meta.is_decode:
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
-    return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.context_lens,
-                                   scale)
+    nd = meta.num_decode_seqs
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if nd:  # the decode rows are q[:nd] (one token each, first in the batch)
+        paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens[:nd], scale,
+                               max_context_len=meta.max_context_len, out=out[:nd])
+    # cu_seqlens_q holds absolute rows of q, so the prefill kernel takes the remaining sequences as they are
+    return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.cu_seqlens_q[nd:],
+                                   meta.context_lens[nd:], scale, out=out)
 
 
 class Attention(nn.Module):

@@ -17,6 +17,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default="")
+    ap.add_argument("--sync", action="store_true",
+                    help="one step at a time, each timed (default: overlapped steps, as the services run them)")
     args = ap.parse_args()
     import torch
 
@@ -40,7 +42,19 @@ def main():
     if args.device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    while llm.scheduler.has_work():
+    submit = llm.runner.submit
+
+    def counted_submit(plan):
+        nt = unpack_ids(plan.num_tokens)
+        st = steps["decode" if len(nt) and int(nt.max()) == 1 else "mixed"]
+        st[0] += 1
+        st[2] += len(nt)
+        return submit(plan)
+
+    llm.runner.submit = counted_submit
+    while not args.sync and llm.busy:  # overlapped steps are not timed one by one (seconds stay 0)
+        n_out += sum(len(o.new_token_ids) for o in llm.step_overlapped())
+    while args.sync and llm.scheduler.has_work():
         s = time.perf_counter()
         plan = llm.scheduler.schedule()
         if plan is None:

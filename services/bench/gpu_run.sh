@@ -43,14 +43,22 @@ for _ in $(seq 300); do
   sleep 1
 done
 echo "server healthy after $(( $(date +%s) - T0 )) s"
-B="python3 -m services.cli bench --url $URL --no-progress"
-$B --workload fixed --num-requests 64 --input-len 300 --output-len 16 --name warmup > /dev/null  # Triton JIT, allocator
-$B --num-requests 1000 --out $R/sharegpt_1000.json --plot "$OUT/latency_sharegpt_1000.png"
-$B --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1 --out $R/batch1.json
-$B --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1-again --out $R/batch1b.json
+diagnose() {  # a bench run that outlived its limit: engine state and every service's stacks into the log
+  echo "a bench run timed out; engine metrics and stacks follow (server.log)"
+  python3 -c "import urllib.request as u; print(u.urlopen('$URL/metrics', timeout=5).read().decode())" \
+      | grep -E "^ferry_(scheduler_stat|num_requests)" | tee -a "$OUT/server.log"
+  pkill -USR1 -f "services\.(runner|scheduler|detokenizer|gateway)"; sleep 2
+  tail -150 "$OUT/server.log"; kill -TERM $SERVER; exit 1
+}
+B0="python3 -m services.cli bench --url $URL --no-progress"
+B() { timeout ${RUN_LIMIT:-150} $B0 "$@" || { [ $? -eq 124 ] && diagnose; }; }
+B --workload fixed --num-requests 64 --input-len 300 --output-len 16 --name warmup > /dev/null  # Triton JIT, allocator
+B --num-requests 1000 --out $R/sharegpt_1000.json --plot "$OUT/latency_sharegpt_1000.png"
+B --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1 --out $R/batch1.json
+B --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1-again --out $R/batch1b.json
 nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 > /tmp/util.txt &
 SMI=$!
-$B --workload fixed --num-requests 64 --input-len 5 --output-len 512 --name batch-64 --out $R/batch64.json
+B --workload fixed --num-requests 64 --input-len 5 --output-len 512 --name batch-64 --out $R/batch64.json
 kill $SMI
 python3 - <<'PY' > $R/util64.json
 import json
@@ -58,7 +66,7 @@ u = [int(x) for x in open("/tmp/util.txt").read().split() if x.strip().isdigit()
 busy = u[10:-5] or u  # drop the ramp at both ends (prefill, the tail)
 print(json.dumps({"samples": len(u), "mean_util_pct": sum(busy) / max(1, len(busy)), "min": min(busy, default=0)}))
 PY
-$B --num-requests $POISSON_REQUESTS --request-rate 16 --out $R/poisson16.json --plot "$OUT/latency_poisson16.png"
+B --num-requests $POISSON_REQUESTS --request-rate 16 --out $R/poisson16.json --plot "$OUT/latency_poisson16.png"
 kill -TERM $SERVER; wait $SERVER
 left=$(( BUDGET - ($(date +%s) - T0) - 15 ))
 echo "server stopped; $left s left for the transformers baseline"

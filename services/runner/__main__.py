@@ -127,25 +127,48 @@ def main(argv=None):
     inbox.start()
     log.info("runner rank %d ready: %d KV blocks", rank, runner.num_kv_blocks)
     while True:
-        try:
-            plan = inbox.plans.get(timeout=1.0)  # a timeout keeps SIGTERM/SIGINT handled promptly
-        except queue.Empty:
+        plan = next_plan(inbox, runner)
+        if plan is None:  # the last step is done on the GPU and no plan came meanwhile: report it now
+            if runner.has_pending:
+                _run(runner.flush, None, inbox, results, rank, log)
             continue
-        inbox.busy_since = time.monotonic()
-        try:
-            result = runner.execute(plan)
-        except Exception as e:
-            # Rank state is suspect now (a peer may be gone): report, then exit so that the supervisor
-            # restarts us; the other ranks fail their next collective or see the new session.
-            log.exception("step %d failed", plan.step_id)
-            if rank == 0:
-                results.send(StepResult(plan.step_id, b"", b"", error=f"{type(e).__name__}: {e}"))
-                time.sleep(0.2)
-            sys.exit(1)
-        inbox.busy_since = None
-        if rank == 0 and result is not None:
-            results.send(result)
+        _run(runner.submit, plan, inbox, results, rank, log)
 
+
+def next_plan(inbox: PlanInbox, runner, poll: float = 0.0002):
+    """The next plan; None when a step is outstanding and its GPU work ends before one arrives (then its
+    result goes out at once). While the GPU runs a step, a plan that arrives is launched behind it, so
+    the GPU goes from one step to the next without waiting for the host."""
+    if not runner.has_pending:
+        try:
+            return inbox.plans.get(timeout=1.0)  # a timeout keeps SIGTERM/SIGINT handled promptly
+        except queue.Empty:
+            return None
+    while True:
+        try:
+            return inbox.plans.get(timeout=poll)
+        except queue.Empty:
+            if runner.pending_done():
+                return None
+
+
+def _run(call, plan, inbox: PlanInbox, results: PushSocket, rank: int, log) -> None:
+    inbox.busy_since = time.monotonic()
+    try:
+        result = call(plan) if plan is not None else call()
+    except Exception as e:
+        # Rank state is suspect now (a peer may be gone): report, then exit so that the supervisor
+        # restarts us; the other ranks fail their next collective or see the new session.
+        step = plan.step_id if plan is not None else -1
+        log.exception("step %d failed", step)
+        if rank == 0:
+            # the scheduler fails the engine on any error result; the oldest outstanding step id is unknown here
+            results.send(StepResult(step, b"", b"", error=f"{type(e).__name__}: {e}"))
+            time.sleep(0.2)
+        sys.exit(1)
+    inbox.busy_since = None
+    if rank == 0 and result is not None:
+        results.send(result)
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ and time is passed in, so tests drive it with fakes.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from shared.messages import (AbortRequest, DetokRegister, EngineRequest, EngineS
 
 log = logging.getLogger("ferry.scheduler")
 
+MAX_INFLIGHT = 2
 PROMPT_TAIL = 8  # prompt tokens the detokenizer decodes before the first output (leading spaces)
 
 
@@ -53,7 +55,10 @@ class SchedulerService:
         self.tokenizers: dict[int, _Peer] = {}
         self.sched = None
         self.session = uuid.uuid4().hex
-        self.inflight: StepPlan | None = None
+        # Plans sent and not answered, oldest first. Up to MAX_INFLIGHT: the next plan goes out while the runners
+        # still work on the last one, so they never wait for this process between steps.
+        self.inflight: collections.deque[StepPlan] = collections.deque()
+        self.stalled = False  # nothing to schedule until a result or a request comes in
         self.requests: dict[str, tuple[int, int]] = {}  # request id -> (gateway id, sequences not finished)
         self.last_ping = self.last_stats = -1e9
         self.stats_dirty = False
@@ -62,6 +67,8 @@ class SchedulerService:
     # ------------------------------------------------------------------ input
 
     def on_message(self, msg, now: float) -> None:
+        if isinstance(msg, (EngineRequest, AbortRequest, StepResult)):
+            self.stalled = False
         if isinstance(msg, EngineRequest):
             if self.recent_aborts.pop(msg.request_id, None) is None:
                 self._add(msg)
@@ -117,14 +124,15 @@ class SchedulerService:
         return True
 
     def _on_result(self, result: StepResult) -> None:
-        plan, self.inflight = self.inflight, None
+        if result.error:
+            if self.sched is not None:
+                self.reset(f"runner failed: {result.error}")
+            return
+        plan = self.inflight[0] if self.inflight else None
         if plan is None or result.step_id != plan.step_id:
             log.warning("dropped a result for step %s (expected %s)", result.step_id, plan and plan.step_id)
-            self.inflight = plan
             return
-        if result.error:
-            self.reset(f"runner failed: {result.error}")
-            return
+        self.inflight.popleft()
         deltas = []
         for o in self.sched.update(plan, result):
             entry = self.requests.get(o.request_id)
@@ -173,7 +181,8 @@ class SchedulerService:
         # Forget the ranks too: /health stays 503 until every rank has joined the new session (the
         # survivors of a broken group exit on seeing it, and their restarted selves sign up again).
         self.runners.clear()
-        self.sched, self.inflight = None, None
+        self.sched = None
+        self.inflight.clear()
         self.down_reason = reason
         self.session = uuid.uuid4().hex  # surviving ranks hold stale sequences: they restart
         self.stats_dirty = True
@@ -207,14 +216,18 @@ class SchedulerService:
             self.down_reason = ""
             self.stats_dirty = True
             log.info("engine ready: %d KV blocks per rank, %d rank(s)", blocks, self.world)
-        if self.sched is not None and self.inflight is None and self.sched.has_work():
+        while self.busy:
             plan = self.sched.schedule()
-            if plan is not None:
-                self.inflight = plan
-                for rank in range(self.world):
-                    if not self.out.to_runner(rank, plan):
-                        self.reset(f"runner rank {rank} is not connected")
-                        break
+            if plan is None:
+                # Wait for the step in flight (its result may free blocks or finish sequences); with none in
+                # flight there is nothing to wait for, so the loop retries at once.
+                self.stalled = bool(self.inflight)
+                break
+            self.inflight.append(plan)
+            for rank in range(self.world):
+                if not self.out.to_runner(rank, plan):
+                    self.reset(f"runner rank {rank} is not connected")
+                    break
         self._maybe_publish(now)
 
     def not_ready_reason(self, now: float) -> str:
@@ -235,10 +248,12 @@ class SchedulerService:
             engine = dict(self.sched.stats()) if self.sched is not None else {}
             engine["max_model_len"] = self.model_config.max_model_len
             engine["num_active_requests"] = len(self.requests)
+            engine["steps_in_flight"] = len(self.inflight)
             tokenizers = {wid: p.stats for wid, p in self.tokenizers.items()}
             self.out.publish(EngineStats(not reason, reason, engine, tokenizers, now))
 
     @property
     def busy(self) -> bool:
-        """Work is waiting and no step is out: the loop should not sleep."""
-        return self.sched is not None and self.inflight is None and self.sched.has_work()
+        """A plan can go out now: the loop should not sleep."""
+        return (self.sched is not None and len(self.inflight) < MAX_INFLIGHT and not self.stalled
+                and self.sched.has_work())

@@ -35,13 +35,13 @@ def _rank_main(rank: int, settings: Settings, port: int, plans, results) -> None
         from engine.llm import LLM
 
         llm = LLM(settings, runner=runner)
-        real_execute = runner.execute
+        real_submit = runner.submit
 
-        def execute_everywhere(plan: StepPlan):
+        def submit_everywhere(plan: StepPlan):
             plans.put(encode(plan))  # what the scheduler's socket would carry to rank 1
-            return real_execute(plan)
+            return real_submit(plan)
 
-        runner.execute = execute_everywhere
+        runner.submit = submit_everywhere
         params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
         results.put([o[0] for o in llm.generate(PROMPTS, params)])
         plans.put(None)

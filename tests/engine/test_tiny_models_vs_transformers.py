@@ -29,9 +29,12 @@ class RecordingSampler:
     def __init__(self, inner):
         self.inner, self.logits = inner, []
 
-    def __call__(self, logits, states):
+    def sample(self, logits, states):
         self.logits.append(logits.detach().clone())
-        return self.inner(logits, states)
+        return self.inner.sample(logits, states)
+
+    def finish(self, *args):
+        return self.inner.finish(*args)
 
 
 def make_hf_model(name, tmp_path):

@@ -116,14 +116,50 @@ def test_request_runs_to_completion():
     reg = out.detok[-1]
     assert isinstance(reg, DetokRegister) and unpack_ids(reg.prompt_tail).tolist() == [0, 1, 2]
     svc.tick(0.1)
-    plan = svc.inflight
-    assert [m for _, m in out.runner][-1] is plan
-    svc.on_message(StepResult(plan.step_id, b"", b""), 0.2)
+    # the second plan goes out while the first runs: two in flight, then the loop may sleep
+    assert [p.step_id for p in svc.inflight] == [1, 2] and not svc.busy
+    assert [m for _, m in out.runner][-2:] == list(svc.inflight)
+    svc.on_message(StepResult(7, b"", b""), 0.15)  # not the oldest outstanding step: dropped
+    assert len(svc.inflight) == 2
+    svc.on_message(StepResult(1, b"", b""), 0.2)
+    assert svc.busy
     svc.tick(0.2)
-    svc.on_message(StepResult(svc.inflight.step_id, b"", b""), 0.3)
+    assert [p.step_id for p in svc.inflight] == [2, 3]
+    svc.on_message(StepResult(2, b"", b""), 0.3)
     batches = [m for m in out.detok if isinstance(m, TokenBatch)]
     assert [d.finish_reason for b in batches for d in b.deltas] == [None, "length"]
     assert "r1" not in svc.requests
+    svc.tick(0.3)
+    svc.on_message(StepResult(3, b"", b""), 0.4)
+    assert not svc.inflight and not svc.busy
+
+
+def test_nothing_to_schedule_waits_for_a_message():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("r1"), 0.1)
+    svc.tick(0.1)
+    assert len(svc.inflight) == 2
+    svc.sched.schedule = lambda: None  # e.g. every running sequence waits for its last token
+    svc.on_message(StepResult(1, b"", b""), 0.2)
+    svc.tick(0.2)
+    assert len(svc.inflight) == 1 and not svc.busy  # the loop sleeps in poll() until the result comes
+    svc.on_message(request("r2"), 0.25)  # still work to do after r1 ends
+    svc.on_message(StepResult(2, b"", b""), 0.3)
+    assert svc.busy
+    svc.tick(0.3)
+    assert not svc.inflight and svc.busy  # nothing in flight to wait for: retry rather than hang
+
+
+def test_error_result_fails_the_engine():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("r1"), 0.1)
+    svc.tick(0.1)
+    svc.on_message(StepResult(-1, b"", b"", error="RuntimeError: boom"), 0.2)  # step id unknown to the runner
+    assert svc.sched is None and not svc.inflight
+    err = [m for m in out.detok if isinstance(m, RequestError)][-1]
+    assert err.request_id == "r1" and err.status == 503 and "boom" in err.error["message"]
 
 
 def test_rejection_and_abort_before_arrival():
