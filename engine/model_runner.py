@@ -21,6 +21,7 @@ from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
 from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
 from engine.sampler import Sampler, SamplingState
+from engine.gpu_idle import GpuIdleMeter
 from engine.transfer import to_device
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class ModelRunner:
         self._pending: _Step | None = None  # submitted, not finished
         self._last_tokens: torch.Tensor | None = None  # the last sampled step's tokens, on the device
         self._last_rows: dict[int, int] = {}  # seq id -> row of _last_tokens
+        self.idle_meter = GpuIdleMeter() if self.device.type == "cuda" else None
+        self.finished_runs: list = []  # IdleRuns the meter closed, for the service to log
         self._warm_up()
         self.graphs = self._capture_cuda_graphs()
 
@@ -206,6 +209,10 @@ class ModelRunner:
         slots = block_tables[seq_of_token, positions // self.block_size].astype(np.int64) * self.block_size \
             + positions % self.block_size
         token_ids = unpack_ids(plan.token_ids)
+        started = None
+        if self.idle_meter is not None:  # the step's device work starts here (above: host work only)
+            started = torch.cuda.Event(enable_timing=True)
+            started.record()
         fill_pending, token_ids = self._pending_inputs(token_ids, seq_ids[seq_of_token])
 
         dev = self.device
@@ -237,7 +244,7 @@ class ModelRunner:
             hidden = hidden[to_device((cu[1:] - 1)[sample_mask].astype(np.int64), dev)]
         logits = self.model.compute_logits(hidden)  # every rank joins the vocab all-gather
         return _Step(plan.step_id, seq_ids[sample_mask], [self.states[sid] for sid in seq_ids[sample_mask].tolist()],
-                     logits)
+                     logits, started=started)
 
     def _pending_inputs(self, token_ids: np.ndarray, token_seq_ids: np.ndarray):
         """Input tokens the scheduler did not know yet (PENDING_TOKEN) are this rank's samples of the last step.
@@ -270,7 +277,7 @@ class ModelRunner:
         self._last_rows = {sid: i for i, sid in enumerate(step.seq_ids.tolist())}
         if self.device.type == "cuda":
             step.host_tokens = step.tokens.to("cpu", non_blocking=True)
-            step.event = torch.cuda.Event()
+            step.event = torch.cuda.Event(enable_timing=step.started is not None)
             step.event.record()
         else:
             step.host_tokens = step.tokens
@@ -280,6 +287,10 @@ class ModelRunner:
             return StepResult(step.step_id, b"", b"") if self.rank == 0 else None
         if step.event is not None:
             step.event.synchronize()
+            if step.started is not None:
+                ended = self.idle_meter.step_done(step.started, step.event)
+                if ended is not None:
+                    self.finished_runs.append(ended)
         tokens = step.host_tokens.tolist()
         logprobs = self.sampler.finish(tokens, step.states, step.raw_logprobs)
         if self.rank != 0:
@@ -298,3 +309,4 @@ class _Step:
     raw_logprobs: torch.Tensor | None = None
     host_tokens: torch.Tensor | None = None  # pinned, filled once event has passed
     event: "torch.cuda.Event | None" = None
+    started: "torch.cuda.Event | None" = None  # timing: just before the step's first device work

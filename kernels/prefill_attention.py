@@ -49,9 +49,10 @@ def _attend(
     return m_i, l_i, acc
 
 
-# B varies step to step: unspecialized, so that a new batch size never compiles a new variant (a first-use
-# compile stalls a live server for over a second).
-@triton.jit(do_not_specialize=["B"])
+# B varies step to step, and a mixed step passes the metadata from row num_decode_seqs on (offsets that may or
+# may not be 16-byte aligned): neither is specialized on, so that no new batch shape compiles a new variant
+# (a first-use compile stalls a live server for over a second).
+@triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
     qk_scale, B,

@@ -35,7 +35,7 @@ PY
 cat $R/floor.json
 
 python3 -m services.cli serve --load-format dummy --hf-config llama-3.1-8b --dtype bfloat16 --max-model-len 4096 \
-    --max-num-seqs 256 --port $PORT > "$OUT/server.log" 2>&1 &
+    --max-num-seqs ${MAX_NUM_SEQS:-256} --port $PORT > "$OUT/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 300); do
   python3 -c "import urllib.request as u; u.urlopen('$URL/health', timeout=1)" 2>/dev/null && break
@@ -103,4 +103,6 @@ names = ("floor", "util64", "sharegpt_1000", "batch1", "batch1b", "batch64", "po
 with open(os.path.join(sys.argv[2], "results.json"), "w") as fh:
     json.dump({"gpu": gpu, **{n: load(n + ".json") for n in names}}, fh)
 PY
+echo "GPU idle between steps, per run of steps (runner log; the batch-64 run is the one of ~512 steps):"
+grep "GPU run of" "$OUT/server.log" | sed 's/.*ferry.runner.0: //'
 echo "total $(( $(date +%s) - T0 )) s"

@@ -130,9 +130,9 @@ def main(argv=None):
         plan = next_plan(inbox, runner)
         if plan is None:  # the last step is done on the GPU and no plan came meanwhile: report it now
             if runner.has_pending:
-                _run(runner.flush, None, inbox, results, rank, log)
+                _run(runner, None, inbox, results, rank, log)
             continue
-        _run(runner.submit, plan, inbox, results, rank, log)
+        _run(runner, plan, inbox, results, rank, log)
 
 
 def next_plan(inbox: PlanInbox, runner, poll: float = 0.0002):
@@ -152,10 +152,11 @@ def next_plan(inbox: PlanInbox, runner, poll: float = 0.0002):
                 return None
 
 
-def _run(call, plan, inbox: PlanInbox, results: PushSocket, rank: int, log) -> None:
+def _run(runner, plan, inbox: PlanInbox, results: PushSocket, rank: int, log) -> None:
+    """Submit a plan (None: flush the outstanding step); send rank 0's result; exit on failure."""
     inbox.busy_since = time.monotonic()
     try:
-        result = call(plan) if plan is not None else call()
+        result = runner.submit(plan) if plan is not None else runner.flush()
     except Exception as e:
         # Rank state is suspect now (a peer may be gone): report, then exit so that the supervisor
         # restarts us; the other ranks fail their next collective or see the new session.
@@ -169,6 +170,9 @@ def _run(call, plan, inbox: PlanInbox, results: PushSocket, rank: int, log) -> N
     inbox.busy_since = None
     if rank == 0 and result is not None:
         results.send(result)
+    while runner.finished_runs:
+        log.info("%s", runner.finished_runs.pop(0))
+
 
 if __name__ == "__main__":
     main()
