@@ -49,6 +49,12 @@ def endpoint(settings, name: str, index: int | None = None) -> str:
 def _open(ctx, kind: int, addr: str, bind: bool, immediate: bool = False) -> zmq.Socket:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)  # never hang at exit on undelivered messages
+    if kind in (zmq.PUSH, zmq.PULL):
+        # No high-water mark on the pipeline's data paths: ZeroMQ's default (1000 messages each side) makes a
+        # non-blocking send fail once a slow reader (the gateway while a thousand streams open) falls that far
+        # behind, and a lost output leaves its request waiting forever. Queues grow instead; the reader catches up.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if bind:
@@ -73,7 +79,8 @@ class _Sender:
         self.sock, self.addr = sock, addr
 
     def send(self, msg) -> bool:
-        """Queue one message; False when no peer can take it now (nothing connected, queue full)."""
+        """Queue one message; False when no peer can take it now (an `immediate` socket with no peer
+        connected; PUSH queues have no size limit, PUB drops what slow subscribers cannot take)."""
         try:
             self.sock.send(codec.encode(msg), zmq.NOBLOCK)
             return True

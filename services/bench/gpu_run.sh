@@ -47,7 +47,8 @@ diagnose() {  # a bench run that outlived its limit: engine state and every serv
   echo "a bench run timed out; engine metrics and stacks follow (server.log)"
   python3 -c "import urllib.request as u; print(u.urlopen('$URL/metrics', timeout=5).read().decode())" \
       | grep -E "^ferry_(scheduler_stat|num_requests)" | tee -a "$OUT/server.log"
-  pkill -USR1 -f "services\.(runner|scheduler|detokenizer|gateway)"; sleep 2
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv | tee -a "$OUT/server.log"
+  pkill -USR1 -f "services\.(runner|scheduler|detokenizer|tokenizer)"; sleep 2
   tail -150 "$OUT/server.log"; kill -TERM $SERVER; exit 1
 }
 B0="python3 -m services.cli bench --url $URL --no-progress"

@@ -59,3 +59,22 @@ def test_drain_and_send_without_peer(tmp_path):
     assert [m.request_id for m in got] == ["r1", "r2", "r3", "r4"]
     assert encode(got[0])  # round-trips
     ctx.destroy(0)
+
+
+def test_a_slow_reader_loses_nothing(tmp_path):
+    """Far more messages than ZeroMQ's default high-water marks (1000 per side) wait for a reader that
+    has not read yet: every one arrives (outputs must never be dropped under load)."""
+    ctx = zmq.Context()
+    addr = f"ipc://{tmp_path}/slow"
+    pull = PullSocket(ctx, addr, expect=AbortRequest)
+    push = PushSocket(ctx, addr)
+    assert all(push.send(AbortRequest(f"r{i}")) for i in range(5000))
+    got = []
+    while len(got) < 5000:
+        msg = pull.recv(timeout=5.0)
+        assert msg is not None, f"only {len(got)} of 5000 arrived"
+        got.append(msg.request_id)
+    assert got == [f"r{i}" for i in range(5000)]
+    push.close()
+    pull.close()
+    ctx.term()
