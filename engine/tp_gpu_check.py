@@ -162,11 +162,14 @@ class Rank:
 
     def handle(self, msg):
         kind = msg[0]
-        if kind == "plan":
+        if kind == "plan":  # overlapped, as the runner service runs it
             from shared.codec import decode
 
-            assert self.runner.execute(decode(msg[1])) is None  # only rank 0 answers
-        elif kind == "runner":
+            assert self.runner.submit(decode(msg[1])) is None  # only rank 0 answers
+            return None
+        if self.runner is not None and self.runner.has_pending:
+            self.runner.flush()
+        if kind == "runner":
             self.build(msg[1], msg[2])
         elif kind == "tf32":  # fp32 checks run with TF32 off on every rank
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = msg[1]

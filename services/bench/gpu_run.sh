@@ -35,7 +35,7 @@ PY
 cat $R/floor.json
 
 python3 -m services.cli serve --load-format dummy --hf-config llama-3.1-8b --dtype bfloat16 --max-model-len 4096 \
-    --max-num-seqs ${MAX_NUM_SEQS:-256} --port $PORT > "$OUT/server.log" 2>&1 &
+    --max-num-seqs ${MAX_NUM_SEQS:-1024} --port $PORT > "$OUT/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 300); do
   python3 -c "import urllib.request as u; u.urlopen('$URL/health', timeout=1)" 2>/dev/null && break
