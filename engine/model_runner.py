@@ -1,7 +1,8 @@
 """Owns one rank's model weights and KV cache, and executes StepPlans.
 
 The runner keeps, per sequence, its block table and its sampling state; each plan only carries what
-changed. Every rank of a tensor-parallel group executes every plan; rank 0 samples and answers.
+changed. Every rank of a tensor-parallel group executes every plan and samples (identical logits and
+seeds give identical tokens, which each rank needs as its next inputs); rank 0 answers.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from shared.messages import StepPlan, StepResult
 from shared.settings import Settings
 
 from engine.layers.attention import AttentionMetadata, Attention, set_attention_metadata, torch_backend_indices
+from engine.gpu_idle import GpuIdleMeter
 from engine.loader import load_weights
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
 from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
 from engine.sampler import Sampler, SamplingState
-from engine.gpu_idle import GpuIdleMeter
 from engine.transfer import to_device
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,8 @@ class Scheduler:
                 self._aborted.append(self._output(seq, []))
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._forget_on_runner or self._aborted)
+        # Aborted sequences' last outputs ride on the next step's update; alone they are no reason to schedule.
+        return bool(self.waiting or self.running or self._forget_on_runner)
 
     # ------------------------------------------------------------------ one step
 

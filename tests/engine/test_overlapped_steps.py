@@ -117,3 +117,28 @@ def test_runner_refuses_a_placeholder_it_cannot_fill(model_dir):
     bad = dataclasses.replace(plan, token_ids=pack_ids(tokens))
     with pytest.raises(RuntimeError, match="did not sample"):
         llm.runner.execute(bad)
+
+
+def test_abort_while_steps_are_in_flight(model_dir):
+    from engine.llm import LLM
+
+    llm = LLM(_settings(model_dir, num_kv_blocks=64))
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    for rid, prompt in (("keep", PROMPTS[0]), ("drop", PROMPTS[2])):
+        llm.scheduler.add_request(rid, 0, list(prompt), params)
+    got = {"keep": [], "drop": []}
+    for _ in range(4):  # a few overlapped steps: one plan is always out when the abort lands
+        for o in llm.step_overlapped():
+            got[o.request_id].extend(o.new_token_ids)
+    assert llm.runner.has_pending
+    llm.scheduler.abort_request("drop")
+    dropped_so_far = len(got["drop"])
+    reasons = {}
+    while llm.busy:
+        for o in llm.step_overlapped():
+            got[o.request_id].extend(o.new_token_ids)
+            reasons[o.request_id] = o.finish_reason
+    assert reasons["drop"] == "abort" and len(got["drop"]) == dropped_so_far  # nothing after the abort
+    assert reasons["keep"] == "length" and len(got["keep"]) == 12
+    assert not llm.runner.states and not llm.scheduler.has_work()
+    assert llm.scheduler.blocks.num_free_blocks == llm.scheduler.blocks.num_blocks

@@ -23,7 +23,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, settings: Settings, port: int, plans, results) -> None:
+GREEDY = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
+# Every rank samples (each needs the tokens as its next inputs): with the same logits and the same seeds they
+# must draw the same tokens, or the ranks' halves of the model would drift apart.
+SAMPLED = SamplingParams(temperature=0.9, top_p=0.95, seed=11, max_tokens=TOKENS, ignore_eos=True)
+
+
+def _rank_main(rank: int, settings: Settings, port: int, plans, results, params: SamplingParams = GREEDY) -> None:
     import os
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
@@ -42,7 +48,6 @@ def _rank_main(rank: int, settings: Settings, port: int, plans, results) -> None
             return real_submit(plan)
 
         runner.submit = submit_everywhere
-        params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
         results.put([o[0] for o in llm.generate(PROMPTS, params)])
         plans.put(None)
     else:
@@ -50,11 +55,11 @@ def _rank_main(rank: int, settings: Settings, port: int, plans, results) -> None
             assert runner.execute(decode(frame)) is None  # only rank 0 answers
 
 
-def generate_tp2(settings: Settings) -> list[list[int]]:
+def generate_tp2(settings: Settings, params: SamplingParams = GREEDY) -> list[list[int]]:
     ctx = mp.get_context("spawn")
     plans, results = ctx.Queue(), ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, settings, port, plans, results)) for r in range(2)]
+    procs = [ctx.Process(target=_rank_main, args=(r, settings, port, plans, results, params)) for r in range(2)]
     for p in procs:
         p.start()
     try:
@@ -68,10 +73,9 @@ def generate_tp2(settings: Settings) -> list[list[int]]:
     return out
 
 
-def generate_tp1(settings: Settings) -> list[list[int]]:
+def generate_tp1(settings: Settings, params: SamplingParams = GREEDY) -> list[list[int]]:
     from engine.llm import LLM
 
-    params = SamplingParams(temperature=0.0, max_tokens=TOKENS, ignore_eos=True)
     return [o[0] for o in LLM(settings).generate(PROMPTS, params)]
 
 
@@ -80,6 +84,14 @@ def test_tiny_models_tp2_equals_tp1(name, tmp_path):
     make_hf_model(name, tmp_path)  # llama-tied-llama3-rope has 1 KV head: replicated on both ranks
     base = dict(model=str(tmp_path), dtype="float32", device="cpu", num_kv_blocks=32, block_size=4)
     assert generate_tp2(Settings(**base, tensor_parallel_size=2)) == generate_tp1(Settings(**base))
+
+
+def test_sampled_tokens_agree_across_ranks(tmp_path):
+    make_hf_model("qwen2", tmp_path)
+    base = dict(model=str(tmp_path), dtype="float32", device="cpu", num_kv_blocks=32, block_size=4)
+    tp1 = generate_tp1(Settings(**base), SAMPLED)
+    assert len(set(tp1[0])) > 3  # really sampled, not a constant
+    assert generate_tp2(Settings(**base, tensor_parallel_size=2), SAMPLED) == tp1
 
 
 def test_default_model_tp2_equals_tp1(default_runner, chat_prompts):
