@@ -144,8 +144,9 @@ class ModelRunner:
     def _apply_plan_state(self, plan: StepPlan) -> None:
         for ns in plan.new_seqs:
             self.block_tables[ns.seq_id] = []
-            self.states[ns.seq_id] = SamplingState.create(ns.seq_id, ns.params, unpack_ids(ns.prompt_token_ids).tolist(),
-                                                          unpack_ids(ns.eos_token_ids).tolist(), self.device)
+            self.states[ns.seq_id] = SamplingState.create(
+                ns.seq_id, ns.params, unpack_ids(ns.prompt_token_ids).tolist(),
+                unpack_ids(ns.eos_token_ids).tolist(), self.device)
         for sid in unpack_ids(plan.finished_seq_ids).tolist():
             self.block_tables.pop(sid, None)
             self.states.pop(sid, None)

@@ -46,9 +46,9 @@ def main():
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         llm.scheduler.update(plan, llm.runner.execute(plan))
-        times["mixed" if nt.max() > 1 else "decode"].append((time.perf_counter() - t0) * 1e3)
-        print(f"step {i}: {len(nt)} seqs, {int(nt.sum())} tokens, {times['mixed' if nt.max() > 1 else 'decode'][-1]:.2f} ms",
-              flush=True)
+        kind = "mixed" if nt.max() > 1 else "decode"
+        times[kind].append((time.perf_counter() - t0) * 1e3)
+        print(f"step {i}: {len(nt)} seqs, {int(nt.sum())} tokens, {times[kind][-1]:.2f} ms", flush=True)
     llm.scheduler.add_request("prof", 0, rng.integers(0, vocab, args.prefill).tolist(),
                               SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
     plan = llm.scheduler.schedule()

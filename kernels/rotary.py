@@ -1,10 +1,10 @@
 """Rotary position embedding (neox / rotate_half layout), applied in place to q and k."""
 
-import math
-
 import torch
 import triton
 import triton.language as tl
+
+from engine.layers.rotary import build_cos_sin_cache  # noqa: F401  (the table the kernel reads)
 
 
 @triton.jit
@@ -61,35 +61,3 @@ def apply_rotary_ref(positions, q, k, cos_sin_cache) -> None:
         x.copy_(out.to(x.dtype))
 
 
-def _inv_freq(head_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
-    # Same expression as transformers' _compute_default_rope_parameters (fp32 throughout).
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype=torch.float) / head_dim))
-    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
-    if rope_type == "default":
-        return inv_freq
-    if rope_type == "linear":
-        return inv_freq / scaling["factor"]
-    if rope_type != "llama3":
-        raise NotImplementedError(f"rope scaling {rope_type!r}")
-    # Mirrors transformers' _compute_llama3_parameters line for line so the rounding matches.
-    factor = scaling["factor"]
-    low_freq_factor = scaling["low_freq_factor"]
-    high_freq_factor = scaling["high_freq_factor"]
-    old_context_len = scaling["original_max_position_embeddings"]
-    low_freq_wavelen = old_context_len / low_freq_factor
-    high_freq_wavelen = old_context_len / high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
-    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
-    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
-
-
-def build_cos_sin_cache(head_dim: int, max_pos: int, base: float, scaling: dict | None = None,
-                        device=None) -> torch.Tensor:
-    """[max_pos, head_dim] fp32: cos in the first head_dim/2 columns, sin in the last."""
-    inv_freq = _inv_freq(head_dim, base, scaling)
-    # HF multiplies float positions by inv_freq in fp32; do the same.
-    freqs = torch.arange(max_pos, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
-    return torch.cat((freqs.cos(), freqs.sin()), dim=-1).contiguous().to(device)

@@ -8,9 +8,15 @@ from torch import nn
 
 
 def inverse_frequencies(head_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
+    """fp32, written as transformers writes it (default, linear and llama3 rope types) so the rounding matches."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    if not scaling:
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type == "default":
         return inv_freq
+    if rope_type == "linear":
+        return inv_freq / scaling["factor"]
+    if rope_type != "llama3":
+        raise NotImplementedError(f"rope scaling {rope_type!r} is not supported")
     # Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend in between.
     factor = scaling["factor"]
     low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
@@ -23,10 +29,13 @@ def inverse_frequencies(head_dim: int, base: float, scaling: dict | None) -> tor
     return torch.where(medium, smoothed, scaled)
 
 
-def build_cos_sin_cache(head_dim: int, max_positions: int, base: float, scaling: dict | None) -> torch.Tensor:
-    """[max_positions, head_dim] float32: cos of each frequency in the first half, sin in the second."""
-    freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inverse_frequencies(head_dim, base, scaling))
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+def build_cos_sin_cache(head_dim: int, max_positions: int, base: float, scaling: dict | None = None,
+                        device=None) -> torch.Tensor:
+    """[max_positions, head_dim] float32: cos of each frequency in the first half, sin in the second. The one
+    table both the torch path and the Triton kernel (kernels/rotary.py) read; triton-free, for CPU installs."""
+    inv_freq = inverse_frequencies(head_dim, base, scaling)
+    freqs = torch.arange(max_positions, dtype=torch.int64).float()[:, None] * inv_freq[None, :]  # as transformers
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous().to(device)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
