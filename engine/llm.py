@@ -53,9 +53,8 @@ class LLM:
             result = self.runner.flush()
         else:
             raise RuntimeError("the scheduler has work but schedules nothing, and no step is running")
-        if len(self._submitted) == (2 if plan is not None else 1) and result is not None:
-            return self.scheduler.update(self._submitted.popleft(), result)
-        return []
+        # a result is always the oldest submitted plan's (rank 0 answers every step it finishes)
+        return self.scheduler.update(self._submitted.popleft(), result) if result is not None else []
 
     @property
     def busy(self) -> bool:

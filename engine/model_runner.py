@@ -245,8 +245,8 @@ class ModelRunner:
         if hidden.shape[0] != int(sample_mask.sum()):  # some rows are prompt chunks or not last tokens
             hidden = hidden[to_device((cu[1:] - 1)[sample_mask].astype(np.int64), dev)]
         logits = self.model.compute_logits(hidden)  # every rank joins the vocab all-gather
-        return _Step(plan.step_id, seq_ids[sample_mask], [self.states[sid] for sid in seq_ids[sample_mask].tolist()],
-                     logits, started=started)
+        sampled = seq_ids[sample_mask]
+        return _Step(plan.step_id, sampled, [self.states[sid] for sid in sampled.tolist()], logits, started=started)
 
     def _pending_inputs(self, token_ids: np.ndarray, token_seq_ids: np.ndarray):
         """Input tokens the scheduler did not know yet (PENDING_TOKEN) are this rank's samples of the last step.

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
+import time
 
 import openai
 
@@ -108,3 +112,28 @@ class OpenAIClientChecks:
 
     def test_eight_concurrent_streams(self, server, llm, reference):
         check_concurrent_streams(server, llm, reference)
+
+
+def kill_mid_stream(server, pid: int, limit: float = 10.0) -> float:
+    """Open a long stream, SIGKILL `pid` half a second into it, and check that the stream ends with an error
+    within `limit` seconds instead of hanging. Returns when the kill happened (time.monotonic())."""
+    stream = client(server).completions.create(model=MODEL, prompt="Tell me a long story", max_tokens=2000,
+                                               stream=True, extra_body={"ignore_eos": True})
+    assert next(iter(stream)).choices
+    killed = {}
+
+    def kill():
+        time.sleep(0.5)  # mid-stream
+        os.kill(pid, signal.SIGKILL)
+        killed["at"] = time.monotonic()
+
+    threading.Thread(target=kill).start()
+    try:
+        for _ in stream:
+            pass
+    except openai.APIError:
+        pass
+    else:
+        raise AssertionError("the stream ended without an error after its server lost a process")
+    assert time.monotonic() - killed["at"] < limit, f"the stream outlived the kill by {limit}s"
+    return killed["at"]
