@@ -53,7 +53,7 @@ class ModelRunner:
             torch.cuda.set_device(self.device)
         init_tensor_parallel(settings.tensor_parallel_size, rank, self.device)
         self.dtype = resolve_dtype(settings, self.device)
-        enable_peer_all_reduce(self.dtype, self.device)
+        enable_peer_all_reduce(self.dtype, self.device, cfg.hidden_size)
         self.block_size = settings.block_size
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)

@@ -59,17 +59,67 @@ class PeerAllReduce:
         return out
 
 
+class PeerAllReduceRMSNorm:
+    """The all-reduce after a row-parallel layer fused with the residual add and RMSNorm that follow it, one
+    kernel for up to `max_rows` rows (kernels/allreduce_rmsnorm.py): no barrier, no separate norm kernel.
+    Each rank's buffer is symmetric memory its peers write into over NVLink."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, hidden: int, max_rows: int, group_name: str):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        from kernels.allreduce_rmsnorm import buffer_dtype, peer_buffer_elements, sentinel_of
+
+        self.dtype, self.hidden, self.max_rows = dtype, hidden, max_rows
+        n = peer_buffer_elements(tp_size(), max_rows, hidden)
+        self.buffer = symm_mem.empty(n, dtype=buffer_dtype(dtype), device=device)
+        handle = symm_mem.rendezvous(self.buffer, group_name)
+        if handle.buffer_ptrs[tp_rank()] != self.buffer.data_ptr():
+            raise RuntimeError("symmetric buffer does not start at its allocation")
+        self.buffer.fill_(sentinel_of(dtype))
+        self.ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
+        self.counters = torch.zeros(max_rows, dtype=torch.int32, device=device)
+        # Every buffer must hold the sentinel before any rank pushes into it.
+        done = torch.ones(1, device=device)
+        dist.all_reduce(done)
+        done.item()
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return x.dtype == self.dtype and x.shape[0] <= self.max_rows and x.shape[-1] == self.hidden
+
+    def __call__(self, x, residual, weight, eps):
+        from kernels.allreduce_rmsnorm import all_reduce_rms_norm
+
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        if residual.stride(-1) != 1:
+            residual = residual.contiguous()
+        return all_reduce_rms_norm(x, residual, weight, eps, self.ptrs, self.counters, tp_rank(), tp_size(),
+                                   self.max_rows)
+
+
 _peer: PeerAllReduce | None = None
+_peer_norm: PeerAllReduceRMSNorm | None = None
 
 
-def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device) -> bool:
-    """Use PeerAllReduce for small all-reduces when every rank can (CUDA, torch's symmetric memory, peer
-    access); otherwise NCCL does them all. FERRY_PEER_ALLREDUCE=0 turns it off; FERRY_PEER_ALLREDUCE_MAX_BYTES
-    (default 2 MiB) is the largest tensor it takes. Every rank calls this at the same point."""
+def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    """(rms_norm(sum over ranks of x + residual), that sum + residual) in one peer-memory kernel, or None
+    where that kernel is off or x does not fit it (the caller then all-reduces and norms)."""
+    if _peer_norm is None or not _peer_norm.fits(x):
+        return None
+    return _peer_norm(x, residual, weight, eps)
+
+
+def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int | None = None) -> bool:
+    """Use PeerAllReduce for small all-reduces, and PeerAllReduceRMSNorm (for `hidden`-wide rows) after
+    row-parallel layers, when every rank can (CUDA, torch's symmetric memory, peer access); otherwise
+    NCCL does them all. FERRY_PEER_ALLREDUCE=0 turns both off, FERRY_FUSED_ALLREDUCE_NORM=0 only the fused
+    one; FERRY_PEER_ALLREDUCE_MAX_BYTES (default 2 MiB) is the largest tensor either takes. Every rank
+    calls this at the same point."""
     import logging
     import os
 
-    global _peer
+    global _peer, _peer_norm
+    _peer = _peer_norm = None
     if tp_size() == 1 or device.type != "cuda":
         return False
     log = logging.getLogger(__name__)
@@ -78,10 +128,11 @@ def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device) -> bool:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return int(flag.item()) == 1
 
+    max_bytes = int(os.environ.get("FERRY_PEER_ALLREDUCE_MAX_BYTES", 2 << 20))
     peer = None
     if every_rank(os.environ.get("FERRY_PEER_ALLREDUCE", "1") != "0"):
         try:
-            peer = PeerAllReduce(dtype, device, int(os.environ.get("FERRY_PEER_ALLREDUCE_MAX_BYTES", 2 << 20)))
+            peer = PeerAllReduce(dtype, device, max_bytes)
         except Exception as e:  # no symmetric memory here (driver, topology, torch build): NCCL does it all
             log.warning("peer-memory all-reduce unavailable (%s: %s); using NCCL", type(e).__name__, e)
         if every_rank(peer is not None):
@@ -93,9 +144,29 @@ def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device) -> bool:
         else:
             peer = None
     _peer = peer
-    if _peer is not None:
-        log.info("small all-reduces (<= %d bytes) go through peer memory", _peer.max_bytes)
-    return _peer is not None
+    if _peer is None:
+        return False
+    log.info("small all-reduces (<= %d bytes) go through peer memory", _peer.max_bytes)
+
+    rows = min(256, max_bytes // (hidden * dtype.itemsize)) if hidden else 0
+    fused = None
+    if every_rank(rows > 0 and os.environ.get("FERRY_FUSED_ALLREDUCE_NORM", "1") != "0"):
+        try:
+            fused = PeerAllReduceRMSNorm(dtype, device, hidden, rows, peer.group_name)
+        except Exception as e:
+            log.warning("fused all-reduce + RMSNorm unavailable (%s: %s)", type(e).__name__, e)
+        if every_rank(fused is not None):
+            x = torch.full((1, hidden), float(tp_rank() + 1), dtype=dtype, device=device)
+            _, total = fused(x, torch.zeros_like(x), torch.ones(hidden, dtype=dtype, device=device), 1e-5)
+            if not every_rank(bool((total == tp_size() * (tp_size() + 1) / 2).all().item())):
+                log.warning("fused all-reduce + RMSNorm gave a wrong sum; not using it")
+                fused = None
+        else:
+            fused = None
+    _peer_norm = fused
+    if _peer_norm is not None:
+        log.info("all-reduces of up to %d rows fuse with the residual add and RMSNorm after them", rows)
+    return True
 
 
 def all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,10 @@ from kernels.decode_attention import paged_decode_attention, paged_decode_attent
 from kernels.kv_store import store_kv, store_kv_ref
 from kernels.prefill_attention import paged_prefill_attention, paged_prefill_attention_ref
 from kernels.rmsnorm import rms_norm, rms_norm_ref
-from kernels.rotary import apply_rotary, apply_rotary_ref, build_cos_sin_cache
+from kernels.rotary import apply_rotary, apply_rotary_ref, build_cos_sin_cache, rotary_store_kv
 
 __all__ = [
-    "apply_rotary", "apply_rotary_ref", "build_cos_sin_cache",
+    "apply_rotary", "apply_rotary_ref", "build_cos_sin_cache", "rotary_store_kv",
     "paged_decode_attention", "paged_decode_attention_ref",
     "paged_prefill_attention", "paged_prefill_attention_ref",
     "rms_norm", "rms_norm_ref",

@@ -89,10 +89,10 @@ def torch_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, sc
     return out.reshape(B * L, -1, head_dim).index_select(0, meta.q_rows)
 
 
-def triton_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    from kernels import paged_decode_attention, paged_prefill_attention, store_kv
+def triton_paged_attention(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """The step's new K/V are already in the cache (kernels.rotary_store_kv)."""
+    from kernels import paged_decode_attention, paged_prefill_attention
 
-    store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     if meta.is_decode:
         return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
     nd = meta.num_decode_seqs
@@ -113,8 +113,15 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
         self.k_cache = self.v_cache = torch.empty(0)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [T, Hq, D], k and v [T, Hkv, D] -> [T, Hq, D]"""
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                rotary) -> torch.Tensor:
+        """q [T, Hq, D], k and v [T, Hkv, D] before the rotary embedding (strided views of the fused qkv
+        output are fine) -> [T, Hq, D]. On CUDA one kernel rotates q and k and writes k and v to the cache."""
         meta = get_attention_metadata()
-        backend = triton_paged_attention if q.is_cuda else torch_paged_attention
-        return backend(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        if q.is_cuda:
+            from kernels import rotary_store_kv
+
+            rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, self.k_cache, self.v_cache, meta.slot_mapping)
+            return triton_paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
+        q, k = rotary(positions, q, k)
+        return torch_paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)

@@ -79,10 +79,14 @@ class QKVParallelLinear(_Linear):
 
 
 class RowParallelLinear(_Linear):
-    """Splits the input features: evenly, or by the given [start, end) (attention output follows its heads)."""
+    """Splits the input features: evenly, or by the given [start, end) (attention output follows its heads).
+
+    reduce_results=False returns this rank's partial sum (the bias counted on rank 0 only) and leaves the
+    all-reduce to the caller, which fuses it into the RMSNorm that follows (engine.layers.norm)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
-                 input_range: tuple[int, int] | None = None):
+                 input_range: tuple[int, int] | None = None, reduce_results: bool = True):
+        self.reduce_results = reduce_results
         if input_range is None:
             assert in_features % tp_size() == 0, f"{in_features} input features do not split over {tp_size()} ranks"
             n = in_features // tp_size()
@@ -97,5 +101,7 @@ class RowParallelLinear(_Linear):
         param.data.copy_(loaded.narrow(1, self.input_start, param.shape[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.reduce_results:
+            return F.linear(x, self.weight, self.bias if tp_rank() == 0 else None)
         y = all_reduce(F.linear(x, self.weight))
         return y if self.bias is None else y + self.bias

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.parallel import all_reduce, fused_all_reduce_rms_norm, tp_size
+
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Same numerics as transformers: normalize in fp32, cast back, then scale.
@@ -18,7 +20,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, reduce: bool = False):
+        """reduce: x is this rank's partial sum from a row-parallel layer; sum it over the group first
+        (with the residual, in one peer-memory kernel where that is on, see engine.parallel)."""
+        if reduce and tp_size() > 1:
+            fused = fused_all_reduce_rms_norm(x, residual, self.weight, self.eps)
+            if fused is not None:
+                return fused
+            x = all_reduce(x)
         if x.is_cuda:
             from kernels import rms_norm
 

@@ -22,7 +22,8 @@ class LlamaAttention(nn.Module):
         # Llama and Qwen3 bias o_proj with attention_bias; Qwen2 biases only q, k and v.
         o_bias = cfg.attention_bias and cfg.architecture != "qwen2"
         q0, q1 = self.qkv_proj.q_heads
-        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, bias=o_bias, input_range=(q0 * d, q1 * d))
+        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, bias=o_bias, input_range=(q0 * d, q1 * d),
+                                        reduce_results=False)
         self.rotary = RotaryEmbedding(d, cfg.max_model_len, cfg.rope_theta, cfg.rope_scaling)
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, d ** -0.5)
 
@@ -32,9 +33,9 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         T, d = x.shape[0], self.head_dim
         q, k, v = self.qkv_proj(x).split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
+        # Views of the qkv output, no copies: the kernels take strides.
         q, k = self.qk_norm(q.reshape(T, self.num_heads, d), k.reshape(T, self.num_kv_heads, d))
-        q, k = self.rotary(positions, q.contiguous(), k.contiguous())
-        out = self.attn(q, k, v.reshape(T, self.num_kv_heads, d).contiguous())
+        out = self.attn(positions, q, k, v.reshape(T, self.num_kv_heads, d), self.rotary)
         return self.o_proj(out.reshape(T, self.num_heads * d))
 
 
@@ -42,7 +43,7 @@ class LlamaMLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, reduce_results=False)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +61,16 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, x, residual):
-        # The residual add is fused into the next norm: one pass over the hidden state instead of two.
-        x, residual = (self.input_layernorm(x), x) if residual is None else self.input_layernorm(x, residual)
+        # o_proj and down_proj return each rank's partial sum: the norm after each sums it over the group
+        # and adds the residual (one kernel on GPUs, see engine.parallel.PeerAllReduceRMSNorm). The first
+        # layer's input is the embedding, already whole.
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual, reduce=True)
         x = self.self_attn(positions, x)
-        x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        x, residual = self.post_attention_layernorm(x, residual, reduce=True)
+        return self.mlp(x), residual  # partial sums: the next layer's norm (or the final one) reduces
 
 
 class LlamaModel(nn.Module):
@@ -78,7 +84,7 @@ class LlamaModel(nn.Module):
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
             x, residual = layer(positions, x, residual)
-        return self.norm(x, residual)[0]
+        return self.norm(x, residual, reduce=True)[0]
 
 
 class LlamaForCausalLM(nn.Module):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kernels import (apply_rotary, apply_rotary_ref, build_cos_sin_cache, rms_norm, rms_norm_ref, silu_and_mul,
-                     silu_and_mul_ref, store_kv, store_kv_ref)
+from kernels import (apply_rotary, apply_rotary_ref, build_cos_sin_cache, rms_norm, rms_norm_ref, rotary_store_kv,
+                     silu_and_mul, silu_and_mul_ref, store_kv, store_kv_ref)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -74,6 +74,25 @@ def test_rotary_in_place(dtype, head_dim, hq, hkv):
     apply_rotary_ref(pos, q_ref, k_ref, cache)
     torch.testing.assert_close(q, q_ref, **_tol(dtype))
     torch.testing.assert_close(k, k_ref, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim,hq,hkv", [(64, 8, 2), (128, 4, 4)])
+def test_rotary_store_kv_equals_rotary_then_store(dtype, head_dim, hq, hkv):
+    T, bs, blocks = 6, 4, 4
+    cache = build_cos_sin_cache(head_dim, 4096, 500000.0)
+    qkv = torch.randn(T, (hq + 2 * hkv) * head_dim).to(dtype)
+    q, k, v = (t.view(T, -1, head_dim) for t in qkv.split([hq * head_dim, hkv * head_dim, hkv * head_dim], -1))
+    pos = torch.tensor([0, 1, 17, 100, 2047, 4095])
+    slots = torch.tensor([3, 0, -1, 9, 15, 4])  # -1: a padding token, which must not touch the cache
+    caches = [torch.randn(blocks, bs, hkv, head_dim).to(dtype) for _ in range(2)]
+    q_ref, k_ref, caches_ref = q.clone(), k.clone(), [c.clone() for c in caches]
+    k_before = k.clone()
+    rotary_store_kv(pos, q, k, v, cache, *caches, slots)
+    apply_rotary(pos, q_ref, k_ref, cache)  # the unfused kernels, same rounding
+    store_kv(k_ref, v, *caches_ref, slots)
+    assert torch.equal(q, q_ref) and torch.equal(caches[0], caches_ref[0]) and torch.equal(caches[1], caches_ref[1])
+    assert torch.equal(k, k_before)
 
 
 def test_rotary_ref_matches_hf():

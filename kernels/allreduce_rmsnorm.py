@@ -1,0 +1,124 @@
+"""All-reduce over peer memory fused with the residual add and RMSNorm that follow it.
+
+A row-parallel projection leaves each rank with a partial sum; the next thing the model does is
+`rms_norm(sum + residual)`. Here one kernel does all three for small batches (a decode step), in
+place of an all-reduce kernel, a barrier and a norm kernel.
+
+How ranks meet without a barrier (the "Lamport" trick): every rank's buffer starts filled with a
+sentinel bit pattern, negative zero, that real data never carries (pushes turn -0.0 into +0.0).
+Each program pushes its row of the partial sum into every rank's buffer (NVLink stores through
+peer pointers), then spins on its own buffer until no element of any rank's copy is the sentinel,
+sums the copies in rank order (so every rank gets the same bits), and puts the sentinel back.
+
+Two slots per row, used in turn: a rank can be at most one call ahead of its peers (it cannot
+finish call n+1 before every peer has pushed n+1), so it never writes into the slot a peer is
+still reading. The slot of row r is the parity of a per-row counter kept on the device, so the
+kernel can sit in a CUDA graph and replay: every rank makes the same calls with the same row
+counts, so the counters agree across ranks.
+
+PUSH and REDUCE split the kernel's two halves for the CPU tests (the interpreter runs one rank
+at a time); on GPUs both run in one launch.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _all_reduce_rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, bufs_ptr, counters_ptr,
+    stride_x, stride_r, stride_o, stride_ro, H, eps, rank, slot_stride, src_stride,
+    WORLD: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, PUSH: tl.constexpr, REDUCE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < H
+    if BITS == 16:
+        int_ty = tl.int16
+        sentinel = -32768
+    else:
+        int_ty = tl.int32
+        sentinel = -2147483648
+    count = tl.load(counters_ptr + row)
+    slot = (count % 2).to(tl.int64)
+    # This row of the given slot in every rank's buffer, the block that rank `src` writes.
+    here = slot * slot_stride + row * H + offs
+
+    if PUSH:
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+        bits = x.to(int_ty, bitcast=True)
+        bits = tl.where(bits == sentinel, 0, bits).to(int_ty)  # -0.0 (the sentinel) travels as +0.0
+        for dst in tl.static_range(WORLD):
+            buf = tl.load(bufs_ptr + dst).to(tl.pointer_type(int_ty))
+            tl.store(buf + rank * src_stride + here, bits, mask=mask)
+
+    if REDUCE:
+        mine = tl.load(bufs_ptr + rank).to(tl.pointer_type(int_ty))
+        acc = tl.zeros([BLOCK], tl.float32)
+        for src in tl.static_range(WORLD):
+            p = mine + src * src_stride + here
+            v = tl.load(p, mask=mask, other=0, volatile=True)
+            while tl.sum(((v == sentinel) & mask).to(tl.int32), axis=0) > 0:
+                v = tl.load(p, mask=mask, other=0, volatile=True)
+            acc += v.to(x_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
+            # Free for the call after next: no peer writes this slot again before this rank's next call.
+            tl.store(p, tl.full([BLOCK], sentinel, int_ty), mask=mask)
+        tl.store(counters_ptr + row, count + 1)
+
+        # From here on, exactly the unfused path: round the sum to the model dtype (as NCCL's would be),
+        # add the residual in the model dtype, then RMSNorm with HF's rounding (kernels/rmsnorm.py).
+        s = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
+        r = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
+        h = (s + r).to(res_out_ptr.dtype.element_ty)
+        tl.store(res_out_ptr + row * stride_ro + offs, h, mask=mask)
+        h = h.to(tl.float32)
+        var = tl.sum(h * h, axis=0) / H
+        n = (h * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
+        w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
+        tl.store(out_ptr + row * stride_o + offs, (n * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def peer_buffer_elements(world: int, max_rows: int, hidden: int) -> int:
+    """Elements of each rank's buffer: [2 slots][world source ranks][max_rows][hidden]."""
+    return 2 * world * max_rows * hidden
+
+
+def sentinel_of(dtype: torch.dtype) -> int:
+    return -(1 << (8 * dtype.itemsize - 1))
+
+
+def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The integer type the buffers hold for a model dtype (the kernel compares bit patterns)."""
+    return {2: torch.int16, 4: torch.int32}[dtype.itemsize]
+
+
+def all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                        buffer_ptrs: torch.Tensor, counters: torch.Tensor, rank: int, world: int, max_rows: int,
+                        push: bool = True, reduce: bool = True):
+    """x [T, H]: this rank's partial sum. Returns (rms_norm(sum + residual), sum + residual), like
+    kernels.rms_norm with a residual. buffer_ptrs: int64 [world] addresses of every rank's buffer of
+    peer_buffer_elements(world, max_rows, H) elements, filled with the sentinel; counters: int32
+    [>= max_rows], zeros at the start, this rank's own."""
+    T, H = x.shape
+    assert T <= max_rows and x.dtype.itemsize in (2, 4) and x.stride(1) == 1 and residual.stride(1) == 1
+    out = torch.empty((T, H), dtype=x.dtype, device=x.device)
+    res_out = torch.empty((T, H), dtype=x.dtype, device=x.device)
+    if T == 0:
+        return out, res_out
+    BLOCK = triton.next_power_of_2(H)
+    _all_reduce_rms_norm_kernel[(T,)](
+        x, residual, weight, out, res_out, buffer_ptrs, counters,
+        x.stride(0), residual.stride(0), out.stride(0), res_out.stride(0), H, eps, rank,
+        world * max_rows * H, max_rows * H,
+        WORLD=world, BITS=8 * x.dtype.itemsize, BLOCK=BLOCK, PUSH=push, REDUCE=reduce,
+        num_warps=min(16, max(1, BLOCK // 512)),
+    )
+    return out, res_out
+
+
+def all_reduce_rms_norm_ref(partials: list[torch.Tensor], residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    from kernels.rmsnorm import rms_norm_ref
+
+    total = torch.stack([p.float() for p in partials]).sum(0).to(partials[0].dtype)
+    return rms_norm_ref(total, weight, eps, residual)
