@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.layers.linear import linear
 from engine.parallel import all_gather_last_dim, all_reduce, tp_rank, tp_size
 
 
@@ -34,5 +35,5 @@ class VocabParallelEmbedding(nn.Module):
 
 class ParallelLMHead(VocabParallelEmbedding):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = all_gather_last_dim(F.linear(hidden, self.weight))
+        logits = all_gather_last_dim(linear(hidden, self.weight))
         return logits[..., :self.vocab_size]

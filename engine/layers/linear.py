@@ -13,6 +13,16 @@ from torch import nn
 from engine.parallel import all_reduce, head_shard, tp_rank, tp_size
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, except that one row on a GPU (decode at batch 1) goes through kernels.gemv, which reads
+    the weight faster than cuBLAS does at that shape (docs/perf-kernels.md)."""
+    if x.is_cuda and x.dim() == 2 and x.shape[0] == 1:
+        from kernels import gemv
+
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class _Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
@@ -25,7 +35,7 @@ class _Linear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class ReplicatedLinear(_Linear):
@@ -102,6 +112,6 @@ class RowParallelLinear(_Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            return F.linear(x, self.weight, self.bias if tp_rank() == 0 else None)
-        y = all_reduce(F.linear(x, self.weight))
+            return linear(x, self.weight, self.bias if tp_rank() == 0 else None)
+        y = all_reduce(linear(x, self.weight))
         return y if self.bias is None else y + self.bias

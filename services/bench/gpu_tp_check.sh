@@ -16,6 +16,7 @@ rows = json.load(open('$OUT/allreduce.json'))
 r = [r for r in rows if r['variant'].startswith('fused')]
 print(int(bool(r) and r[0].get('fused') is True and r[0].get('mismatches_of_200') == 0))" 2>/dev/null || echo 0)
 [ "$fused_ok" = 1 ] || { echo "== fused all-reduce + RMSNorm off for the rest"; export FERRY_FUSED_ALLREDUCE_NORM=0; }
+[ -n "${GEMV:-}" ] && timeout 120 python3 -m kernels.bench_gemv 2>&1 | tail -12
 timeout 420 python3 -m engine.tp_gpu_check "$@" > "$OUT/tp_gpu_check.log" 2>&1
 echo "rc=$?"
 grep -E "^\[tp|^PASS|^FAIL|^INFO|^\||ratio|error|^    " "$OUT/tp_gpu_check.log" | grep -v "result " | tail -120
