@@ -65,23 +65,12 @@ class PeerAllReduceRMSNorm:
     Each rank's buffer is symmetric memory its peers write into over NVLink."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device, hidden: int, max_rows: int, group_name: str):
-        import torch.distributed._symmetric_memory as symm_mem
-
-        from kernels.allreduce_rmsnorm import buffer_dtype, peer_buffer_elements, sentinel_of
+        from kernels.allreduce_rmsnorm import peer_buffer_elements
 
         self.dtype, self.hidden, self.max_rows = dtype, hidden, max_rows
-        n = peer_buffer_elements(tp_size(), max_rows, hidden)
-        self.buffer = symm_mem.empty(n, dtype=buffer_dtype(dtype), device=device)
-        handle = symm_mem.rendezvous(self.buffer, group_name)
-        if handle.buffer_ptrs[tp_rank()] != self.buffer.data_ptr():
-            raise RuntimeError("symmetric buffer does not start at its allocation")
-        self.buffer.fill_(sentinel_of(dtype))
-        self.ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
+        self.buffer, self.ptrs = _symmetric_sentinel_buffer(peer_buffer_elements(tp_size(), max_rows, hidden), dtype,
+                                                           device, group_name)
         self.counters = torch.zeros(max_rows, dtype=torch.int32, device=device)
-        # Every buffer must hold the sentinel before any rank pushes into it.
-        done = torch.ones(1, device=device)
-        dist.all_reduce(done)
-        done.item()
 
     def fits(self, x: torch.Tensor) -> bool:
         return x.dtype == self.dtype and x.shape[0] <= self.max_rows and x.shape[-1] == self.hidden
@@ -97,8 +86,50 @@ class PeerAllReduceRMSNorm:
                                    self.max_rows)
 
 
+class PeerAllGather:
+    """All-gather along the last dimension for up to `max_numel` elements per rank (the vocabulary-parallel
+    LM head's logits), one kernel over peer memory (kernels/allgather.py) instead of NCCL's."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, max_numel: int, group_name: str):
+        from kernels.allgather import BLOCK, all_gather_buffer_elements
+
+        self.dtype, self.max_numel = dtype, max_numel
+        self.buffer, self.ptrs = _symmetric_sentinel_buffer(all_gather_buffer_elements(tp_size(), max_numel), dtype,
+                                                           device, group_name)
+        self.counters = torch.zeros(-(-max_numel // BLOCK), dtype=torch.int32, device=device)
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return x.dtype == self.dtype and x.dim() == 2 and x.numel() <= self.max_numel
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from kernels.allgather import all_gather_last_dim_peer
+
+        return all_gather_last_dim_peer(x.contiguous(), self.ptrs, self.counters, tp_rank(), tp_size(), self.max_numel)
+
+
+def _symmetric_sentinel_buffer(numel: int, dtype: torch.dtype, device: torch.device, group_name: str):
+    """A symmetric-memory buffer of the integer type matching `dtype`, filled with the sentinel on every rank
+    before any rank goes on (a peer's first push must not land before the fill); and the device array of
+    every rank's address of it."""
+    import torch.distributed._symmetric_memory as symm_mem
+
+    from kernels.allreduce_rmsnorm import buffer_dtype, sentinel_of
+
+    buffer = symm_mem.empty(numel, dtype=buffer_dtype(dtype), device=device)
+    handle = symm_mem.rendezvous(buffer, group_name)
+    if handle.buffer_ptrs[tp_rank()] != buffer.data_ptr():
+        raise RuntimeError("symmetric buffer does not start at its allocation")
+    buffer.fill_(sentinel_of(dtype))
+    ptrs = torch.tensor(handle.buffer_ptrs, dtype=torch.int64, device=device)
+    done = torch.ones(1, device=device)
+    dist.all_reduce(done)
+    done.item()
+    return buffer, ptrs
+
+
 _peer: PeerAllReduce | None = None
 _peer_norm: PeerAllReduceRMSNorm | None = None
+_peer_gather: PeerAllGather | None = None
 
 
 def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
@@ -110,62 +141,75 @@ def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: t
 
 
 def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int | None = None) -> bool:
-    """Use PeerAllReduce for small all-reduces, and PeerAllReduceRMSNorm (for `hidden`-wide rows) after
-    row-parallel layers, when every rank can (CUDA, torch's symmetric memory, peer access); otherwise
-    NCCL does them all. FERRY_PEER_ALLREDUCE=0 turns both off, FERRY_FUSED_ALLREDUCE_NORM=0 only the fused
-    one; FERRY_PEER_ALLREDUCE_MAX_BYTES (default 2 MiB) is the largest tensor either takes. Every rank
-    calls this at the same point."""
+    """Peer-memory collectives where every rank can use them (CUDA, torch's symmetric memory, peer access);
+    otherwise NCCL does them all:
+    - PeerAllReduce for small all-reduces (the embedding's);
+    - PeerAllReduceRMSNorm (for `hidden`-wide rows) after row-parallel layers;
+    - PeerAllGather for the LM head's logits.
+    FERRY_PEER_ALLREDUCE=0 turns all three off, FERRY_FUSED_ALLREDUCE_NORM=0 and FERRY_PEER_ALLGATHER=0 one
+    each; FERRY_PEER_ALLREDUCE_MAX_BYTES (default 2 MiB) is the most any of them takes per rank. Every rank
+    calls this at the same point; each one is probed once and kept only if every rank got the right answer."""
     import logging
     import os
 
-    global _peer, _peer_norm
-    _peer = _peer_norm = None
+    global _peer, _peer_norm, _peer_gather
+    _peer = _peer_norm = _peer_gather = None
     if tp_size() == 1 or device.type != "cuda":
         return False
     log = logging.getLogger(__name__)
+
     def every_rank(ok: bool) -> bool:  # all ranks take the same path, or their collectives would not pair up
         flag = torch.tensor([1 if ok else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return int(flag.item()) == 1
 
-    max_bytes = int(os.environ.get("FERRY_PEER_ALLREDUCE_MAX_BYTES", 2 << 20))
-    peer = None
-    if every_rank(os.environ.get("FERRY_PEER_ALLREDUCE", "1") != "0"):
+    def attempt(name: str, wanted: bool, build, probe):
+        """build() on every rank, then probe(it) -> bool on every rank; None unless all succeed."""
+        if not every_rank(wanted):
+            return None
+        made = None
         try:
-            peer = PeerAllReduce(dtype, device, max_bytes)
-        except Exception as e:  # no symmetric memory here (driver, topology, torch build): NCCL does it all
-            log.warning("peer-memory all-reduce unavailable (%s: %s); using NCCL", type(e).__name__, e)
-        if every_rank(peer is not None):
-            probe = peer(torch.full((8,), float(tp_rank() + 1), dtype=dtype, device=device))
-            want = tp_size() * (tp_size() + 1) / 2
-            if not every_rank(bool((probe == want).all().item())):
-                log.warning("peer-memory all-reduce gave a wrong sum; using NCCL")
-                peer = None
-        else:
-            peer = None
-    _peer = peer
+            made = build()
+        except Exception as e:  # no symmetric memory here (driver, topology, torch build)
+            log.warning("%s unavailable (%s: %s)", name, type(e).__name__, e)
+        if not every_rank(made is not None):
+            return None
+        if not every_rank(bool(probe(made))):
+            log.warning("%s gave a wrong answer; not using it", name)
+            return None
+        return made
+
+    max_bytes = int(os.environ.get("FERRY_PEER_ALLREDUCE_MAX_BYTES", 2 << 20))
+    on = os.environ.get("FERRY_PEER_ALLREDUCE", "1") != "0"
+    ones = lambda n: torch.full((n,), float(tp_rank() + 1), dtype=dtype, device=device)  # noqa: E731
+    want_sum = tp_size() * (tp_size() + 1) / 2
+    _peer = attempt("peer-memory all-reduce", on, lambda: PeerAllReduce(dtype, device, max_bytes),
+                    lambda p: (p(ones(8)) == want_sum).all().item())
     if _peer is None:
+        log.info("all-reduces go through NCCL")
         return False
     log.info("small all-reduces (<= %d bytes) go through peer memory", _peer.max_bytes)
+    group_name = _peer.group_name
 
     rows = min(256, max_bytes // (hidden * dtype.itemsize)) if hidden else 0
-    fused = None
-    if every_rank(rows > 0 and os.environ.get("FERRY_FUSED_ALLREDUCE_NORM", "1") != "0"):
-        try:
-            fused = PeerAllReduceRMSNorm(dtype, device, hidden, rows, peer.group_name)
-        except Exception as e:
-            log.warning("fused all-reduce + RMSNorm unavailable (%s: %s)", type(e).__name__, e)
-        if every_rank(fused is not None):
-            x = torch.full((1, hidden), float(tp_rank() + 1), dtype=dtype, device=device)
-            _, total = fused(x, torch.zeros_like(x), torch.ones(hidden, dtype=dtype, device=device), 1e-5)
-            if not every_rank(bool((total == tp_size() * (tp_size() + 1) / 2).all().item())):
-                log.warning("fused all-reduce + RMSNorm gave a wrong sum; not using it")
-                fused = None
-        else:
-            fused = None
-    _peer_norm = fused
+
+    def norm_probe(f):
+        x = ones(hidden).view(1, hidden)
+        _, total = f(x, torch.zeros_like(x), torch.ones(hidden, dtype=dtype, device=device), 1e-5)
+        return (total == want_sum).all().item()
+    _peer_norm = attempt("fused all-reduce + RMSNorm", rows > 0 and os.environ.get("FERRY_FUSED_ALLREDUCE_NORM", "1") != "0",
+                         lambda: PeerAllReduceRMSNorm(dtype, device, hidden, rows, group_name), norm_probe)
     if _peer_norm is not None:
         log.info("all-reduces of up to %d rows fuse with the residual add and RMSNorm after them", rows)
+
+    def gather_probe(g):
+        out = g(ones(5).view(1, 5))
+        want = torch.arange(1, tp_size() + 1, device=device).repeat_interleave(5).view(1, -1).to(dtype)
+        return torch.equal(out, want)
+    _peer_gather = attempt("peer-memory all-gather", os.environ.get("FERRY_PEER_ALLGATHER", "1") != "0",
+                           lambda: PeerAllGather(dtype, device, max_bytes // dtype.itemsize, group_name), gather_probe)
+    if _peer_gather is not None:
+        log.info("all-gathers of up to %d elements per rank go through peer memory", _peer_gather.max_numel)
     return True
 
 
@@ -174,6 +218,8 @@ def all_gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     size = tp_size()
     if size == 1:
         return x
+    if _peer_gather is not None and _peer_gather.fits(x):
+        return _peer_gather(x)
     parts = [torch.empty_like(x) for _ in range(size)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=-1)

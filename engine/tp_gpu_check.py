@@ -29,7 +29,6 @@ import multiprocessing as mp
 import os
 import queue
 import socket
-import statistics
 import tempfile
 import time
 import traceback
@@ -347,6 +346,21 @@ class Driver:
         res["b1_overlapped_ms_per_token"] = (walls[272] - walls[16]) / 256 * 1e3
         print(f"[tp{self.world}] {label} batch 1 overlapped: {res['b1_overlapped_ms_per_token']:.3f} ms per token",
               flush=True)
+        if self.dev == "cuda":  # all of a token's GPU work, inside the graph and out (rank 0's view)
+            from torch.profiler import ProfilerActivity, profile
+
+            n_tok = 64
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=n_tok, ignore_eos=True))
+                torch.cuda.synchronize()
+            kernels = sorted(((e.key, e.count / n_tok, e.self_device_time_total / n_tok) for e in prof.key_averages()
+                              if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0),
+                             key=lambda k: -k[2])
+            res["b1_token_kernels"] = [(k[:90], round(c, 2), round(us, 1)) for k, c, us in kernels[:25]]
+            print(f"[tp{self.world}] {label} batch-1 GPU work per token (overlapped, {n_tok} tokens incl. the"
+                  f" prefill): {sum(k[2] for k in kernels):.0f} us", flush=True)
+            for name, count, us in res["b1_token_kernels"]:
+                print(f"    {us:8.1f} us  {count:6.1f}x  {name}", flush=True)
         rng = np.random.default_rng(0)
         prompts = rng.integers(0, min(vocab, 128000), (64, 5)).tolist()
         run_steps(llm, prompts, 8)

@@ -6,9 +6,9 @@ place of an all-reduce kernel, a barrier and a norm kernel.
 
 How ranks meet without a barrier (the "Lamport" trick): every rank's buffer starts filled with a
 sentinel bit pattern, negative zero, that real data never carries (pushes turn -0.0 into +0.0).
-Each program pushes its row of the partial sum into every rank's buffer (NVLink stores through
-peer pointers), then spins on its own buffer until no element of any rank's copy is the sentinel,
-sums the copies in rank order (so every rank gets the same bits), and puts the sentinel back.
+Each program pushes its row of the partial sum into every peer's buffer (NVLink stores through
+peer pointers), then spins on its own buffer until no element of any peer's copy is the sentinel,
+sums all ranks' parts in rank order (so every rank gets the same bits), and puts the sentinel back.
 
 Two slots per row, used in turn: a rank can be at most one call ahead of its peers (it cannot
 finish call n+1 before every peer has pushed n+1), so it never writes into the slot a peer is
@@ -45,25 +45,31 @@ def _all_reduce_rms_norm_kernel(
     # This row of the given slot in every rank's buffer, the block that rank `src` writes.
     here = slot * slot_stride + row * H + offs
 
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    bits = x.to(int_ty, bitcast=True)
+    bits = tl.where(bits == sentinel, 0, bits).to(int_ty)  # -0.0 (the sentinel) travels as +0.0
     if PUSH:
-        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
-        bits = x.to(int_ty, bitcast=True)
-        bits = tl.where(bits == sentinel, 0, bits).to(int_ty)  # -0.0 (the sentinel) travels as +0.0
         for dst in tl.static_range(WORLD):
-            buf = tl.load(bufs_ptr + dst).to(tl.pointer_type(int_ty))
-            tl.store(buf + rank * src_stride + here, bits, mask=mask)
+            if dst != rank:
+                buf = tl.load(bufs_ptr + dst).to(tl.pointer_type(int_ty))
+                tl.store(buf + rank * src_stride + here, bits, mask=mask)
 
     if REDUCE:
         mine = tl.load(bufs_ptr + rank).to(tl.pointer_type(int_ty))
         acc = tl.zeros([BLOCK], tl.float32)
+        # In rank order, this rank's own part from registers (the same bits its peers receive), so every
+        # rank adds the same numbers in the same order.
         for src in tl.static_range(WORLD):
-            p = mine + src * src_stride + here
-            v = tl.load(p, mask=mask, other=0, volatile=True)
-            while tl.sum(((v == sentinel) & mask).to(tl.int32), axis=0) > 0:
+            if src == rank:
+                v = bits
+            else:
+                p = mine + src * src_stride + here
                 v = tl.load(p, mask=mask, other=0, volatile=True)
+                while tl.sum(((v == sentinel) & mask).to(tl.int32), axis=0) > 0:
+                    v = tl.load(p, mask=mask, other=0, volatile=True)
+                # Free for the call after next: no peer writes this slot again before this rank's next call.
+                tl.store(p, tl.full([BLOCK], sentinel, int_ty), mask=mask)
             acc += v.to(x_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
-            # Free for the call after next: no peer writes this slot again before this rank's next call.
-            tl.store(p, tl.full([BLOCK], sentinel, int_ty), mask=mask)
         tl.store(counters_ptr + row, count + 1)
 
         # From here on, exactly the unfused path: round the sum to the model dtype (as NCCL's would be),

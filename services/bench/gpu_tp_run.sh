@@ -19,7 +19,7 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
 serve() {  # NAME ARGS...: start the whole pipeline and wait until /health answers 200
   local name=$1; shift
-  python3 -m services.cli serve --load-format dummy --dtype bfloat16 --max-model-len 4096 --max-num-seqs 256 \
+  python3 -m services.cli serve --load-format dummy --dtype bfloat16 --max-model-len 4096 --max-num-seqs ${MAX_NUM_SEQS:-512} \
       --port 8000 "$@" > $R/server-$name.log 2>&1 &
   SERVER=$!
   local t=$(date +%s)

@@ -58,13 +58,14 @@ def test_every_rank_gets_the_same_fused_result(dtype, world):
     assert [c.tolist() for c in group.counters] == [[5, 4, 3, 2]] * world
 
 
-def test_a_push_fills_only_its_own_block():
-    """Rank 0's push lands in its block of slot 0; rank 1's block stays all sentinel, which is what a
-    reduce on rank 0 waits to see change."""
+def test_a_push_fills_only_its_block_in_the_peer_buffer():
+    """Rank 0's push lands in its block of slot 0 of rank 1's buffer, nowhere else (its own part stays in
+    registers); a reduce on rank 1 waits for exactly that block to change."""
     group = SimulatedGroup(2, 2, 64, torch.bfloat16)
     x = [torch.ones(1, 64, dtype=torch.bfloat16) for _ in range(2)]
     all_reduce_rms_norm(x[0], x[0], torch.ones(64, dtype=torch.bfloat16), 1e-5, group.ptrs, group.counters[0], 0, 2,
                         2, push=True, reduce=False)
-    region = 2 * 64  # [slot 0][source rank 1][...] in rank 0's buffer: nothing yet
-    assert bool((group.buffers[0][region:2 * region] == group.sentinel).all())
-    assert not bool((group.buffers[0][:64] == group.sentinel).any())  # rank 0's own copy arrived
+    # buffer layout [slot][source rank][max_rows 2][64]: slot 0, from rank 0, row 0 has arrived
+    assert not bool((group.buffers[1][:64] == group.sentinel).any())
+    assert bool((group.buffers[1][64:] == group.sentinel).all())
+    assert bool((group.buffers[0] == group.sentinel).all())
