@@ -80,7 +80,7 @@ class PeerAllReduceRMSNorm:
 
         if x.stride(-1) != 1:
             x = x.contiguous()
-        if residual.stride(-1) != 1:
+        if residual is not None and residual.stride(-1) != 1:
             residual = residual.contiguous()
         return all_reduce_rms_norm(x, residual, weight, eps, self.ptrs, self.counters, tp_rank(), tp_size(),
                                    self.max_rows)
@@ -132,8 +132,9 @@ _peer_norm: PeerAllReduceRMSNorm | None = None
 _peer_gather: PeerAllGather | None = None
 
 
-def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
-    """(rms_norm(sum over ranks of x + residual), that sum + residual) in one peer-memory kernel, or None
+def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """(rms_norm(sum over ranks of x + residual), that sum + residual) in one peer-memory kernel (no residual:
+    (rms_norm(sum), sum)), or None
     where that kernel is off or x does not fit it (the caller then all-reduces and norms)."""
     if _peer_norm is None or not _peer_norm.fits(x):
         return None

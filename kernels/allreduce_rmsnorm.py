@@ -30,6 +30,7 @@ def _all_reduce_rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, bufs_ptr, counters_ptr,
     stride_x, stride_r, stride_o, stride_ro, H, eps, rank, slot_stride, src_stride,
     WORLD: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, PUSH: tl.constexpr, REDUCE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -74,9 +75,10 @@ def _all_reduce_rms_norm_kernel(
 
         # From here on, exactly the unfused path: round the sum to the model dtype (as NCCL's would be),
         # add the residual in the model dtype, then RMSNorm with HF's rounding (kernels/rmsnorm.py).
-        s = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
-        r = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
-        h = (s + r).to(res_out_ptr.dtype.element_ty)
+        h = acc.to(res_out_ptr.dtype.element_ty)
+        if HAS_RESIDUAL:
+            r = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
+            h = (h.to(tl.float32) + r).to(res_out_ptr.dtype.element_ty)
         tl.store(res_out_ptr + row * stride_ro + offs, h, mask=mask)
         h = h.to(tl.float32)
         var = tl.sum(h * h, axis=0) / H
@@ -99,32 +101,37 @@ def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
     return {2: torch.int16, 4: torch.int32}[dtype.itemsize]
 
 
-def all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+def all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
                         buffer_ptrs: torch.Tensor, counters: torch.Tensor, rank: int, world: int, max_rows: int,
                         push: bool = True, reduce: bool = True):
     """x [T, H]: this rank's partial sum. Returns (rms_norm(sum + residual), sum + residual), like
-    kernels.rms_norm with a residual. buffer_ptrs: int64 [world] addresses of every rank's buffer of
+    kernels.rms_norm with a residual; without one, (rms_norm(sum), sum). buffer_ptrs: int64 [world] addresses of every rank's buffer of
     peer_buffer_elements(world, max_rows, H) elements, filled with the sentinel; counters: int32
     [>= max_rows], zeros at the start, this rank's own."""
     T, H = x.shape
-    assert T <= max_rows and x.dtype.itemsize in (2, 4) and x.stride(1) == 1 and residual.stride(1) == 1
+    assert T <= max_rows and x.dtype.itemsize in (2, 4) and x.stride(1) == 1
+    assert residual is None or residual.stride(1) == 1
     out = torch.empty((T, H), dtype=x.dtype, device=x.device)
     res_out = torch.empty((T, H), dtype=x.dtype, device=x.device)
     if T == 0:
         return out, res_out
     BLOCK = triton.next_power_of_2(H)
     _all_reduce_rms_norm_kernel[(T,)](
-        x, residual, weight, out, res_out, buffer_ptrs, counters,
-        x.stride(0), residual.stride(0), out.stride(0), res_out.stride(0), H, eps, rank,
-        world * max_rows * H, max_rows * H,
+        x, residual if residual is not None else x, weight, out, res_out, buffer_ptrs, counters,
+        x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0), res_out.stride(0), H, eps,
+        rank, world * max_rows * H, max_rows * H,
         WORLD=world, BITS=8 * x.dtype.itemsize, BLOCK=BLOCK, PUSH=push, REDUCE=reduce,
+        HAS_RESIDUAL=residual is not None,
         num_warps=min(16, max(1, BLOCK // 512)),
     )
     return out, res_out
 
 
-def all_reduce_rms_norm_ref(partials: list[torch.Tensor], residual: torch.Tensor, weight: torch.Tensor, eps: float):
+def all_reduce_rms_norm_ref(partials: list[torch.Tensor], residual: torch.Tensor | None, weight: torch.Tensor,
+                            eps: float):
     from kernels.rmsnorm import rms_norm_ref
 
     total = torch.stack([p.float() for p in partials]).sum(0).to(partials[0].dtype)
+    if residual is None:
+        return rms_norm_ref(total, weight, eps), total
     return rms_norm_ref(total, weight, eps, residual)

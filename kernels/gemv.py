@@ -5,9 +5,6 @@ the small ones (a tensor-parallel shard's q/k/v and o projections, 16-25 MB) wel
 split-K reduction kernel to some. Here each program owns BLOCK_N whole rows of W and streams them in
 BLOCK_K chunks, multiplying into an fp32 tile that it sums once at the end: no second kernel, and
 enough programs (N / BLOCK_N) in flight to keep every SM's loads busy.
-
-gated=True takes x = [gate | up] (2K wide) and multiplies by silu(gate) * up, computed as it is read:
-the MLP's down projection without the separate SiLU-and-multiply kernel.
 """
 
 import torch
@@ -20,7 +17,7 @@ DEFAULTS = dict(block_n=2, block_k=2048, num_warps=8, num_stages=3)
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
-                 HAS_BIAS: tl.constexpr, GATED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
@@ -31,10 +28,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
         w = tl.load(rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0,
                     eviction_policy="evict_first")  # read once: keep it out of the way of the activations
         x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0)
-        if GATED:  # as kernels/activation.py computes it, rounded to the model dtype
-            up = tl.load(x_ptr + K + offs_k, mask=kmask, other=0.0).to(tl.float32)
-            gate = x.to(tl.float32)
-            x = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
@@ -42,30 +35,23 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=nmask)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False,
-         **overrides) -> torch.Tensor:
-    """x [1, K] (or [K]; [1, 2K] gated), weight [N, K] with unit stride along K -> [1, N] (or [N]) in x's dtype."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+    """x [1, K] (or [K]), weight [N, K] with unit stride along K -> [1, N] (or [N]) in x's dtype."""
     N, K = weight.shape
-    width = 2 * K if gated else K
-    assert x.shape[-1] == width and x.numel() == width and weight.stride(1) == 1
+    assert x.shape[-1] == K and x.numel() == K and weight.stride(1) == 1
     cfg = dict(DEFAULTS, **overrides)
-    xv = x.reshape(width)
+    xv = x.reshape(K)
     if xv.stride(0) != 1:
         xv = xv.contiguous()
     out = torch.empty(N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(N, cfg["block_n"]),)
     _gemv_kernel[grid](xv, weight, bias if bias is not None else weight, out, N, K, weight.stride(0),
-                       HAS_BIAS=bias is not None, GATED=gated, BLOCK_N=cfg["block_n"], BLOCK_K=min(cfg["block_k"],
+                       HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_K=min(cfg["block_k"],
                        triton.next_power_of_2(K)), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out.view(*x.shape[:-1], N)
 
 
-def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-             gated: bool = False) -> torch.Tensor:
-    if gated:
-        from kernels.activation import silu_and_mul_ref
-
-        x = silu_and_mul_ref(x.reshape(1, -1))
+def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     out = x.float() @ weight.float().t()
     if bias is not None:
         out = out + bias.float()

@@ -10,8 +10,12 @@ from engine.parallel import all_gather_last_dim, all_reduce, tp_rank, tp_size
 
 
 class VocabParallelEmbedding(nn.Module):
-    def __init__(self, vocab_size: int, hidden: int):
+    """reduce_results=False: each rank returns the rows of the ids in its shard and zeros elsewhere, and the
+    caller sums over the group (the first layer's norm does, fused, see engine.layers.norm)."""
+
+    def __init__(self, vocab_size: int, hidden: int, reduce_results: bool = True):
         super().__init__()
+        self.reduce_results = reduce_results
         self.vocab_size = vocab_size
         self.shard = (vocab_size + tp_size() - 1) // tp_size()  # padded so every rank's shard is equal
         self.start = tp_rank() * self.shard
@@ -30,7 +34,7 @@ class VocabParallelEmbedding(nn.Module):
         mask = (local < 0) | (local >= self.shard)
         out = F.embedding(local.masked_fill(mask, 0), self.weight)
         out.masked_fill_(mask.unsqueeze(-1), 0)
-        return all_reduce(out)
+        return all_reduce(out) if self.reduce_results else out
 
 
 class ParallelLMHead(VocabParallelEmbedding):

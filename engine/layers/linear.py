@@ -13,20 +13,13 @@ from torch import nn
 from engine.parallel import all_reduce, head_shard, tp_rank, tp_size
 
 
-def uses_gemv(x: torch.Tensor) -> bool:
-    """One row on a GPU (decode at batch 1): kernels.gemv reads the weight faster than cuBLAS does at that
-    shape (docs/perf-kernels.md), and can apply SiLU-and-multiply to its input as it reads it."""
-    return x.is_cuda and x.dim() == 2 and x.shape[0] == 1
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           gated: bool = False) -> torch.Tensor:
-    """F.linear; gated (only where uses_gemv(x)): x is [gate | up] and the input is silu(gate) * up."""
-    if uses_gemv(x):
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, except that one row on a GPU (decode at batch 1) goes through kernels.gemv, which reads
+    the weight faster than cuBLAS does at that shape (docs/perf-kernels.md)."""
+    if x.is_cuda and x.dim() == 2 and x.shape[0] == 1:
         from kernels import gemv
 
-        return gemv(x, weight, bias, gated=gated)
-    assert not gated, "gated input needs the GEMV path"
+        return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -117,8 +110,8 @@ class RowParallelLinear(_Linear):
             return
         param.data.copy_(loaded.narrow(1, self.input_start, param.shape[1]))
 
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            return linear(x, self.weight, self.bias if tp_rank() == 0 else None, gated)
-        y = all_reduce(linear(x, self.weight, gated=gated))
+            return linear(x, self.weight, self.bias if tp_rank() == 0 else None)
+        y = all_reduce(linear(x, self.weight))
         return y if self.bias is None else y + self.bias

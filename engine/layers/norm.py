@@ -21,13 +21,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, reduce: bool = False):
-        """reduce: x is this rank's partial sum from a row-parallel layer; sum it over the group first
-        (with the residual, in one peer-memory kernel where that is on, see engine.parallel)."""
-        if reduce and tp_size() > 1:
-            fused = fused_all_reduce_rms_norm(x, residual, self.weight, self.eps)
-            if fused is not None:
-                return fused
-            x = all_reduce(x)
+        """norm(x), or with a residual (norm(x + residual), x + residual).
+
+        reduce: x is this rank's partial sum (a row-parallel layer's or the vocabulary-parallel embedding's
+        output): it is summed over the group first, with the residual add in the same peer-memory kernel where
+        that is on (engine.parallel), and the sum comes back too: (norm(sum + residual), sum + residual)."""
+        if reduce:
+            if tp_size() > 1:
+                fused = fused_all_reduce_rms_norm(x, residual, self.weight, self.eps)
+                if fused is not None:
+                    return fused
+                x = all_reduce(x)
+            if residual is None:
+                return self._norm(x, None), x
+        return self._norm(x, residual)
+
+    def _norm(self, x: torch.Tensor, residual: torch.Tensor | None):
         if x.is_cuda:
             from kernels import rms_norm
 

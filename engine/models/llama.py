@@ -7,7 +7,7 @@ from torch import nn
 from engine.layers.activation import SiluAndMul
 from engine.layers.attention import Attention
 from engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, uses_gemv
+from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.model_config import ModelConfig
@@ -47,10 +47,7 @@ class LlamaMLP(nn.Module):
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if uses_gemv(gate_up):  # one row: the down projection applies silu(gate) * up as it reads its input
-            return self.down_proj(gate_up, gated=True)
-        return self.down_proj(self.act(gate_up))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -64,13 +61,10 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, x, residual):
-        # o_proj and down_proj return each rank's partial sum: the norm after each sums it over the group
-        # and adds the residual (one kernel on GPUs, see engine.parallel.PeerAllReduceRMSNorm). The first
-        # layer's input is the embedding, already whole.
-        if residual is None:
-            x, residual = self.input_layernorm(x), x
-        else:
-            x, residual = self.input_layernorm(x, residual, reduce=True)
+        # The embedding, o_proj and down_proj return each rank's partial sum: the norm after each sums it over
+        # the group and adds the residual (one kernel on GPUs, see engine.parallel.PeerAllReduceRMSNorm). The
+        # first layer has no residual yet: its norm returns the summed embedding as the residual.
+        x, residual = self.input_layernorm(x, residual, reduce=True)
         x = self.self_attn(positions, x)
         x, residual = self.post_attention_layernorm(x, residual, reduce=True)
         return self.mlp(x), residual  # partial sums: the next layer's norm (or the final one) reduces
@@ -79,7 +73,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_cls):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, reduce_results=False)
         self.layers = nn.ModuleList([layer_cls(cfg) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
