@@ -38,20 +38,20 @@ run() {  # NAME ARGS...: one bench run, bounded by the time left
   timeout $(( $(left) - 10 )) $B --name $name --out $R/$name.json "$@"
 }
 
+# BATCH1_ONLY=1: only the batch-1 runs, BATCH1_RUNS (default 2) of each, for the TP=2 / TP=1 ratio.
+N1=${BATCH1_RUNS:-2}
 if serve tp2-8b --hf-config llama-3.1-8b --tensor-parallel-size 2; then
   run warmup-tp2 --workload fixed --num-requests 64 --input-len 300 --output-len 16 > /dev/null
-  run tp2-8b-sharegpt --num-requests 1000
-  run tp2-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256
-  run tp2-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256
+  [ -n "${BATCH1_ONLY:-}" ] || run tp2-8b-sharegpt --num-requests 1000
+  for i in $(seq $N1); do run tp2-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256; done
   stop
 fi
 if serve tp1-8b --hf-config llama-3.1-8b; then
   run warmup-tp1 --workload fixed --num-requests 1 --input-len 5 --output-len 16 > /dev/null
-  run tp1-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256
-  run tp1-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256
+  for i in $(seq $N1); do run tp1-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256; done
   stop
 fi
-if [ "$(left)" -gt 120 ] && serve tp2-70b --hf-config llama-3-70b --tensor-parallel-size 2; then
+if [ -z "${BATCH1_ONLY:-}" ] && [ "$(left)" -gt 120 ] && serve tp2-70b --hf-config llama-3-70b --tensor-parallel-size 2; then
   run warmup-70b --workload fixed --num-requests 64 --input-len 300 --output-len 16 > /dev/null
   run tp2-70b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256
   run tp2-70b-sharegpt --num-requests 1000
