@@ -18,6 +18,8 @@ Measured, in this order:
    greedy, ignore_eos) with graphs and eagerly, batch-64 decode, the GPU time of one graph replay, and the
    greedy agreement of TP=2 with TP=1 in bf16 (reported, not required: the reduction order differs);
 3. Llama-3-70B shape, dummy bf16, TP=2 only (141 GB of weights): batch-1 and batch-64 decode.
+With --pdl-sweep 0,1,...: after the 8B bench, its graphs are captured again with programmatic dependent
+launch off (0) or on (1) in that order and batch 1 is timed for each (kernels/pdl.py's switch).
 If the TP=2 group fails with CUDA graphs, it is rerun (graphs without NCCL's graph buffer registration, then\neagerly) and the failure is reported.
 """
 from __future__ import annotations
@@ -201,6 +203,15 @@ class Rank:
             return replay_ms(self.runner, msg[1])
         elif kind == "profile":
             return profile_replay(self.runner, msg[1])
+        elif kind == "knobs":  # module-level switches ({"module.NAME": value}), then the graphs captured again
+            import importlib
+
+            for key, value in msg[1].items():
+                module, name = key.rsplit(".", 1)
+                setattr(importlib.import_module(module), name, value)
+            self.runner.graphs = self.saved_graphs = None
+            _free_memory(self.device)
+            self.runner.graphs = self.saved_graphs = self.runner._capture_cuda_graphs()
         elif kind == "free":
             self.runner = self.saved_graphs = None
             _free_memory(self.device)
@@ -376,6 +387,41 @@ class Driver:
             res["agree_outputs"] = greedy(llm, [[t % vocab for t in p] for p in AGREE_PROMPTS], AGREE_TOKENS)[0]
         del llm
         self.report(label, res)
+
+    def step_variants(self, label: str, variants: list) -> None:
+        """The runner of the last bench step with its graphs captured again under each variant's knobs
+        ([(name, {"module.NAME": value})]): batch-1 graph replay, overlapped batch-1 ms per token, batch-64 replay."""
+        from engine.gpu_check import decode_median, run_steps
+        from shared.sampling_params import SamplingParams
+
+        if self.me.runner is None or self.me.runner.graphs is None:
+            return
+        vocab = self.me.runner.model_config.vocab_size
+        prompt = [[t % vocab for t in B1_PROMPT]]
+        rows = []
+        for name, knobs in variants:
+            self.everywhere(("knobs", knobs))
+            llm = self.llm()
+            walls = {}
+            for n_tok in (16, 272):
+                params = SamplingParams(temperature=0.0, max_tokens=n_tok, ignore_eos=True)
+                llm.generate(prompt, params)  # warm-up
+                t0 = time.perf_counter()
+                llm.generate(prompt, params)
+                walls[n_tok] = time.perf_counter() - t0
+            self.everywhere(("graphs", False))  # and one step at a time without graphs (kernel launches from the host)
+            run_steps(llm, prompt, 8)
+            eager_ms = decode_median(run_steps(llm, prompt, 64)[2]) * 1e3
+            self.everywhere(("graphs", True))
+            del llm
+            row = dict(variant=name, b1_replay_ms=self.everywhere(("replay", 1)),
+                       b1_overlapped_ms_per_token=(walls[272] - walls[16]) / 256 * 1e3,
+                       b64_replay_ms=self.everywhere(("replay", 64)), b1_eager_step_ms=eager_ms)
+            rows.append(row)
+            print(f"[tp{self.world}] {label} variant {name}: batch-1 replay {row['b1_replay_ms']:.3f} ms,"
+                  f" overlapped {row['b1_overlapped_ms_per_token']:.3f} ms/token, eager step {eager_ms:.2f} ms;"
+                  f" batch-64 replay {row['b64_replay_ms']:.3f} ms", flush=True)
+            self.report(f"{label} variants", dict(rows=rows))
 
 
 # ------------------------------------------------------------------------------------------ all-reduce
@@ -598,6 +644,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=400, help="stop starting work after this many seconds")
     ap.add_argument("--allreduce", action="store_true",
                     help="only the all-reduce latency under a few NCCL settings; writes the fastest as best_env")
+    ap.add_argument("--pdl-sweep", default="",
+                    help="after the 8B bench, time it again with PDL off (0) / on (1) in this order, e.g. 0,1,0,1")
     args = ap.parse_args()
     os.environ.update(HOST_ENV)
     if args.allreduce:
@@ -635,9 +683,13 @@ def main() -> None:
     base = dict(device=args.device, graphs=True, kv_blocks=2048)
     tiny_steps = [("tiny", n) for n in TINY_MODELS]
 
+    # PDL off and on in turn (graphs captured again each time), after the 8B bench
+    sweep = [("variants", "8b", [(f"PDL {'on' if v == '1' else 'off'}", {"kernels.pdl.ENABLED": v == "1"})
+                                 for v in args.pdl_sweep.split(",")])] if args.pdl_sweep else []
+
     # TP=1 on GPU 0
-    steps1 = tiny_steps + [("bench", "8b", shape8, True, True, True)]
-    tp1, err1 = run_group(1, steps1, base, min(end, time.monotonic() + 170), log)
+    steps1 = tiny_steps + [("bench", "8b", shape8, True, True, True)] + sweep
+    tp1, err1 = run_group(1, steps1, base, min(end, time.monotonic() + (260 if sweep else 170)), log)
     report.update(tp1=tp1, tp1_error=err1)
     save()
     if err1:
@@ -645,7 +697,7 @@ def main() -> None:
 
     # TP=2 on GPUs 0 and 1: CUDA graphs first; if the 8B numbers are not in, graphs again without NCCL's
     # registration of graph buffers, then eagerly. A later attempt fills only what an earlier one lacks.
-    steps2 = tiny_steps + [("bench", "8b", shape8, True, True, True)]
+    steps2 = tiny_steps + [("bench", "8b", shape8, True, True, True)] + sweep
     if not args.skip_70b:
         steps2.append(("bench", "70b", shape70, False, False, False))
     attempts = [("graphs", base), ("graphs, NCCL_GRAPH_REGISTER=0", dict(base, env={"NCCL_GRAPH_REGISTER": "0"})),
@@ -729,6 +781,21 @@ def main() -> None:
     report["b1_overlapped_ratio_tp2_over_tp1"] = o2 / o1 if o1 and o2 else None
     log(f"batch-1 per-token ratio TP=2 / TP=1, overlapped steps (as served): "
         f"{fmt(report['b1_overlapped_ratio_tp2_over_tp1'], '.3f')} (target <= 0.65)")
+    s1, s2 = (g.get("8b variants", {}).get("rows", []) for g in (tp1, tp2))
+    if s1 or s2:
+        log("\n==== variants (graphs captured again for each; 8B) ====")
+        log("| variant | TP=1 replay ms | TP=2 replay ms | ratio | TP=1 overlapped ms/tok | TP=2 overlapped ms/tok |"
+            " ratio | TP=1 b64 replay ms | TP=2 b64 replay ms | TP=1 eager step ms | TP=2 eager step ms |")
+        log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for i in range(max(len(s1), len(s2))):
+            x = s1[i] if i < len(s1) else {}
+            y = s2[i] if i < len(s2) else {}
+            r1 = y.get("b1_replay_ms") / x["b1_replay_ms"] if x.get("b1_replay_ms") and y.get("b1_replay_ms") else None
+            o1, o2 = x.get("b1_overlapped_ms_per_token"), y.get("b1_overlapped_ms_per_token")
+            log(f"| {x.get('variant', y.get('variant'))} | {fmt(x.get('b1_replay_ms'), '.3f')} | "
+                f"{fmt(y.get('b1_replay_ms'), '.3f')} | {fmt(r1, '.3f')} | {fmt(o1, '.3f')} | {fmt(o2, '.3f')} | "
+                f"{fmt(o2 / o1 if o1 and o2 else None, '.3f')} | {fmt(x.get('b64_replay_ms'), '.3f')} | "
+                f"{fmt(y.get('b64_replay_ms'), '.3f')} | {fmt(x.get('b1_eager_step_ms'))} | {fmt(y.get('b1_eager_step_ms'))} |")
     for key, err in [("TP=1", err1)] + errors2:
         if err:
             log(f"{key} error: {err[-1500:]}")

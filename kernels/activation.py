@@ -4,9 +4,12 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_start
+
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, I, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, I, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < I
@@ -26,7 +29,8 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     if T == 0:
         return out
     BLOCK = min(1024, triton.next_power_of_2(I))
-    _silu_and_mul_kernel[(T, triton.cdiv(I, BLOCK))](x, out, x.stride(0), out.stride(0), I, BLOCK=BLOCK, num_warps=4)
+    _silu_and_mul_kernel[(T, triton.cdiv(I, BLOCK))](x, out, x.stride(0), out.stride(0), I, BLOCK=BLOCK, num_warps=4,
+                                                       **launch_options(x))
     return out
 
 

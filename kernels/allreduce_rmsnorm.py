@@ -24,14 +24,17 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_start
+
 
 @triton.jit
 def _all_reduce_rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, bufs_ptr, counters_ptr,
     stride_x, stride_r, stride_o, stride_ro, H, eps, rank, slot_stride, src_stride,
     WORLD: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, PUSH: tl.constexpr, REDUCE: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_start(USE_PDL)  # the next projection starts reading its weight while this waits for the peers
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
@@ -122,7 +125,7 @@ def all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: 
         rank, world * max_rows * H, max_rows * H,
         WORLD=world, BITS=8 * x.dtype.itemsize, BLOCK=BLOCK, PUSH=push, REDUCE=reduce,
         HAS_RESIDUAL=residual is not None,
-        num_warps=min(16, max(1, BLOCK // 512)),
+        num_warps=min(16, max(1, BLOCK // 512)), **launch_options(x),
     )
     return out, res_out
 

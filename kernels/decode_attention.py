@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_start
+
 # Tuned on an H100 (see docs/perf-kernels.md); the bench overrides them to sweep.
 DEFAULTS = dict(block_n=64, num_warps=4, num_stages=3, waves=1, max_splits=64, min_partition=256)
 _INTERPRET_DEFAULTS = dict(block_n=16, num_warps=1, num_stages=1, waves=1, max_splits=8, min_partition=16)
@@ -49,7 +51,9 @@ def _decode_kernel(
     stride_cb, stride_ct, stride_ch, stride_bt,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_start(USE_PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -110,8 +114,9 @@ def _decode_kernel(
 def _reduce_kernel(
     out_ptr, acc_ws_ptr, ml_ws_ptr, context_lens_ptr,
     num_splits, HQ, stride_ob, stride_oh,
-    D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_start(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(context_lens_ptr + b)
@@ -191,12 +196,13 @@ def paged_decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, BLOCK_G=block_g, D=D, BLOCK_SIZE=block_size, BLOCK_N=cfg["block_n"],
         SINGLE_SPLIT=num_splits == 1, DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_options(q),
     )
     if num_splits > 1:
         _reduce_kernel[(B, HQ)](
             out, acc_ws, ml_ws, context_lens, num_splits, HQ, out.stride(0), out.stride(1),
             D=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_N=cfg["block_n"], num_warps=4,
+            **launch_options(q),
         )
     return out
 

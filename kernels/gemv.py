@@ -4,12 +4,16 @@ At batch 1 a projection is a pure read of its weight. cuBLAS reads the large one
 the small ones (a tensor-parallel shard's q/k/v and o projections, 16-25 MB) well below it, and adds a
 split-K reduction kernel to some. Here each program owns BLOCK_N whole rows of W and streams them in
 BLOCK_K chunks, multiplying into an fp32 tile that it sums once at the end: no second kernel, and
-enough programs (N / BLOCK_N) in flight to keep every SM's loads busy.
+enough programs (N / BLOCK_N) in flight to keep every SM's loads busy. Launched with PDL (kernels/pdl.py),
+the programs start during the kernel before (a norm, the all-reduce, attention) and read their first chunk of
+the weight, which nothing writes, before waiting for that kernel's output x.
 """
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.pdl import launch_options
 
 # Swept on an H100 with kernels/bench_gemv.py --sweep (docs/perf-kernels.md): within 1 us of each shape's best.
 DEFAULTS = dict(block_n=2, block_k=2048, num_warps=8, num_stages=3)
@@ -17,18 +21,27 @@ DEFAULTS = dict(block_n=2, block_k=2048, num_warps=8, num_stages=3)
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    offs_k = tl.arange(0, BLOCK_K)
+    kmask = offs_k < K
+    w = tl.load(rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0,
+                eviction_policy="evict_first")  # read once: keep it out of the way of the activations
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x is the kernel before's output; the weight above is not
+    x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0)
+    acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < K
         w = tl.load(rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0,
-                    eviction_policy="evict_first")  # read once: keep it out of the way of the activations
+                    eviction_policy="evict_first")
         x = tl.load(x_ptr + offs_k, mask=kmask, other=0.0)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # every program has got this far: all are running
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
@@ -47,7 +60,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     grid = (triton.cdiv(N, cfg["block_n"]),)
     _gemv_kernel[grid](xv, weight, bias if bias is not None else weight, out, N, K, weight.stride(0),
                        HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_K=min(cfg["block_k"],
-                       triton.next_power_of_2(K)), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                       triton.next_power_of_2(K)), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                       **launch_options(x))
     return out.view(*x.shape[:-1], N)
 
 

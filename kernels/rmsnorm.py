@@ -4,13 +4,16 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_start
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_r, stride_o, stride_ro, H, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
@@ -48,7 +51,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
             res_out if res_out is not None else out,
             x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
             res_out.stride(0) if res_out is not None else 0, H, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=BLOCK, num_warps=num_warps,
+            HAS_RESIDUAL=residual is not None, BLOCK=BLOCK, num_warps=num_warps, **launch_options(x),
         )
     return out if residual is None else (out, res_out)
 

@@ -43,12 +43,12 @@ N1=${BATCH1_RUNS:-2}
 if serve tp2-8b --hf-config llama-3.1-8b --tensor-parallel-size 2; then
   run warmup-tp2 --workload fixed --num-requests 64 --input-len 300 --output-len 16 > /dev/null
   [ -n "${BATCH1_ONLY:-}" ] || run tp2-8b-sharegpt --num-requests 1000
-  for i in $(seq $N1); do run tp2-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256; done
+  for i in $(seq $N1); do run tp2-8b-batch1-$i --workload fixed --num-requests 1 --input-len 5 --output-len 256; done
   stop
 fi
 if serve tp1-8b --hf-config llama-3.1-8b; then
   run warmup-tp1 --workload fixed --num-requests 1 --input-len 5 --output-len 16 > /dev/null
-  for i in $(seq $N1); do run tp1-8b-batch1 --workload fixed --num-requests 1 --input-len 5 --output-len 256; done
+  for i in $(seq $N1); do run tp1-8b-batch1-$i --workload fixed --num-requests 1 --input-len 5 --output-len 256; done
   stop
 fi
 if [ -z "${BATCH1_ONLY:-}" ] && [ "$(left)" -gt 120 ] && serve tp2-70b --hf-config llama-3-70b --tensor-parallel-size 2; then
@@ -58,4 +58,16 @@ if [ -z "${BATCH1_ONLY:-}" ] && [ "$(left)" -gt 120 ] && serve tp2-70b --hf-conf
   stop
 fi
 cp $R/tp*.json "$OUT"/ 2>/dev/null
+python3 - "$R" <<'EOF'
+import glob, json, os, sys
+rows = {}
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "tp*.json"))):
+    s = json.load(open(f))["runs"][-1]["summary"]
+    rows[os.path.basename(f)[:-5]] = s
+    print(f"{os.path.basename(f)[:-5]:22} output tok/s {s['output_throughput']:9.1f}  TPOT p50 {s['tpot_ms']['p50']:7.2f} ms")
+tp = {n: [v["tpot_ms"]["mean"] for k, v in rows.items() if k.startswith(f"tp{n}-8b-batch1")] for n in (1, 2)}
+if tp[1] and tp[2]:
+    m1, m2 = sum(tp[1]) / len(tp[1]), sum(tp[2]) / len(tp[2])
+    print(f"8B batch-1 TPOT mean TP=1 {m1:.3f} ms, TP=2 {m2:.3f} ms: TP=2 / TP=1 = {m2 / m1:.3f}")
+EOF
 echo "total $(( $(date +%s) - T0 )) s"
