@@ -113,7 +113,7 @@ def _symmetric_sentinel_buffer(numel: int, dtype: torch.dtype, device: torch.dev
     every rank's address of it."""
     import torch.distributed._symmetric_memory as symm_mem
 
-    from kernels.allreduce_rmsnorm import buffer_dtype, sentinel_of
+    from kernels.peer_memory import buffer_dtype, sentinel_of
 
     buffer = symm_mem.empty(numel, dtype=buffer_dtype(dtype), device=device)
     handle = symm_mem.rendezvous(buffer, group_name)

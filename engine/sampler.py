@@ -107,6 +107,11 @@ class Sampler:
     def sample(self, logits: torch.Tensor, states: list[SamplingState]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Launch the sampling of one token per row; returns the tokens (int64, on logits' device) and, when a
         row asked for logprobs, the raw log-softmax. Nothing here waits for the device."""
+        if logits.is_cuda and all(s.params.greedy and s.params.logprobs is None and not s.needs_logit_processing
+                                  for s in states):
+            from kernels import argmax  # plain greedy decoding: one kernel on the logits as they are
+
+            return argmax(logits), None
         logits = logits.float()
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(s.params.logprobs is not None for s in states) else None
         if any(s.needs_logit_processing for s in states):

@@ -304,7 +304,8 @@ class Driver:
         self.report(f"tiny {name}", res)
 
     def step_bench(self, label: str, shape: str, refill: bool, b1_eager: bool, agree: bool) -> None:
-        from engine.gpu_check import decode_median, greedy, run_steps
+        from engine.gpu_check import batch1_steps, decode_median, greedy, overlapped_ms_per_token, run_steps
+        from shared.sampling_params import SamplingParams
 
         self.everywhere(("tf32", True))  # bf16 anyway
         self.everywhere(("free",))
@@ -328,12 +329,10 @@ class Driver:
             modes.append("eager")
         for mode in modes:
             self.everywhere(("graphs", mode == "graphs"))
-            run_steps(llm, prompt, 16)  # warm-up: kernels, allocator
-            wall, n, steps = run_steps(llm, prompt, 256)
-            res[f"b1_{mode}_tok_s"] = n / wall
-            res[f"b1_{mode}_step_ms"] = decode_median(steps) * 1e3
-            print(f"[tp{self.world}] {label} batch 1 {mode}: {n} tokens in {wall:.2f}s = {n / wall:.1f} tok/s;"
-                  f" median decode step {res[f'b1_{mode}_step_ms']:.2f} ms", flush=True)
+            tok_s, step = batch1_steps(llm, prompt)
+            res[f"b1_{mode}_tok_s"], res[f"b1_{mode}_step_ms"] = tok_s, step * 1e3
+            print(f"[tp{self.world}] {label} batch 1 {mode}: {tok_s:.1f} tok/s; median decode step {step * 1e3:.2f} ms",
+                  flush=True)
             self.report(label, dict(res))  # partial: kept if a later part fails
         self.everywhere(("graphs", True))
         if runner.graphs is not None:
@@ -344,17 +343,7 @@ class Driver:
                   f" {prof['kernel_us_per_replay']:.0f} us of kernel time in {prof['replay_ms'] * 1e3:.0f} us", flush=True)
             for name, count, us in prof["top"]:
                 print(f"    {us:8.1f} us  {count:6.1f}x  {name}", flush=True)
-        # Overlapped steps, as the services run them: the host prepares step n+1 while the GPU runs step n.
-        from shared.sampling_params import SamplingParams
-
-        walls = {}
-        for n_tok in (16, 272):
-            params = SamplingParams(temperature=0.0, max_tokens=n_tok, ignore_eos=True)
-            llm.generate(prompt, params)  # warm-up
-            t0 = time.perf_counter()
-            llm.generate(prompt, params)
-            walls[n_tok] = time.perf_counter() - t0
-        res["b1_overlapped_ms_per_token"] = (walls[272] - walls[16]) / 256 * 1e3
+        res["b1_overlapped_ms_per_token"] = overlapped_ms_per_token(llm, prompt)
         print(f"[tp{self.world}] {label} batch 1 overlapped: {res['b1_overlapped_ms_per_token']:.3f} ms per token",
               flush=True)
         if self.dev == "cuda":  # all of a token's GPU work, inside the graph and out (rank 0's view)
@@ -391,8 +380,7 @@ class Driver:
     def step_variants(self, label: str, variants: list) -> None:
         """The runner of the last bench step with its graphs captured again under each variant's knobs
         ([(name, {"module.NAME": value})]): batch-1 graph replay, overlapped batch-1 ms per token, batch-64 replay."""
-        from engine.gpu_check import decode_median, run_steps
-        from shared.sampling_params import SamplingParams
+        from engine.gpu_check import batch1_steps, overlapped_ms_per_token
 
         if self.me.runner is None or self.me.runner.graphs is None:
             return
@@ -402,20 +390,12 @@ class Driver:
         for name, knobs in variants:
             self.everywhere(("knobs", knobs))
             llm = self.llm()
-            walls = {}
-            for n_tok in (16, 272):
-                params = SamplingParams(temperature=0.0, max_tokens=n_tok, ignore_eos=True)
-                llm.generate(prompt, params)  # warm-up
-                t0 = time.perf_counter()
-                llm.generate(prompt, params)
-                walls[n_tok] = time.perf_counter() - t0
+            overlapped = overlapped_ms_per_token(llm, prompt)
             self.everywhere(("graphs", False))  # and one step at a time without graphs (kernel launches from the host)
-            run_steps(llm, prompt, 8)
-            eager_ms = decode_median(run_steps(llm, prompt, 64)[2]) * 1e3
+            eager_ms = batch1_steps(llm, prompt, 64)[1] * 1e3
             self.everywhere(("graphs", True))
             del llm
-            row = dict(variant=name, b1_replay_ms=self.everywhere(("replay", 1)),
-                       b1_overlapped_ms_per_token=(walls[272] - walls[16]) / 256 * 1e3,
+            row = dict(variant=name, b1_replay_ms=self.everywhere(("replay", 1)), b1_overlapped_ms_per_token=overlapped,
                        b64_replay_ms=self.everywhere(("replay", 64)), b1_eager_step_ms=eager_ms)
             rows.append(row)
             print(f"[tp{self.world}] {label} variant {name}: batch-1 replay {row['b1_replay_ms']:.3f} ms,"

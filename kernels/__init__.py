@@ -5,6 +5,7 @@ On CPU tensors the wrappers run under TRITON_INTERPRET=1 (set before triton is i
 """
 
 from kernels.activation import silu_and_mul, silu_and_mul_ref
+from kernels.argmax import argmax, argmax_ref
 from kernels.gemv import gemv, gemv_ref
 from kernels.decode_attention import paged_decode_attention, paged_decode_attention_ref
 from kernels.kv_store import store_kv, store_kv_ref
@@ -14,6 +15,7 @@ from kernels.rotary import apply_rotary, apply_rotary_ref, build_cos_sin_cache, 
 
 __all__ = [
     "apply_rotary", "apply_rotary_ref", "build_cos_sin_cache", "rotary_store_kv",
+    "argmax", "argmax_ref",
     "gemv", "gemv_ref",
     "paged_decode_attention", "paged_decode_attention_ref",
     "paged_prefill_attention", "paged_prefill_attention_ref",

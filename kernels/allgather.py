@@ -1,7 +1,6 @@
 """All-gather along the last dimension over peer memory: the vocabulary-parallel LM head's logits.
 
-The same scheme as kernels/allreduce_rmsnorm.py (sentinel-flagged data pushed into every peer's
-buffer, two slots used in turn by a per-program counter, no barrier), here without the sum: each
+The protocol of kernels/peer_memory.py, as in kernels/allreduce_rmsnorm.py, here without the sum: each
 program copies its chunk of this rank's shard into the output and into every peer's buffer, then
 waits for the peers' chunks in its own buffer and copies them out.
 """
@@ -10,21 +9,20 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import launch_options, pdl_start
+from kernels.peer_memory import push, take, to_wire
+
 
 @triton.jit
 def _all_gather_kernel(
     x_ptr, out_ptr, bufs_ptr, counters_ptr, numel, cols, rank, slot_stride, src_stride,
     WORLD: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, PUSH: tl.constexpr, GATHER: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_start(USE_PDL)
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # into the flattened [rows, cols] shard
     mask = offs < numel
-    if BITS == 16:
-        int_ty = tl.int16
-        sentinel = -32768
-    else:
-        int_ty = tl.int32
-        sentinel = -2147483648
     count = tl.load(counters_ptr + pid)
     here = (count % 2).to(tl.int64) * slot_stride + offs
     # element (r, c) of rank s's shard goes to out[r, s * cols + c]
@@ -32,21 +30,11 @@ def _all_gather_kernel(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     tl.store(out_ptr + out_row + rank * cols, x, mask=mask)
     if PUSH:
-        bits = x.to(int_ty, bitcast=True)
-        bits = tl.where(bits == sentinel, 0, bits).to(int_ty)  # -0.0 (the sentinel) travels as +0.0
-        for dst in tl.static_range(WORLD):
-            if dst != rank:
-                buf = tl.load(bufs_ptr + dst).to(tl.pointer_type(int_ty))
-                tl.store(buf + rank * src_stride + here, bits, mask=mask)
+        push(bufs_ptr, here, to_wire(x, BITS), mask, rank, src_stride, WORLD, BITS)
     if GATHER:
-        mine = tl.load(bufs_ptr + rank).to(tl.pointer_type(int_ty))
         for src in tl.static_range(WORLD):
             if src != rank:
-                p = mine + src * src_stride + here
-                v = tl.load(p, mask=mask, other=0, volatile=True)
-                while tl.sum(((v == sentinel) & mask).to(tl.int32), axis=0) > 0:
-                    v = tl.load(p, mask=mask, other=0, volatile=True)
-                tl.store(p, tl.full([BLOCK], sentinel, int_ty), mask=mask)
+                v = take(bufs_ptr, here, mask, rank, src, src_stride, BITS, BLOCK)
                 tl.store(out_ptr + out_row + src * cols, v.to(out_ptr.dtype.element_ty, bitcast=True), mask=mask)
         tl.store(counters_ptr + pid, count + 1)
 
@@ -71,5 +59,6 @@ def all_gather_last_dim_peer(x: torch.Tensor, buffer_ptrs: torch.Tensor, counter
     _all_gather_kernel[(triton.cdiv(x.numel(), BLOCK),)](
         x, out, buffer_ptrs, counters, x.numel(), cols, rank, world * max_numel, max_numel,
         WORLD=world, BITS=8 * x.dtype.itemsize, BLOCK=BLOCK, PUSH=push, GATHER=gather, num_warps=4,
+        **launch_options(x),
     )
     return out

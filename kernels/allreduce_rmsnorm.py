@@ -4,17 +4,11 @@ A row-parallel projection leaves each rank with a partial sum; the next thing th
 `rms_norm(sum + residual)`. Here one kernel does all three for small batches (a decode step), in
 place of an all-reduce kernel, a barrier and a norm kernel.
 
-How ranks meet without a barrier (the "Lamport" trick): every rank's buffer starts filled with a
-sentinel bit pattern, negative zero, that real data never carries (pushes turn -0.0 into +0.0).
-Each program pushes its row of the partial sum into every peer's buffer (NVLink stores through
-peer pointers), then spins on its own buffer until no element of any peer's copy is the sentinel,
-sums all ranks' parts in rank order (so every rank gets the same bits), and puts the sentinel back.
-
-Two slots per row, used in turn: a rank can be at most one call ahead of its peers (it cannot
-finish call n+1 before every peer has pushed n+1), so it never writes into the slot a peer is
-still reading. The slot of row r is the parity of a per-row counter kept on the device, so the
-kernel can sit in a CUDA graph and replay: every rank makes the same calls with the same row
-counts, so the counters agree across ranks.
+Ranks meet without a barrier (the "Lamport" trick, kernels/peer_memory.py): each program pushes its
+row of the partial sum into every peer's buffer over NVLink, waits in its own buffer for the peers'
+rows, and sums all ranks' parts in rank order, its own from registers, so every rank gets the same
+bits. Row r's slot is the parity of a per-row counter on the device, so the kernel replays in CUDA
+graphs.
 
 PUSH and REDUCE split the kernel's two halves for the CPU tests (the interpreter runs one rank
 at a time); on GPUs both run in one launch.
@@ -25,6 +19,7 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import launch_options, pdl_start
+from kernels.peer_memory import push, take, to_wire
 
 
 @triton.jit
@@ -38,28 +33,16 @@ def _all_reduce_rms_norm_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
-    if BITS == 16:
-        int_ty = tl.int16
-        sentinel = -32768
-    else:
-        int_ty = tl.int32
-        sentinel = -2147483648
     count = tl.load(counters_ptr + row)
-    slot = (count % 2).to(tl.int64)
-    # This row of the given slot in every rank's buffer, the block that rank `src` writes.
-    here = slot * slot_stride + row * H + offs
+    # This row of the current slot, in the block of every rank's buffer that rank `src` writes.
+    here = (count % 2).to(tl.int64) * slot_stride + row * H + offs
 
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
-    bits = x.to(int_ty, bitcast=True)
-    bits = tl.where(bits == sentinel, 0, bits).to(int_ty)  # -0.0 (the sentinel) travels as +0.0
+    bits = to_wire(x, BITS)
     if PUSH:
-        for dst in tl.static_range(WORLD):
-            if dst != rank:
-                buf = tl.load(bufs_ptr + dst).to(tl.pointer_type(int_ty))
-                tl.store(buf + rank * src_stride + here, bits, mask=mask)
+        push(bufs_ptr, here, bits, mask, rank, src_stride, WORLD, BITS)
 
     if REDUCE:
-        mine = tl.load(bufs_ptr + rank).to(tl.pointer_type(int_ty))
         acc = tl.zeros([BLOCK], tl.float32)
         # In rank order, this rank's own part from registers (the same bits its peers receive), so every
         # rank adds the same numbers in the same order.
@@ -67,12 +50,7 @@ def _all_reduce_rms_norm_kernel(
             if src == rank:
                 v = bits
             else:
-                p = mine + src * src_stride + here
-                v = tl.load(p, mask=mask, other=0, volatile=True)
-                while tl.sum(((v == sentinel) & mask).to(tl.int32), axis=0) > 0:
-                    v = tl.load(p, mask=mask, other=0, volatile=True)
-                # Free for the call after next: no peer writes this slot again before this rank's next call.
-                tl.store(p, tl.full([BLOCK], sentinel, int_ty), mask=mask)
+                v = take(bufs_ptr, here, mask, rank, src, src_stride, BITS, BLOCK)
             acc += v.to(x_ptr.dtype.element_ty, bitcast=True).to(tl.float32)
         tl.store(counters_ptr + row, count + 1)
 
@@ -93,15 +71,6 @@ def _all_reduce_rms_norm_kernel(
 def peer_buffer_elements(world: int, max_rows: int, hidden: int) -> int:
     """Elements of each rank's buffer: [2 slots][world source ranks][max_rows][hidden]."""
     return 2 * world * max_rows * hidden
-
-
-def sentinel_of(dtype: torch.dtype) -> int:
-    return -(1 << (8 * dtype.itemsize - 1))
-
-
-def buffer_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The integer type the buffers hold for a model dtype (the kernel compares bit patterns)."""
-    return {2: torch.int16, 4: torch.int32}[dtype.itemsize]
 
 
 def all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.testing
 
-from kernels import (apply_rotary, apply_rotary_ref, build_cos_sin_cache, paged_decode_attention,
+from kernels import (apply_rotary, apply_rotary_ref, argmax, build_cos_sin_cache, paged_decode_attention,
                      paged_decode_attention_ref, paged_prefill_attention, paged_prefill_attention_ref, rms_norm,
                      rms_norm_ref, silu_and_mul, silu_and_mul_ref, store_kv, store_kv_ref)
 from kernels import decode_attention, prefill_attention
@@ -280,10 +280,32 @@ def time_elementwise(copy_bw):
     return rows
 
 
+def time_argmax(copy_bw):
+    """Greedy sampling over a Llama-3 vocabulary: the Triton kernel against what the sampler did before
+    (logits to fp32, then torch.argmax); both in a CUDA graph, as a served step launches them back to back."""
+    rows = []
+    for B in (1, 64):
+        x = torch.randn(B, 128256, device="cuda", dtype=torch.bfloat16)
+        x[:, 1000] = x[:, 77000] = 10.0  # a tie: the lower index must win, as in torch
+        ok = torch.equal(argmax(x), x.float().argmax(-1))
+        RESULTS["checks"].append({"name": f"argmax B={B} V=128256 bf16 (exact)", "rel_err": 0.0 if ok else 1.0, "ok": ok})
+        print(f"{'ok  ' if ok else 'FAIL'} argmax B={B} V=128256 bf16 (exact, tie at 1000 / 77000)", flush=True)
+        for label, fn in (("torch: logits.float().argmax(-1)", lambda: x.float().argmax(-1)),
+                          ("triton (kernels/argmax.py)", lambda: argmax(x))):
+            ms = triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+            tbs = x.numel() * 2 / ms / 1e9
+            rows.append({"kernel": f"argmax B={B} V=128256", "variant": label, "ms": ms, "TB/s": tbs,
+                         "pct_copy_bw": 100 * tbs / copy_bw})
+            print(f"  argmax B={B} {label:36s} {ms * 1e3:8.1f} us", flush=True)
+    RESULTS["timings"] += rows
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="also time a grid of launch configurations")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--argmax", action="store_true", help="only the greedy-argmax check and timing")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "kernels.bench needs a CUDA GPU"
     torch.manual_seed(0)
@@ -293,11 +315,14 @@ def main():
     print(f"device: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
     ok = True
-    if not args.skip_checks:
+    if not args.skip_checks and not args.argmax:
         ok = run_checks()
     copy_bw = copy_bandwidth()
     RESULTS["copy_bw_TBs"] = copy_bw
     print(f"copy bandwidth (read+write): {copy_bw:.2f} TB/s", flush=True)
+    if args.argmax:
+        time_argmax(copy_bw)
+        sys.exit(0 if all(c["ok"] for c in RESULTS["checks"]) else 1)
     table = []
     for B, ctx in ((64, 2048), (1, 32768)):
         rows, best = time_decode(B, ctx, copy_bw, args.sweep)
@@ -305,6 +330,7 @@ def main():
     rows, best = time_prefill(8, 1024, args.sweep)
     table += [rows[0], rows[-1]] + ([best] if best is not rows[0] else [])
     table += time_elementwise(copy_bw)
+    table += time_argmax(copy_bw)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench.json"), "w") as f:
             json.dump(RESULTS, f, indent=1)

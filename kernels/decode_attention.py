@@ -43,6 +43,38 @@ def _partition_len(ctx, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def attend(
+    q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
+    lo, hi, kv_end, stride_cb, stride_ct, offs_d,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Online softmax of q's rows over the paged K/V of positions [lo, hi) (none at or past kv_end), carried in
+    (m_i, l_i, acc); CAUSAL_MASK also drops keys past each row's q_pos. Decode and prefill attention share it."""
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < kv_end
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
+        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+        if DOT_F32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
+        if CAUSAL_MASK:
+            s = tl.where((offs_n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
+        if DOT_F32:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     out_ptr, acc_ws_ptr, ml_ws_ptr,
@@ -77,25 +109,11 @@ def _decode_kernel(
     acc = tl.zeros([BLOCK_G, D], tl.float32)
     bt_row = block_tables_ptr + b.to(tl.int64) * stride_bt
     head_off = kvh.to(tl.int64) * stride_ch
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        nmask = offs_n < end
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
-        tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
-        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
-        if DOT_F32:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    # The one query sees every position up to the end of the context: as a causal mask at end - 1, the
+    # mask also covers the split's last, partial block.
+    m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off,
+                           tl.zeros([BLOCK_G], tl.int32) + end - 1, qk_scale, start, end, end, stride_cb, stride_ct,
+                           offs_d, BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION)
 
     if SINGLE_SPLIT:
         # A zero-length context yields zeros instead of 0/0.

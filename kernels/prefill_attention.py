@@ -10,43 +10,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.decode_attention import dot_precision
+from kernels.decode_attention import attend, dot_precision
 
 DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
 _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
 # The tile -> sequence search spans BLOCK_B sequences. One width up to 256 sequences (the default max_num_seqs)
 # keeps to one compiled variant; the search is a few hundred integer ops per program, noise beside the attention.
 MIN_BLOCK_B = 256
-
-
-@triton.jit
-def _attend(
-    q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-    lo, hi, kv_end, stride_cb, stride_ct, offs_d,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        nmask = offs_n < kv_end
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
-        tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
-        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
-        if CAUSAL_MASK:
-            s = tl.where((offs_n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
-        if DOT_F32:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    return m_i, l_i, acc
 
 
 # B varies step to step, and a mixed step passes the metadata from row num_decode_seqs on (offsets that may or
@@ -98,12 +68,12 @@ def _prefill_kernel(
     kv_end = tl.minimum(first_pos + BLOCK_M, ctx)  # one past the last position this tile sees
     # Key tiles entirely at or before the tile's first query need no causal mask.
     unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N
-    m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-                            0, unmasked_end, kv_end, stride_cb, stride_ct, offs_d,
-                            BLOCK_SIZE, BLOCK_N, False, DOT_F32, PRECISION)
-    m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-                            unmasked_end, kv_end, kv_end, stride_cb, stride_ct, offs_d,
-                            BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION)
+    m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
+                           0, unmasked_end, kv_end, stride_cb, stride_ct, offs_d,
+                           BLOCK_SIZE, BLOCK_N, False, DOT_F32, PRECISION)
+    m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
+                           unmasked_end, kv_end, kv_end, stride_cb, stride_ct, offs_d,
+                           BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mmask[:, None])

@@ -21,16 +21,23 @@ def _rotate(ptr, stride_t, stride_h, t, cos, sin, H, HALF: tl.constexpr, BLOCK_H
 
 
 @triton.jit
+def _cos_sin(pos_ptr, cache_ptr, stride_cache, t, HALF: tl.constexpr):
+    """Token t's cos and sin rows [1, HALF] from the table (cos in the first half of a row, sin in the second)."""
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    offs_d = tl.arange(0, HALF)
+    cos = tl.load(cache_ptr + pos * stride_cache + offs_d)[None, :]
+    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d)[None, :]
+    return cos, sin
+
+
+@triton.jit
 def _rotary_kernel(
     pos_ptr, q_ptr, k_ptr, cache_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
     HQ, HK, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    offs_d = tl.arange(0, HALF)
-    cos = tl.load(cache_ptr + pos * stride_cache + offs_d)[None, :]
-    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d)[None, :]
+    cos, sin = _cos_sin(pos_ptr, cache_ptr, stride_cache, t, HALF)
     _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, HQ, HALF, BLOCK_HQ)
     _rotate(k_ptr, stride_kt, stride_kh, t, cos, sin, HK, HALF, BLOCK_HK)
 
@@ -60,11 +67,9 @@ def _rotary_store_kv_kernel(
 ):
     pdl_start(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    offs_d = tl.arange(0, HALF)
-    cos = tl.load(cache_ptr + pos * stride_cache + offs_d)[None, :]
-    sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d)[None, :]
+    cos, sin = _cos_sin(pos_ptr, cache_ptr, stride_cache, t, HALF)
     _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, HQ, HALF, BLOCK_HQ)
+    offs_d = tl.arange(0, HALF)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:  # padding tokens carry slot -1: they must not touch the cache
         offs_h = tl.arange(0, BLOCK_HK)

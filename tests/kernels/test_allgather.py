@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels.allgather import BLOCK, all_gather_buffer_elements, all_gather_last_dim_peer
-from kernels.allreduce_rmsnorm import buffer_dtype, sentinel_of
+from kernels.peer_memory import buffer_dtype, sentinel_of
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

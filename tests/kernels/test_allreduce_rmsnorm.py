@@ -6,8 +6,8 @@ pushes, then every rank reduces (on GPUs one launch does both, with the ranks ru
 import pytest
 import torch
 
-from kernels.allreduce_rmsnorm import (all_reduce_rms_norm, all_reduce_rms_norm_ref, buffer_dtype,
-                                       peer_buffer_elements, sentinel_of)
+from kernels.allreduce_rmsnorm import all_reduce_rms_norm, all_reduce_rms_norm_ref, peer_buffer_elements
+from kernels.peer_memory import buffer_dtype, sentinel_of
 
 
 class SimulatedGroup:

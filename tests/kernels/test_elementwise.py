@@ -124,3 +124,19 @@ def test_cos_sin_cache_matches_transformers(scaling):
     freqs = pos[:, None].float() * inv_freq[None, :]
     cache = build_cos_sin_cache(128, 131072, 500000.0, scaling)
     assert torch.equal(cache[pos], torch.cat((freqs.cos(), freqs.sin()), dim=-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_matches_torch_with_ties(dtype):
+    from kernels import argmax, argmax_ref
+
+    torch.manual_seed(0)
+    x = torch.randint(-20, 20, (6, 300)).to(dtype)  # small integers: many ties, across chunks of 64 too
+    x[1] = float("-inf")  # torch gives 0
+    x[2, 5] = x[2, 250] = 100  # the same maximum in two chunks: the first wins
+    x[3, :] = 7  # all equal
+    x[4, 299] = 50  # in the last, partial chunk
+    got = argmax(x)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, argmax_ref(x)), (got, argmax_ref(x))
+    assert got[2] == 5 and got[4] == 299

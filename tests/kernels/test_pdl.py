@@ -49,6 +49,14 @@ KERNELS = {  # kernel: (module, signature of the non-constexpr arguments, conste
                        dict(out_ptr=BF, acc_ws_ptr="*fp32", ml_ws_ptr="*fp32", context_lens_ptr="*i32",
                             num_splits=I32, HQ=I32, stride_ob=I32, stride_oh=I32),
                        dict(D=128, BLOCK_S=16, BLOCK_N=64), 4),
+    "_all_gather_kernel": ("kernels.allgather",
+                           dict(x_ptr=BF, out_ptr=BF, bufs_ptr="*i64", counters_ptr="*i32", numel=I32, cols=I32,
+                                rank=I32, slot_stride=I32, src_stride=I32),
+                           dict(WORLD=2, BITS=16, BLOCK=2048, PUSH=True, GATHER=True), 4),
+    "_chunk_max_kernel": ("kernels.argmax", dict(x_ptr=BF, val_ptr="*fp32", idx_ptr="*i64", V=I32, stride_x=I32, S=I32),
+                          dict(CHUNK=2048), 4),
+    "_merge_kernel": ("kernels.argmax", dict(val_ptr="*fp32", idx_ptr="*i64", out_ptr="*i64", S=I32),
+                      dict(BLOCK_S=64), 1),
 }
 STORE = re.compile(r"\b(st\.global|atom\.|red\.)")
 LOAD = re.compile(r"\bld\.global")
