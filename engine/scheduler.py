@@ -87,10 +87,11 @@ class Scheduler:
         self.requests[request_id] = seqs
         self.waiting.extend(seqs)
 
-    def abort_request(self, request_id: str) -> None:
-        """Idempotent: an unknown or finished request is ignored."""
+    def abort_request(self, request_id: str, index: int | None = None) -> None:
+        """Idempotent: an unknown or finished request is ignored. index: only that one of the request's n
+        sequences (its siblings go on)."""
         for seq in self.requests.get(request_id, []):
-            if seq.status is not SeqStatus.FINISHED:
+            if seq.status is not SeqStatus.FINISHED and index in (None, seq.index):
                 self._finish(seq, "abort")
                 self._aborted.append(self._output(seq, []))
 

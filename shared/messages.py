@@ -108,11 +108,13 @@ class EngineRequest:
 @message(42)
 @dataclass(slots=True)
 class AbortRequest:
-    """gateway or detokenizer -> scheduler; idempotent."""
+    """gateway or detokenizer -> scheduler; idempotent. index >= 0: only that choice of an n > 1 request (the
+    detokenizer found a stop string in it while its siblings go on)."""
 
     request_id: str
     gateway_id: int = -1
     reason: str = "abort"
+    index: int = -1
 
 
 @message(43)
@@ -229,6 +231,15 @@ class RequestOutput:
     cached_tokens: int = 0
 
 
+@message(54)
+@dataclass(slots=True)
+class Tokenized:
+    """tokenizer worker -> the request's gateway: the request went on to the scheduler (no worker holds it now)."""
+
+    request_id: str
+    gateway_id: int
+
+
 @message(53)
 @dataclass(slots=True)
 class EngineStats:
@@ -237,5 +248,5 @@ class EngineStats:
     ready: bool  # runners announced, every peer heard from recently
     reason: str  # why not ready, for /health
     engine: dict  # Scheduler.stats()
-    tokenizers: dict  # tokenizer id -> its own stats ({"requests_handled": n})
+    tokenizers: dict  # tokenizer id -> its own stats ({"pid": p, "requests_handled": n, ...})
     time: float = 0.0

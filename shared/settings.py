@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 

@@ -37,8 +37,8 @@ def main(argv=None):
                 outputs, aborts = detok.on_batch(msg)
                 for gid, out in outputs:
                     gateways.send(gid, out)
-                for rid in aborts:  # a stop string ended it: the engine can stop generating
-                    scheduler.send(AbortRequest(rid, -1, "stop"))
+                for rid, index in aborts:  # a stop string ended it: the engine can stop generating
+                    scheduler.send(AbortRequest(rid, -1, "stop", index))
             elif isinstance(msg, RequestError):
                 for gid, out in detok.fail(msg):
                     gateways.send(gid, out)

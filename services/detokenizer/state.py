@@ -1,7 +1,7 @@
 """The detokenizer's bookkeeping: per-request decoders, stop strings, and outgoing messages.
 
-Pure logic: takes decoded messages, returns (gateway_id, message) pairs to send and request ids
-to abort in the engine. The process around it (services.detokenizer.__main__) only moves frames.
+Pure logic: takes decoded messages, returns (gateway_id, message) pairs to send and what to abort in
+the engine: (request id, choice index), index -1 for the whole request. The process around it (services.detokenizer.__main__) only moves frames.
 """
 from __future__ import annotations
 
@@ -48,9 +48,9 @@ class Detokenizer:
         self.requests.pop(err.request_id, None)
         return [(err.gateway_id, err)]
 
-    def on_batch(self, batch: TokenBatch) -> tuple[list[tuple[int, RequestOutput]], list[str]]:
+    def on_batch(self, batch: TokenBatch) -> tuple[list[tuple[int, RequestOutput]], list[tuple[str, int]]]:
         by_request: dict[str, RequestOutput] = {}
-        aborts: list[str] = []
+        aborts: list[tuple[str, int]] = []
         for d in batch.deltas:
             req = self.requests.get(d.request_id)
             if req is None or not 0 <= d.index < len(req.choices):
@@ -63,10 +63,14 @@ class Detokenizer:
                 out = by_request[d.request_id] = RequestOutput(
                     d.request_id, req.reg.gateway_id, [], d.prompt_tokens, d.cached_tokens)
             out.choices.append(self._step(req, choice, d))
+            # Ended here by a stop string: the engine does not know, and must stop generating for it (the
+            # whole request once this was its last choice; earlier stopped siblings were aborted one by one).
             if all(c.finished for c in req.choices):
                 del self.requests[d.request_id]
-                if any(c.stopped_here for c in req.choices):
-                    aborts.append(d.request_id)
+                if choice.stopped_here:
+                    aborts.append((d.request_id, -1))
+            elif choice.stopped_here:
+                aborts.append((d.request_id, d.index))
         self.outputs_sent += len(by_request)
         return [(o.gateway_id, o) for o in by_request.values()], aborts
 

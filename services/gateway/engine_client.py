@@ -1,5 +1,6 @@
 """The gateway's side of the pipeline: sends requests to tokenizer workers, aborts to the
-scheduler, and routes replies and stats that come back to it."""
+scheduler, and routes replies and stats that come back to it. A tokenizer worker that dies fails
+the requests it held (services/gateway/tokenizer_pool.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +11,10 @@ import zmq
 import zmq.asyncio
 
 from shared.errors import NotReady
-from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, TokenizeRequest
+from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, TokenizeRequest, Tokenized
 from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 from services.gateway.metrics import Metrics
+from services.gateway.tokenizer_pool import TokenizerPool
 
 log = logging.getLogger("ferry.gateway")
 
@@ -23,13 +25,14 @@ class EngineClient:
         self.metrics = metrics
         self.ctx = zmq.asyncio.Context()
         gid = settings.gateway_id
-        self.replies = AsyncPullSocket(self.ctx, endpoint(settings, "gateway", gid), (RequestOutput, RequestError))
+        self.replies = AsyncPullSocket(self.ctx, endpoint(settings, "gateway", gid),
+                                       (RequestOutput, RequestError, Tokenized))
         self.stats_in = AsyncPullSocket(self.ctx, endpoint(settings, "stats"), EngineStats, bind=False, kind=zmq.SUB)
-        # IMMEDIATE: round-robin only over workers that are up; with none up the send fails (503).
-        self.tokenizers = AsyncPushSocket(self.ctx, endpoint(settings, "tokenizer", 0), immediate=True)
-        self.known_tokenizers = {0}
-        for wid in range(1, settings.num_tokenizers):
-            self._connect_tokenizer(wid)
+        # One socket per worker, IMMEDIATE: a worker that is not up takes nothing (the pool tries the next one).
+        self.worker_socks: dict[int, AsyncPushSocket] = {}
+        self.pool = TokenizerPool(lambda wid, msg: self._worker_socket(wid).send(msg), range(settings.num_tokenizers))
+        for wid in self.pool.workers:
+            self._worker_socket(wid)
         self.scheduler = AsyncPushSocket(self.ctx, endpoint(settings, "scheduler"))
         self.runs: dict[str, tuple[asyncio.Queue, int]] = {}  # request id -> (its queue, prompt index)
         self.stats: EngineStats | None = None
@@ -37,9 +40,12 @@ class EngineClient:
         self.started_at = time.monotonic()
         self.tasks: list[asyncio.Task] = []
 
-    def _connect_tokenizer(self, wid: int):
-        self.known_tokenizers.add(wid)
-        self.tokenizers.connect(endpoint(self.settings, "tokenizer", wid))
+    def _worker_socket(self, wid: int) -> AsyncPushSocket:
+        sock = self.worker_socks.get(wid)
+        if sock is None:
+            sock = self.worker_socks[wid] = AsyncPushSocket(self.ctx, endpoint(self.settings, "tokenizer", wid),
+                                                            immediate=True)
+        return sock
 
     def start(self):
         self.tasks = [asyncio.create_task(f()) for f in (self._reply_loop, self._stats_loop, self._watchdog)]
@@ -66,18 +72,22 @@ class EngineClient:
         if reason:
             raise NotReady(f"the server is not ready: {reason}")
         self.runs[req.request_id] = (queue, prompt_index)
-        if not self.tokenizers.send(req):
+        if not self.pool.send(req.request_id, req):
             self.runs.pop(req.request_id, None)
             raise NotReady("no tokenizer worker is available")
 
     def release(self, request_id: str, abort: bool):
         """The handler is done with a request; abort it in the engine unless it finished."""
+        self.pool.passed_on(request_id)
         if self.runs.pop(request_id, None) is not None and abort:
             self.scheduler.send(AbortRequest(request_id, self.settings.gateway_id, "client"))
 
     async def _reply_loop(self):
         while True:
             msg = await self.replies.recv()
+            self.pool.passed_on(msg.request_id)
+            if isinstance(msg, Tokenized):
+                continue
             entry = self.runs.get(msg.request_id)
             if entry is not None:  # else: the client is gone already
                 entry[0].put_nowait((entry[1], msg))
@@ -88,9 +98,11 @@ class EngineClient:
             self.stats, self.stats_at = msg, time.monotonic()
             try:
                 self.metrics.update_engine(msg.ready, msg.engine, msg.tokenizers)
-                for wid in msg.tokenizers:  # workers started beyond num_tokenizers join the rotation
-                    if isinstance(wid, int) and wid not in self.known_tokenizers and 0 <= wid < 900:
-                        self._connect_tokenizer(wid)
+                workers = {w: st for w, st in msg.tokenizers.items() if isinstance(w, int) and 0 <= w < 900}
+                for rid in self.pool.on_stats(workers):
+                    self._fail(rid, "the tokenizer worker that held the request stopped; retry it")
+                for wid in self.pool.workers:  # workers started beyond num_tokenizers join the rotation
+                    self._worker_socket(wid)
             except Exception:
                 log.exception("bad stats message")
 
@@ -105,8 +117,14 @@ class EngineClient:
                 log.error("pipeline not ready: %s", reason)
             was_ready = reason is None
             if reason and self.runs:
-                body = {"message": f"the server failed while answering: {reason}", "type": "service_unavailable",
-                        "param": None, "code": None}
-                for rid, (queue, index) in list(self.runs.items()):
-                    queue.put_nowait((index, RequestError(rid, self.settings.gateway_id, 503, body)))
-                    self.release(rid, abort=True)
+                for rid in list(self.runs):
+                    self._fail(rid, f"the server failed while answering: {reason}")
+
+    def _fail(self, rid: str, message: str):
+        """End an open request with a 503 and abort it in the engine, should it have got that far."""
+        entry = self.runs.get(rid)
+        if entry is None:
+            return
+        body = {"message": message, "type": "service_unavailable", "param": None, "code": None}
+        entry[0].put_nowait((entry[1], RequestError(rid, self.settings.gateway_id, 503, body)))
+        self.release(rid, abort=True)

@@ -73,7 +73,10 @@ class SchedulerService:
             if self.recent_aborts.pop(msg.request_id, None) is None:
                 self._add(msg)
         elif isinstance(msg, AbortRequest):
-            if not self._abort(msg.request_id):
+            if msg.index >= 0:  # one choice: its last output ("abort") comes back through the next step
+                if msg.request_id in self.requests and self.sched is not None:
+                    self.sched.abort_request(msg.request_id, msg.index)
+            elif not self._abort(msg.request_id):
                 self.recent_aborts[msg.request_id] = now
         elif isinstance(msg, StepResult):
             self._on_result(msg)

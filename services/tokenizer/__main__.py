@@ -9,7 +9,7 @@ import zmq
 
 from shared.errors import FerryError
 from shared.logs import setup_logging
-from shared.messages import Heartbeat, RequestError, TokenizeRequest
+from shared.messages import Heartbeat, RequestError, TokenizeRequest, Tokenized
 from shared.settings import load_settings
 from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 from services.tokenizer.prompts import PromptBuilder
@@ -39,6 +39,7 @@ def main(argv=None):
             handled += 1
             try:
                 scheduler.send(builder.prepare(req))
+                gateways.send(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
             except FerryError as e:
                 errors += 1
                 gateways.send(req.gateway_id, RequestError(req.request_id, req.gateway_id, e.status, e.to_dict()["error"]))
@@ -52,7 +53,8 @@ def main(argv=None):
         now = time.monotonic()
         if now - last_beat >= settings.heartbeat_interval:
             last_beat = now
-            scheduler.send(Heartbeat("tokenizer", wid, os.getpid(), {"requests_handled": handled, "errors": errors}))
+            scheduler.send(Heartbeat("tokenizer", wid, os.getpid(),
+                                     {"pid": os.getpid(), "requests_handled": handled, "errors": errors}))
         if now - last_report >= 10.0 and handled:
             last_report = now
             log.info("load: %d requests handled, %d rejected", handled, errors)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
+import threading
 import time
 
 import msgpack
@@ -128,6 +130,34 @@ def test_garbage_frames_are_dropped(server):
     time.sleep(1.5)
     assert all(alive(pid) for pid in pids.values()), pids
     assert server.logs().count("dropped a malformed frame") >= 3 * len(names)
+    assert get(server.url + "/health")[0] == 200
+    assert client(server).completions.create(model=MODEL, prompt="Hi", max_tokens=3).choices[0].text is not None
+
+
+def test_a_dead_tokenizer_worker_fails_only_the_requests_it_held(server):
+    """Worker 1 stopped, four requests sent (two reach each worker), then worker 1 killed with its two still
+    queued: those two end in a 503 within the peer timeout instead of hanging; worker 0's two complete, and the
+    server stays healthy on one worker. (Next to last: it leaves one tokenizer worker.)"""
+    pid = child_pids(server.logs())["tokenizer.1"]
+    os.kill(pid, signal.SIGSTOP)
+    results = [None] * 4
+
+    def one(i):
+        results[i] = post(server.url + "/v1/completions", {"model": MODEL, "prompt": f"Count {i}", "max_tokens": 2},
+                          timeout=30)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # all four handed out
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert time.monotonic() - killed_at < 10
+    assert sorted(status for status, _ in results) == [200, 200, 503, 503], results
+    failed = [body for status, body in results if status == 503]
+    assert all("tokenizer worker" in body["error"]["message"] for body in failed), failed
     assert get(server.url + "/health")[0] == 200
     assert client(server).completions.create(model=MODEL, prompt="Hi", max_tokens=3).choices[0].text is not None
 

@@ -142,3 +142,27 @@ def test_abort_while_steps_are_in_flight(model_dir):
     assert reasons["keep"] == "length" and len(got["keep"]) == 12
     assert not llm.runner.states and not llm.scheduler.has_work()
     assert llm.scheduler.blocks.num_free_blocks == llm.scheduler.blocks.num_blocks
+
+
+def test_abort_one_choice_of_several(model_dir):
+    """n=3: aborting choice 1 (a stop string found it) finishes it alone; its siblings run to their end and every
+    block comes back."""
+    from engine.llm import LLM
+
+    llm = LLM(_settings(model_dir, num_kv_blocks=64))
+    llm.scheduler.add_request("r", 0, list(PROMPTS[0]), SamplingParams(temperature=0.8, seed=5, n=3, max_tokens=10,
+                                                                       ignore_eos=True))
+    got, reasons = {i: [] for i in range(3)}, {}
+    for _ in range(4):
+        for o in llm.step_overlapped():
+            got[o.index].extend(o.new_token_ids)
+    llm.scheduler.abort_request("r", 1)
+    stopped_at = len(got[1])
+    while llm.busy:
+        for o in llm.step_overlapped():
+            got[o.index].extend(o.new_token_ids)
+            reasons[o.index] = o.finish_reason
+    assert reasons == {0: "length", 1: "abort", 2: "length"}
+    assert len(got[0]) == len(got[2]) == 10 and len(got[1]) == stopped_at < 10
+    assert not llm.runner.states and not llm.scheduler.has_work()
+    assert llm.scheduler.blocks.num_free_blocks == llm.scheduler.blocks.num_blocks

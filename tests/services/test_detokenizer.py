@@ -76,7 +76,7 @@ def test_detokenizer_routes_and_applies_stop_strings(tokenizer):
     assert text == "The capital is"
     assert outs[-1][1].choices[-1].finish_reason == "stop"
     assert all(gid == 7 for gid, _ in outs)
-    assert aborts == ["r1"]  # the engine did not know: it must stop generating
+    assert aborts == [("r1", -1)]  # the engine did not know: it must stop generating
     assert "r1" not in d.requests
 
 
@@ -92,3 +92,22 @@ def test_detokenizer_n_choices_and_engine_finish(tokenizer):
     assert o[0][1].choices[0].text == "yes" and ab == [] and "r2" not in d.requests
     # outputs for an unknown or finished request are dropped
     assert d.on_batch(TokenBatch([SeqDelta("r2", 7, 0, pack_ids(a), None)])) == ([], [])
+
+
+def test_detokenizer_stops_one_choice_of_several(tokenizer):
+    """n=2: a stop string in choice 0 aborts that choice alone in the engine; choice 1 goes on."""
+    d = Detokenizer(tokenizer)
+    d.register(_register("r3", n=2, stop=[" Paris"]))
+    hit, other = tokenizer.encode("It is Paris"), tokenizer.encode("It is")
+    o, ab = d.on_batch(TokenBatch([SeqDelta("r3", 7, 0, pack_ids(hit), None, [], 3, len(hit), 0),
+                                   SeqDelta("r3", 7, 1, pack_ids(other), None, [], 3, len(other), 0)]))
+    choices = {c.index: c for c in o[0][1].choices}
+    assert choices[0].finish_reason == "stop" and choices[0].text == "It is"
+    assert choices[1].finish_reason is None
+    assert ab == [("r3", 0)] and "r3" in d.requests
+    # the engine's late output for the stopped choice is dropped; choice 1 ends by a stop string too: now the
+    # whole request is aborted
+    o, ab = d.on_batch(TokenBatch([SeqDelta("r3", 7, 0, pack_ids(other), None, [], 3, 9, 0),
+                                   SeqDelta("r3", 7, 1, pack_ids(tokenizer.encode(" Paris")), None, [], 3, 9, 0)]))
+    assert [c.index for c in o[0][1].choices] == [1] and o[0][1].choices[0].finish_reason == "stop"
+    assert ab == [("r3", -1)] and "r3" not in d.requests

@@ -33,9 +33,10 @@ class FakeScheduler:
             raise PromptTooLong("too long")
         self.reqs[rid] = [gid, 0]
 
-    def abort_request(self, rid):
-        self.aborted.append(rid)
-        self.reqs.pop(rid, None)
+    def abort_request(self, rid, index=None):
+        self.aborted.append(rid if index is None else (rid, index))
+        if index is None:
+            self.reqs.pop(rid, None)
 
     def has_work(self):
         return bool(self.reqs)
@@ -171,8 +172,10 @@ def test_rejection_and_abort_before_arrival():
     svc.on_message(request("late"), 0.2)
     assert "late" not in svc.requests
     svc.on_message(request("r2"), 0.3)
+    svc.on_message(AbortRequest("r2", -1, "stop", 1), 0.3)  # one choice: the request stays until its outputs
+    assert svc.sched.aborted == [("r2", 1)] and "r2" in svc.requests
     svc.on_message(AbortRequest("r2"), 0.3)
-    assert svc.sched.aborted == ["r2"] and svc.stats_dirty
+    assert svc.sched.aborted == [("r2", 1), "r2"] and svc.stats_dirty
 
 
 def test_dead_runner_fails_requests_and_restarts_engine():
