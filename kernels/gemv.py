@@ -49,7 +49,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
-    """x [1, K] (or [K]), weight [N, K] with unit stride along K -> [1, N] (or [N]) in x's dtype."""
+    """x [1, K] (or [K]), weight [N, K] with unit stride along K -> [1, N] (or [N]) in x's dtype. With PDL the
+    weight is read before the kernel just before this one has finished: it must not be that kernel's output."""
     N, K = weight.shape
     assert x.shape[-1] == K and x.numel() == K and weight.stride(1) == 1
     cfg = dict(DEFAULTS, **overrides)
