@@ -7,6 +7,7 @@ return value, and liveness is judged by heartbeats elsewhere).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -82,10 +83,15 @@ class _Sender:
         """Queue one message; False when no peer can take it now (an `immediate` socket with no peer
         connected; PUSH queues have no size limit, PUB drops what slow subscribers cannot take)."""
         try:
-            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
-            return True
+            sent = self.sock.send(codec.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             return False
+        # An asyncio socket does not raise: it hands back a future, already failed when no peer could take it.
+        if isinstance(sent, asyncio.Future) and sent.done() and sent.exception() is not None:
+            if isinstance(sent.exception(), zmq.Again):
+                return False
+            raise sent.exception()
+        return True
 
     def close(self):
         self.sock.close(0)
@@ -174,7 +180,7 @@ class AsyncPullSocket(_Receiver):
 
 
 class AsyncPushSocket(_Sender):
-    """asyncio PUSH; send() is synchronous and non-blocking, which is all a PUSH needs."""
+    """asyncio PUSH; send() is non-blocking and says at once whether a peer took the message."""
 
     def __init__(self, ctx: zmq.asyncio.Context, addr: str, immediate: bool = False):
         super().__init__(_open(ctx, zmq.PUSH, addr, False, immediate), addr)

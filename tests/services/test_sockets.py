@@ -1,12 +1,14 @@
+import asyncio
 import os
 
 import msgpack
 import zmq
+import zmq.asyncio
 
 from shared.codec import encode
 from shared.messages import AbortRequest, Heartbeat
 from shared.settings import Settings
-from shared.sockets import PullSocket, PushSocket, endpoint
+from shared.sockets import AsyncPushSocket, PullSocket, PushSocket, endpoint
 
 
 def test_endpoints_ipc_and_tcp(tmp_path):
@@ -59,6 +61,25 @@ def test_drain_and_send_without_peer(tmp_path):
     assert [m.request_id for m in got] == ["r1", "r2", "r3", "r4"]
     assert encode(got[0])  # round-trips
     ctx.destroy(0)
+
+
+def test_async_send_without_peer_says_so(tmp_path):
+    """An asyncio socket's send hands back a future: a send no peer took must still come back False (the gateway
+    skips a dead tokenizer worker on that), and a taken one True."""
+    async def run():
+        actx = zmq.asyncio.Context()
+        lonely = AsyncPushSocket(actx, f"ipc://{tmp_path}/nobody", immediate=True)
+        assert lonely.send(AbortRequest("x")) is False
+        pull = PullSocket(zmq.Context.instance(), f"ipc://{tmp_path}/somebody")
+        push = AsyncPushSocket(actx, f"ipc://{tmp_path}/somebody", immediate=True)
+        for _ in range(100):  # the connection completes in the background
+            if push.send(AbortRequest("y")):
+                break
+            await asyncio.sleep(0.02)
+        assert pull.recv(timeout=2.0) == AbortRequest("y")
+        pull.close()
+        actx.destroy(0)
+    asyncio.run(run())
 
 
 def test_a_slow_reader_loses_nothing(tmp_path):
