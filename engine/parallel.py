@@ -134,8 +134,8 @@ _peer_gather: PeerAllGather | None = None
 
 def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
     """(rms_norm(sum over ranks of x + residual), that sum + residual) in one peer-memory kernel (no residual:
-    (rms_norm(sum), sum)), or None
-    where that kernel is off or x does not fit it (the caller then all-reduces and norms)."""
+    (rms_norm(sum), sum)), or None where that kernel is off or x does not fit it (the caller then all-reduces
+    and norms)."""
     if _peer_norm is None or not _peer_norm.fits(x):
         return None
     return _peer_norm(x, residual, weight, eps)
@@ -144,7 +144,8 @@ def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, we
 def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int | None = None) -> bool:
     """Peer-memory collectives where every rank can use them (CUDA, torch's symmetric memory, peer access);
     otherwise NCCL does them all:
-    - PeerAllReduce for small all-reduces (the embedding's);
+    - PeerAllReduce for small all-reduces the fused kernel does not take (it off, or a row-parallel layer
+      that reduces its own output);
     - PeerAllReduceRMSNorm (for `hidden`-wide rows) after row-parallel layers;
     - PeerAllGather for the LM head's logits.
     FERRY_PEER_ALLREDUCE=0 turns all three off, FERRY_FUSED_ALLREDUCE_NORM=0 and FERRY_PEER_ALLGATHER=0 one

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from kernels.pdl import launch_options, pdl_start
 from kernels.peer_memory import push, take, to_wire
+from kernels.rmsnorm import residual_rms_norm_row
 
 
 @triton.jit
@@ -55,17 +56,10 @@ def _all_reduce_rms_norm_kernel(
         tl.store(counters_ptr + row, count + 1)
 
         # From here on, exactly the unfused path: round the sum to the model dtype (as NCCL's would be),
-        # add the residual in the model dtype, then RMSNorm with HF's rounding (kernels/rmsnorm.py).
-        h = acc.to(res_out_ptr.dtype.element_ty)
-        if HAS_RESIDUAL:
-            r = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
-            h = (h.to(tl.float32) + r).to(res_out_ptr.dtype.element_ty)
-        tl.store(res_out_ptr + row * stride_ro + offs, h, mask=mask)
-        h = h.to(tl.float32)
-        var = tl.sum(h * h, axis=0) / H
-        n = (h * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
-        w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
-        tl.store(out_ptr + row * stride_o + offs, (n * w).to(out_ptr.dtype.element_ty), mask=mask)
+        # then the residual add and RMSNorm of kernels/rmsnorm.py (the sum is returned without a residual too).
+        h = acc.to(res_out_ptr.dtype.element_ty).to(tl.float32)
+        residual_rms_norm_row(h, res_ptr + row * stride_r, res_out_ptr + row * stride_ro, w_ptr,
+                              out_ptr + row * stride_o, offs, mask, H, eps, HAS_RESIDUAL, True)
 
 
 def peer_buffer_elements(world: int, max_rows: int, hidden: int) -> int:
@@ -77,9 +71,9 @@ def all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: 
                         buffer_ptrs: torch.Tensor, counters: torch.Tensor, rank: int, world: int, max_rows: int,
                         push: bool = True, reduce: bool = True):
     """x [T, H]: this rank's partial sum. Returns (rms_norm(sum + residual), sum + residual), like
-    kernels.rms_norm with a residual; without one, (rms_norm(sum), sum). buffer_ptrs: int64 [world] addresses of every rank's buffer of
-    peer_buffer_elements(world, max_rows, H) elements, filled with the sentinel; counters: int32
-    [>= max_rows], zeros at the start, this rank's own."""
+    kernels.rms_norm with a residual; without one, (rms_norm(sum), sum). buffer_ptrs: int64 [world] addresses
+    of every rank's buffer of peer_buffer_elements(world, max_rows, H) elements, filled with the sentinel;
+    counters: int32 [>= max_rows], zeros at the start, this rank's own."""
     T, H = x.shape
     assert T <= max_rows and x.dtype.itemsize in (2, 4) and x.stride(1) == 1
     assert residual is None or residual.stride(1) == 1

@@ -8,6 +8,27 @@ from kernels.pdl import launch_options, pdl_start
 
 
 @triton.jit
+def residual_rms_norm_row(x, res_row_ptr, res_out_row_ptr, w_ptr, out_row_ptr, offs, mask, H, eps,
+                          HAS_RESIDUAL: tl.constexpr, STORE_SUM: tl.constexpr):
+    """One row: x (fp32 holding model-dtype values) plus the residual row, that sum stored (with a residual, or
+    when STORE_SUM), then RMSNorm of it stored. Also the tail of kernels/allreduce_rmsnorm.py's kernel."""
+    if HAS_RESIDUAL:
+        r = tl.load(res_row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        # HF adds in the model dtype; round the sum the same way before normalising it.
+        s = (x + r).to(res_out_row_ptr.dtype.element_ty)
+        tl.store(res_out_row_ptr + offs, s, mask=mask)
+        x = s.to(tl.float32)
+    elif STORE_SUM:
+        tl.store(res_out_row_ptr + offs, x.to(res_out_row_ptr.dtype.element_ty), mask=mask)
+    var = tl.sum(x * x, axis=0) / H
+    h = x * tl.rsqrt(var + eps)
+    # HF: weight * hidden.to(input_dtype): round to the input dtype first, then scale.
+    h = h.to(out_row_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
+    tl.store(out_row_ptr + offs, (h * w).to(out_row_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_r, stride_o, stride_ro, H, eps,
@@ -18,18 +39,8 @@ def _rms_norm_kernel(
     offs = tl.arange(0, BLOCK)
     mask = offs < H
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
-        # HF adds in the model dtype; round the sum the same way before normalising it.
-        s = (x + r).to(res_out_ptr.dtype.element_ty)
-        tl.store(res_out_ptr + row * stride_ro + offs, s, mask=mask)
-        x = s.to(tl.float32)
-    var = tl.sum(x * x, axis=0) / H
-    h = x * tl.rsqrt(var + eps)
-    # HF: weight * hidden.to(input_dtype): round to the input dtype first, then scale.
-    h = h.to(out_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + offs, (h * w).to(out_ptr.dtype.element_ty), mask=mask)
+    residual_rms_norm_row(x, res_ptr + row * stride_r, res_out_ptr + row * stride_ro, w_ptr, out_ptr + row * stride_o,
+                          offs, mask, H, eps, HAS_RESIDUAL, False)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):

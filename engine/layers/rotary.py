@@ -50,11 +50,7 @@ class RotaryEmbedding(nn.Module):
                              persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q [T, Hq, D], k [T, Hkv, D]; returns rotated copies (in place on CUDA)."""
-        if q.is_cuda:
-            from kernels import apply_rotary
-
-            apply_rotary(positions, q, k, self.cos_sin_cache)
-            return q, k
+        """q [T, Hq, D], k [T, Hkv, D]; returns rotated copies. On CUDA the attention layer applies the table in
+        one kernel with the KV-cache write instead (kernels.rotary_store_kv)."""
         cos, sin = self.cos_sin_cache[positions].unsqueeze(1).to(q.dtype).chunk(2, dim=-1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
