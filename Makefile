@@ -21,4 +21,5 @@ serve: setup
 	$(VENV)/bin/ferry serve $(ARGS)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(ARGS)
