@@ -36,6 +36,7 @@ class RunnerService:
         self.runner = runner  # engine.model_runner.ModelRunner, or a fake with the same few members
         self.out = out  # step results; only rank 0 sends them
         self.rank, self.pid = rank, pid
+        self.num_kv_blocks = runner.num_kv_blocks  # fixed once the model and its KV cache are loaded
         self.instance = instance or uuid.uuid4().hex  # new on every start: the scheduler tells restarts apart
         self.peer_timeout = peer_timeout
         self.log = logging.getLogger(f"ferry.runner.{rank}")
@@ -48,7 +49,7 @@ class RunnerService:
 
     def ready(self) -> RunnerReady:
         """What the heartbeat says: KV capacity, and the session heard last (proves the plan socket works)."""
-        return RunnerReady(self.rank, self.pid, self.runner.num_kv_blocks, self.instance, self.session)
+        return RunnerReady(self.rank, self.pid, self.num_kv_blocks, self.instance, self.session)
 
     # ------------------------------------------------------------------ plan reader thread
 
