@@ -1,9 +1,27 @@
-"""Process plumbing every service main shares."""
+"""Process plumbing every service main shares: one start-up prologue."""
 from __future__ import annotations
 
 import faulthandler
+import logging
 import signal
 import sys
+
+from shared.logs import setup_logging
+from shared.settings import Settings, load_settings
+
+# Services that run several instances tag their log lines with the instance: runner.1, tokenizer.0, gateway.2.
+_INSTANCE_FIELD = {"runner": "rank", "tokenizer": "tokenizer_id", "gateway": "gateway_id"}
+
+
+def start_service(name: str, argv: list[str] | None = None, signals: bool = True) -> tuple[Settings, logging.Logger]:
+    """Parse the settings flags (argv, default sys.argv[1:]), set up logging as `name[.instance]`, and,
+    unless signals is False (the gateway's event loop handles them itself), install exit_on_signals()."""
+    settings = load_settings(sys.argv[1:] if argv is None else argv)
+    field = _INSTANCE_FIELD.get(name)
+    log = setup_logging(name if field is None else f"{name}.{getattr(settings, field)}", settings.log_level)
+    if signals:
+        exit_on_signals()
+    return settings, log
 
 
 def exit_on_signals():

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 
 from aiohttp import web
 
-from shared.logs import setup_logging
-from shared.settings import load_settings
 from services.gateway.server import Gateway
+from services.runtime import start_service
 
 
 async def serve(settings, log):
@@ -26,8 +24,7 @@ async def serve(settings, log):
 
 
 def main(argv=None):
-    settings = load_settings(sys.argv[1:] if argv is None else argv)
-    log = setup_logging(f"gateway.{settings.gateway_id}", settings.log_level)
+    settings, log = start_service("gateway", argv, signals=False)  # serve() hands SIGINT/SIGTERM to the loop
     try:
         import uvloop
         uvloop.run(serve(settings, log))

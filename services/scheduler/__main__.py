@@ -1,16 +1,13 @@
 """The scheduler: python -m services.scheduler [settings flags]."""
 from __future__ import annotations
 
-import sys
 import time
 
 import zmq
 
-from shared.logs import setup_logging
 from shared.messages import AbortRequest, EngineRequest, Heartbeat, RunnerReady, StepResult
-from shared.settings import load_settings
 from shared.sockets import PubSocket, PullSocket, PushSocket, endpoint
-from services.runtime import exit_on_signals
+from services.runtime import start_service
 from services.scheduler.service import SchedulerService
 
 
@@ -33,9 +30,7 @@ class SocketOutbox:
 
 
 def main(argv=None):
-    settings = load_settings(sys.argv[1:] if argv is None else argv)
-    log = setup_logging("scheduler", settings.log_level)
-    exit_on_signals()
+    settings, log = start_service("scheduler", argv)
     from engine.model_config import load_model_config
     from engine.scheduler import Scheduler
 

@@ -1,26 +1,36 @@
-"""A tokenizer worker: python -m services.tokenizer --tokenizer-id N [settings flags]."""
+"""A tokenizer worker: python -m services.tokenizer --tokenizer-id N [settings flags].
+
+The request handling lives in services.tokenizer.service; this module only wires sockets.
+"""
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import zmq
 
-from shared.errors import FerryError
-from shared.logs import setup_logging
-from shared.messages import Heartbeat, RequestError, TokenizeRequest, Tokenized
-from shared.settings import load_settings
+from shared.messages import TokenizeRequest
 from shared.sockets import Peers, PullSocket, PushSocket, endpoint
+from services.runtime import start_service
 from services.tokenizer.prompts import PromptBuilder
-from services.runtime import exit_on_signals
+from services.tokenizer.service import TokenizerService
+
+
+class SocketOutbox:
+    def __init__(self, settings, ctx):
+        self.scheduler = PushSocket(ctx, endpoint(settings, "scheduler"))
+        self.gateways = Peers(ctx, lambda gid: endpoint(settings, "gateway", gid))
+
+    def to_scheduler(self, msg):
+        self.scheduler.send(msg)
+
+    def to_gateway(self, gateway_id, msg):
+        self.gateways.send(gateway_id, msg)
 
 
 def main(argv=None):
-    settings = load_settings(sys.argv[1:] if argv is None else argv)
+    settings, log = start_service("tokenizer", argv)
     wid = settings.tokenizer_id
-    log = setup_logging(f"tokenizer.{wid}", settings.log_level)
-    exit_on_signals()
     from engine.model_config import load_model_config
     from engine.tokenizer import load_tokenizer
 
@@ -28,36 +38,13 @@ def main(argv=None):
     builder = PromptBuilder(load_tokenizer(settings), config.max_model_len, config.vocab_size)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "tokenizer", wid), expect=TokenizeRequest)
-    scheduler = PushSocket(ctx, endpoint(settings, "scheduler"))
-    gateways = Peers(ctx, lambda gid: endpoint(settings, "gateway", gid))
-    handled = errors = 0
-    last_beat = last_report = 0.0
+    service = TokenizerService(builder, SocketOutbox(settings, ctx), wid, os.getpid(), settings.heartbeat_interval)
     log.info("tokenizer worker %d ready (max_model_len %d)", wid, config.max_model_len)
     while True:
         req = inbox.recv(timeout=settings.heartbeat_interval)
         if req is not None:
-            handled += 1
-            try:
-                scheduler.send(builder.prepare(req))
-                gateways.send(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
-            except FerryError as e:
-                errors += 1
-                gateways.send(req.gateway_id, RequestError(req.request_id, req.gateway_id, e.status, e.to_dict()["error"]))
-            except Exception as e:  # a bad template or tokenizer failure: tell the client, live on
-                errors += 1
-                log.exception("tokenizing %s failed", req.request_id)
-                gateways.send(req.gateway_id, RequestError(
-                    req.request_id, req.gateway_id, 400,
-                    {"message": f"could not tokenize the request: {e}", "type": "invalid_request_error",
-                     "param": None, "code": None}))
-        now = time.monotonic()
-        if now - last_beat >= settings.heartbeat_interval:
-            last_beat = now
-            scheduler.send(Heartbeat("tokenizer", wid, os.getpid(),
-                                     {"pid": os.getpid(), "requests_handled": handled, "errors": errors}))
-        if now - last_report >= 10.0 and handled:
-            last_report = now
-            log.info("load: %d requests handled, %d rejected", handled, errors)
+            service.on_request(req)
+        service.tick(time.monotonic())
 
 
 if __name__ == "__main__":

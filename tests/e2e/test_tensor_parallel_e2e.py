@@ -6,7 +6,7 @@ engine's. Then rank 1 is killed: every rank of the group exits, open streams end
 """
 from __future__ import annotations
 
-import logging
+import os
 import time
 from types import SimpleNamespace
 
@@ -81,21 +81,19 @@ def test_killing_rank_1_takes_the_group_down(tp_server):
 # ---------------------------------------------------------------- the runner's plan reader, alone
 
 
-class _Beats:
-    def __init__(self):
-        self.msg = SimpleNamespace(session="")
-
-
 @pytest.fixture
 def inbox(tmp_path):
     """A PlanInbox on a real socket, with exit() recorded instead of ending pytest."""
     from services.runner.__main__ import PlanInbox
+    from services.runner.service import RunnerService
     from shared.sockets import PushSocket, endpoint
 
     settings = SimpleNamespace(run_dir=str(tmp_path), port=0, rank=0, peer_timeout=0.5, heartbeat_interval=0.1)
     ctx = zmq.Context()
     exits = []  # the reader thread returns after exit(), which here only records the code
-    box = PlanInbox(settings, ctx, _Beats(), logging.getLogger("test.inbox"), exit=exits.append)
+    service = RunnerService(SimpleNamespace(num_kv_blocks=1), None, 0, os.getpid(), settings.peer_timeout,
+                            time.monotonic())
+    box = PlanInbox(settings, ctx, service, exit=exits.append)
     box.exits = exits
     box.scheduler = PushSocket(ctx, endpoint(settings, "runner", 0))
     box.start()
@@ -114,8 +112,8 @@ def test_inbox_exits_on_a_new_session_even_while_a_step_is_stuck(inbox):
     from shared.messages import SchedulerPing
 
     inbox.scheduler.send(SchedulerPing("one"))
-    _wait(lambda: inbox.beats.msg.session == "one")
-    inbox.busy_since = time.monotonic()  # the main thread sits in a collective
+    _wait(lambda: inbox.service.session == "one")
+    inbox.service.busy_since = time.monotonic()  # the main thread sits in a collective
     inbox.scheduler.send(SchedulerPing("one"))
     time.sleep(0.2)
     assert inbox.exits == []
@@ -128,9 +126,9 @@ def test_inbox_exits_when_the_scheduler_goes_silent_during_a_step(inbox):
     from shared.messages import SchedulerPing
 
     inbox.scheduler.send(SchedulerPing("one"))
-    _wait(lambda: inbox.beats.msg.session == "one")
+    _wait(lambda: inbox.service.session == "one")
     time.sleep(1.0)  # silent while idle: a runner waits for its scheduler to return
     assert inbox.exits == []
-    inbox.busy_since = time.monotonic()
+    inbox.service.busy_since = time.monotonic()
     _wait(lambda: inbox.exits)
     assert inbox.exits == [4]

@@ -1,9 +1,10 @@
+import logging
 import random
 
 from shared.codec import pack_ids
-from shared.messages import DetokRegister, SeqDelta, TokenBatch
+from shared.messages import AbortRequest, DetokRegister, Heartbeat, RequestError, RequestOutput, SeqDelta, TokenBatch
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
-from services.detokenizer.state import Detokenizer
+from services.detokenizer.service import Detokenizer, DetokenizerService
 
 TEXTS = ["The capital of France is Paris.", "héllo wörld — 日本語のテキスト 😀👍🏽 done",
          "  leading spaces\n\nand\ttabs", "naïve café 🇫🇷 flags"]
@@ -111,3 +112,55 @@ def test_detokenizer_stops_one_choice_of_several(tokenizer):
                                    SeqDelta("r3", 7, 1, pack_ids(tokenizer.encode(" Paris")), None, [], 3, 9, 0)]))
     assert [c.index for c in o[0][1].choices] == [1] and o[0][1].choices[0].finish_reason == "stop"
     assert ab == [("r3", -1)] and "r3" not in d.requests
+
+
+# ---------------------------------------------------------------- the service around it, with a fake outbox
+
+
+class FakeOutbox:
+    def __init__(self):
+        self.scheduler, self.gateways = [], []
+
+    def to_scheduler(self, msg):
+        self.scheduler.append(msg)
+
+    def to_gateway(self, gateway_id, msg):
+        self.gateways.append((gateway_id, msg))
+
+
+def test_service_routes_outputs_aborts_and_errors(tokenizer):
+    out = FakeOutbox()
+    service = DetokenizerService(tokenizer, out, pid=9, heartbeat_interval=1.0)
+    service.on_message(_register("r1", stop=[" Paris"]))
+    ids = tokenizer.encode("It is Paris")
+    service.on_message(TokenBatch([SeqDelta("r1", 7, 0, pack_ids(ids), None, [], 3, len(ids), 0)]))
+    [(gid, output)] = out.gateways
+    assert gid == 7 and isinstance(output, RequestOutput) and output.choices[0].text == "It is"
+    assert out.scheduler == [AbortRequest("r1", -1, "stop", -1)]  # the engine does not know about the stop string
+    service.on_message(_register("r2"))
+    err = RequestError("r2", 7, 500, {"message": "engine failed"})
+    service.on_message(err)
+    assert out.gateways[-1] == (7, err) and "r2" not in service.detok.requests
+
+
+def test_service_drops_a_message_it_cannot_handle_and_lives_on(tokenizer, caplog):
+    out = FakeOutbox()
+    service = DetokenizerService(tokenizer, out, pid=9, heartbeat_interval=1.0)
+    bad = _register("r1")
+    bad.prompt_tail = b"\x01"  # not whole int32s
+    with caplog.at_level(logging.ERROR, "ferry.detokenizer"):
+        service.on_message(bad)
+    assert "dropped a message that could not be handled: 'DetokRegister'" in caplog.text
+    service.on_message(_register("r2"))
+    assert list(service.detok.requests) == ["r2"]
+
+
+def test_service_heartbeats_every_interval(tokenizer):
+    out = FakeOutbox()
+    service = DetokenizerService(tokenizer, out, pid=9, heartbeat_interval=1.0)
+    service.on_message(_register("r1"))
+    service.tick(now=5.0)
+    service.tick(now=5.5)
+    assert out.scheduler == [Heartbeat("detokenizer", 0, 9, {"requests": 1, "outputs": 0})]
+    service.tick(now=6.0)
+    assert len(out.scheduler) == 2

@@ -1,16 +1,19 @@
-"""The detokenizer's bookkeeping: per-request decoders, stop strings, and outgoing messages.
+"""The detokenizer's logic: per-request decoders, stop strings, outgoing messages, heartbeats.
 
-Pure logic: takes decoded messages, returns (gateway_id, message) pairs to send and what to abort in
-the engine: (request id, choice index), index -1 for the whole request. The process around it (services.detokenizer.__main__) only moves frames.
+No sockets here. Detokenizer is the bookkeeping: it takes decoded messages and returns (gateway_id, message)
+pairs to send and what to abort in the engine: (request id, choice index), index -1 for the whole request.
+DetokenizerService routes those through an Outbox; the process around it (services.detokenizer.__main__)
+only moves frames.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shared.codec import pack_ids, unpack_ids, unpack_f32
-from shared.messages import (ChoiceDelta, DetokRegister, RequestError, RequestOutput, SeqDelta,
-                             TokenBatch, TokenLogprob)
+from shared.messages import (AbortRequest, ChoiceDelta, DetokRegister, Heartbeat, RequestError, RequestOutput,
+                             SeqDelta, TokenBatch, TokenLogprob)
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
 
 log = logging.getLogger("ferry.detokenizer")
@@ -101,3 +104,43 @@ class Detokenizer:
 
     def _piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+class Outbox(Protocol):
+    def to_scheduler(self, msg: AbortRequest | Heartbeat) -> None: ...
+    def to_gateway(self, gateway_id: int, msg: RequestOutput | RequestError) -> None: ...
+
+
+class DetokenizerService:
+    """The detokenizer process: each message through Detokenizer, what it returns out, a heartbeat now and then."""
+
+    def __init__(self, tokenizer, out: Outbox, pid: int, heartbeat_interval: float):
+        self.detok = Detokenizer(tokenizer)
+        self.out = out
+        self.pid = pid
+        self.heartbeat_interval = heartbeat_interval
+        self.last_beat = 0.0
+
+    def on_message(self, msg) -> None:
+        try:
+            if isinstance(msg, DetokRegister):
+                self.detok.register(msg)
+            elif isinstance(msg, TokenBatch):
+                outputs, aborts = self.detok.on_batch(msg)
+                for gid, out in outputs:
+                    self.out.to_gateway(gid, out)
+                for rid, index in aborts:  # a stop string ended it: the engine can stop generating
+                    self.out.to_scheduler(AbortRequest(rid, -1, "stop", index))
+            elif isinstance(msg, RequestError):
+                for gid, out in self.detok.fail(msg):
+                    self.out.to_gateway(gid, out)
+        except Exception:  # one bad message must not take the process down
+            log.exception("dropped a message that could not be handled: %r", type(msg).__name__)
+
+    def tick(self, now: float) -> None:
+        """After every message or receive timeout: a heartbeat every heartbeat_interval."""
+        if now - self.last_beat >= self.heartbeat_interval:
+            self.last_beat = now
+            self.out.to_scheduler(Heartbeat("detokenizer", 0, self.pid,
+                                            {"requests": len(self.detok.requests),
+                                             "outputs": self.detok.outputs_sent}))

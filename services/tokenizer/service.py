@@ -1,0 +1,59 @@
+"""A tokenizer worker's logic: each TokenizeRequest becomes an EngineRequest for the scheduler plus a
+Tokenized ack for its gateway, or a RequestError for its gateway; heartbeats and a load report.
+
+No sockets here: requests come in through on_request(), everything leaves through the Outbox, and time
+is passed in to tick(), so tests drive it with a fake tokenizer and a fake outbox.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from shared.errors import FerryError
+from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized
+
+LOAD_REPORT_INTERVAL = 10.0  # seconds between "load:" log lines while requests come in
+
+
+class Outbox(Protocol):
+    def to_scheduler(self, msg: EngineRequest | Heartbeat) -> None: ...
+    def to_gateway(self, gateway_id: int, msg: Tokenized | RequestError) -> None: ...
+
+
+class TokenizerService:
+    def __init__(self, builder, out: Outbox, worker_id: int, pid: int, heartbeat_interval: float):
+        self.builder = builder  # services.tokenizer.prompts.PromptBuilder: prepare(req) -> EngineRequest
+        self.out = out
+        self.worker_id, self.pid = worker_id, pid
+        self.heartbeat_interval = heartbeat_interval
+        self.log = logging.getLogger(f"ferry.tokenizer.{worker_id}")
+        self.handled = self.errors = 0
+        self.last_beat = self.last_report = 0.0
+
+    def on_request(self, req: TokenizeRequest) -> None:
+        self.handled += 1
+        try:
+            self.out.to_scheduler(self.builder.prepare(req))
+            self.out.to_gateway(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
+        except FerryError as e:
+            self.errors += 1
+            self.out.to_gateway(req.gateway_id,
+                                RequestError(req.request_id, req.gateway_id, e.status, e.to_dict()["error"]))
+        except Exception as e:  # a bad template or tokenizer failure: tell the client, live on
+            self.errors += 1
+            self.log.exception("tokenizing %s failed", req.request_id)
+            self.out.to_gateway(req.gateway_id, RequestError(
+                req.request_id, req.gateway_id, 400,
+                {"message": f"could not tokenize the request: {e}", "type": "invalid_request_error",
+                 "param": None, "code": None}))
+
+    def tick(self, now: float) -> None:
+        """After every request or receive timeout: a heartbeat every heartbeat_interval, a load line now and then."""
+        if now - self.last_beat >= self.heartbeat_interval:
+            self.last_beat = now
+            self.out.to_scheduler(Heartbeat("tokenizer", self.worker_id, self.pid,
+                                            {"pid": self.pid, "requests_handled": self.handled,
+                                             "errors": self.errors}))
+        if now - self.last_report >= LOAD_REPORT_INTERVAL and self.handled:
+            self.last_report = now
+            self.log.info("load: %d requests handled, %d rejected", self.handled, self.errors)
