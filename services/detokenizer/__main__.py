@@ -8,7 +8,7 @@ import time
 import zmq
 
 from shared.logs import setup_logging
-from shared.messages import AbortRequest, DetokRegister, Heartbeat, RequestError, TokenBatch
+from shared.messages import AbortRequest, DetokRegister, Heartbeat, RequestError, TokenBatch, WorkerStatus
 from shared.settings import load_settings
 from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 from services.detokenizer.state import Detokenizer
@@ -47,8 +47,7 @@ def main(argv=None):
         now = time.monotonic()
         if now - last_beat >= settings.heartbeat_interval:
             last_beat = now
-            scheduler.send(Heartbeat("detokenizer", 0, os.getpid(),
-                                     {"requests": len(detok.requests), "outputs": detok.outputs_sent}))
+            scheduler.send(Heartbeat("detokenizer", WorkerStatus(0, os.getpid(), requests_open=len(detok.requests))))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ import time
 
 import zmq
 
-from shared.errors import FerryError
+from shared.errors import FerryError, InvalidParameter
 from shared.logs import setup_logging
-from shared.messages import Heartbeat, RequestError, TokenizeRequest, Tokenized
+from shared.messages import Heartbeat, RequestError, TokenizeRequest, Tokenized, WorkerStatus
 from shared.settings import load_settings
 from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 from services.tokenizer.prompts import PromptBuilder
@@ -42,19 +42,16 @@ def main(argv=None):
                 gateways.send(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
             except FerryError as e:
                 errors += 1
-                gateways.send(req.gateway_id, RequestError(req.request_id, req.gateway_id, e.status, e.to_dict()["error"]))
+                gateways.send(req.gateway_id, RequestError.of(req.request_id, req.gateway_id, e))
             except Exception as e:  # a bad template or tokenizer failure: tell the client, live on
                 errors += 1
                 log.exception("tokenizing %s failed", req.request_id)
-                gateways.send(req.gateway_id, RequestError(
-                    req.request_id, req.gateway_id, 400,
-                    {"message": f"could not tokenize the request: {e}", "type": "invalid_request_error",
-                     "param": None, "code": None}))
+                gateways.send(req.gateway_id, RequestError.of(
+                    req.request_id, req.gateway_id, InvalidParameter(f"could not tokenize the request: {e}")))
         now = time.monotonic()
         if now - last_beat >= settings.heartbeat_interval:
             last_beat = now
-            scheduler.send(Heartbeat("tokenizer", wid, os.getpid(),
-                                     {"pid": os.getpid(), "requests_handled": handled, "errors": errors}))
+            scheduler.send(Heartbeat("tokenizer", WorkerStatus(wid, os.getpid(), handled, errors)))
         if now - last_report >= 10.0 and handled:
             last_report = now
             log.info("load: %d requests handled, %d rejected", handled, errors)
