@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
-from shared.messages import NewSequence, SeqLogprobs, StepPlan, StepResult
+from shared.messages import NewSequence, SchedulerCounters, SeqLogprobs, StepPlan, StepResult
 
 PENDING_TOKEN = -1  # a plan's input token that the runner takes from its own previous step
 from shared.sampling_params import SamplingParams
@@ -71,8 +71,12 @@ class Scheduler:
                     params: SamplingParams) -> None:
         if request_id in self.requests:
             raise InvalidParameter(f"request id {request_id!r} is already in use", param="request_id")
-        params.validate()
+        # The request was validated where it entered (gateway, tokenizer). Only what this class relies on is
+        # checked again, so that a forged or malformed request is rejected instead of breaking the loop.
         params.check_length(len(prompt_token_ids), self.max_model_len, self.vocab_size)
+        params = params.with_max_tokens_for(len(prompt_token_ids), self.max_model_len)  # LLM callers may leave None
+        if params.n < 1 or params.max_tokens < 1:
+            raise InvalidParameter(f"n and max_tokens must be at least 1, got {params.n} and {params.max_tokens}")
         need = self.blocks.blocks_for(len(prompt_token_ids) + params.max_tokens)
         if need > self.blocks.num_blocks:
             raise PromptTooLong(f"the request needs {need} KV blocks of {self.block_size} tokens "
@@ -260,10 +264,10 @@ class Scheduler:
         return SeqOutput(seq.request_id, seq.gateway_id, seq.index, tokens, seq.finish_reason, list(logprobs),
                          seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
 
-    def stats(self) -> dict:
-        return dict(num_running=len(self.running), num_waiting=len(self.waiting),
-                    num_requests=len(self.requests), num_free_blocks=self.blocks.num_free_blocks,
-                    num_total_blocks=self.blocks.num_blocks, num_preemptions=self.num_preemptions,
-                    prefix_queried_tokens=self.prefix_queried_tokens, prefix_hit_tokens=self.prefix_hit_tokens,
-                    num_finished=self.num_finished)
+    def stats(self) -> SchedulerCounters:
+        return SchedulerCounters(num_running=len(self.running), num_waiting=len(self.waiting),
+                                 num_requests=len(self.requests), num_free_blocks=self.blocks.num_free_blocks,
+                                 num_total_blocks=self.blocks.num_blocks, num_preemptions=self.num_preemptions,
+                                 prefix_queried_tokens=self.prefix_queried_tokens,
+                                 prefix_hit_tokens=self.prefix_hit_tokens, num_finished=self.num_finished)
 

@@ -1,4 +1,9 @@
-"""Typed errors that travel back to the client as OpenAI-shaped JSON."""
+"""Typed errors that travel back to the client as OpenAI-shaped JSON.
+
+Every OpenAI error body ferry sends comes from FerryError.body(): raised in the gateway, or raised
+in another process and carried to the gateway by a RequestError (RequestError.of), which the gateway
+turns back into a FerryError (RequestError.to_exception) to answer with.
+"""
 from __future__ import annotations
 
 
@@ -7,15 +12,21 @@ class FerryError(Exception):
 
     status = 500
     type = "internal_error"
+    code: str | None = None  # a subclass's default; an instance may set its own
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
-        self.code = code
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict:
+        """The inner OpenAI error object."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
 
     def to_dict(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": self.body()}
 
 
 class InvalidParameter(FerryError, ValueError):
@@ -28,18 +39,44 @@ class InvalidParameter(FerryError, ValueError):
 class PromptTooLong(InvalidParameter):
     """prompt (+ max_tokens) does not fit the model's context or the KV pool (HTTP 400)."""
 
+    code = "context_length_exceeded"
+
     def __init__(self, message: str, param: str = "messages"):
-        super().__init__(message, param=param, code="context_length_exceeded")
+        super().__init__(message, param=param)
 
 
 class ModelNotFound(FerryError):
     status = 404
     type = "invalid_request_error"
+    code = "model_not_found"
 
     def __init__(self, model: str):
-        super().__init__(f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        super().__init__(f"The model `{model}` does not exist.", param="model")
 
 
-class NotReady(FerryError):
+class ServiceUnavailable(FerryError):
+    """The pipeline cannot answer the request (HTTP 503): a peer died or went silent while it was open."""
+
     status = 503
     type = "service_unavailable"
+
+
+class NotReady(ServiceUnavailable):
+    """The pipeline is not up (yet): the request was never started."""
+
+
+class EngineFailure(ServiceUnavailable):
+    """The engine failed (a runner died or raised) while the request was in it."""
+
+    code = "engine_failure"
+
+
+class HTTPError(FerryError):
+    """An error whose status is known only at run time: an HTTP-level failure in the gateway (413, 405, ...),
+    or one that another process sent in a RequestError. The type follows the status unless given."""
+
+    def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, param, code)
+        self.status = status if isinstance(status, int) and 400 <= status < 600 else 500
+        self.type = type or ("invalid_request_error" if self.status < 500 else "service_unavailable")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.codec import message
+from shared.errors import FerryError, HTTPError
 from shared.sampling_params import SamplingParams
 
 message(1)(SamplingParams)
@@ -117,15 +118,25 @@ class AbortRequest:
     index: int = -1
 
 
+@message(56)
+@dataclass(slots=True)
+class WorkerStatus:
+    """One tokenizer worker's or the detokenizer's own view of itself, sent in its heartbeat."""
+
+    id: int  # tokenizer_id; 0 for the detokenizer
+    pid: int  # a new pid under the same id: the worker restarted and lost what it held
+    requests_handled: int = 0  # tokenizer: requests taken in
+    errors: int = 0  # tokenizer: requests rejected
+    requests_open: int = 0  # detokenizer: requests being decoded
+
+
 @message(43)
 @dataclass(slots=True)
 class Heartbeat:
     """tokenizer workers and the detokenizer -> scheduler, every heartbeat_interval."""
 
     service: str  # "tokenizer" | "detokenizer"
-    instance: int  # tokenizer_id; 0 for the detokenizer
-    pid: int
-    stats: dict = field(default_factory=dict)  # e.g. {"requests_handled": 12}
+    worker: WorkerStatus
 
 
 @message(44)
@@ -191,12 +202,24 @@ class TokenBatch:
 @message(49)
 @dataclass(slots=True)
 class RequestError:
-    """anyone -> the request's gateway (through the detokenizer from the scheduler): it failed."""
+    """anyone -> the request's gateway (through the detokenizer from the scheduler): it failed. The fields of an
+    OpenAI error object; build it from a FerryError (RequestError.of), never by hand."""
 
     request_id: str
     gateway_id: int
     status: int
-    error: dict  # the inner OpenAI error object: message, type, param, code
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+    @classmethod
+    def of(cls, request_id: str, gateway_id: int, err: FerryError) -> RequestError:
+        return cls(request_id, gateway_id, err.status, err.message, err.type, err.param, err.code)
+
+    def to_exception(self) -> FerryError:
+        """The error again, for the gateway to answer with (a forged status falls back to 500)."""
+        return HTTPError(self.status, self.message, self.type, self.param, self.code)
 
 
 @message(50)
@@ -240,6 +263,22 @@ class Tokenized:
     gateway_id: int
 
 
+@message(55)
+@dataclass(slots=True)
+class SchedulerCounters:
+    """engine.Scheduler.stats(): the engine's queues, KV pool and counters since it started."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    num_requests: int = 0
+    num_free_blocks: int = 0
+    num_total_blocks: int = 0
+    num_preemptions: int = 0
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    num_finished: int = 0
+
+
 @message(53)
 @dataclass(slots=True)
 class EngineStats:
@@ -247,6 +286,9 @@ class EngineStats:
 
     ready: bool  # runners announced, every peer heard from recently
     reason: str  # why not ready, for /health
-    engine: dict  # Scheduler.stats()
-    tokenizers: dict  # tokenizer id -> its own stats ({"pid": p, "requests_handled": n, ...})
+    engine: SchedulerCounters | None  # None while no engine runs (runners not up, or after a failure)
+    tokenizers: list[WorkerStatus]  # the workers heard from within peer_timeout
     time: float = 0.0
+    max_model_len: int = 0
+    num_active_requests: int = 0  # requests the scheduler process holds (not finished, not aborted)
+    steps_in_flight: int = 0  # plans sent to the runners and not answered yet

@@ -1,6 +1,12 @@
-"""Sampling parameters of one request, validated where they enter the system."""
+"""Sampling parameters of one request.
+
+A request's params are validated once, where they enter the system (validate(), in the gateway's
+parser); the tokenizer, which knows the prompt's length, checks that it fits (check_length()) and
+resolves a left-out max_tokens (with_max_tokens_for()). Neither check changes what it checks.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from shared.errors import InvalidParameter, PromptTooLong
@@ -73,16 +79,14 @@ class SamplingParams:
         return self
 
     def check_length(self, prompt_len: int, max_model_len: int, vocab_size: int | None = None) -> None:
-        """Reject a prompt that cannot fit; fill in max_tokens when the client left it out."""
+        """Reject a prompt that cannot fit, with the max_tokens asked for (None: any that fits). Changes nothing."""
         if prompt_len == 0:
             raise InvalidParameter("the prompt is empty", param="prompt")
         if prompt_len >= max_model_len:
             raise PromptTooLong(
                 f"This model's maximum context length is {max_model_len} tokens, "
                 f"but the prompt has {prompt_len} tokens.")
-        if self.max_tokens is None:
-            self.max_tokens = max_model_len - prompt_len
-        elif prompt_len + self.max_tokens > max_model_len:
+        if self.max_tokens is not None and prompt_len + self.max_tokens > max_model_len:
             raise PromptTooLong(
                 f"This model's maximum context length is {max_model_len} tokens. However, you requested "
                 f"{prompt_len + self.max_tokens} tokens ({prompt_len} in the prompt, {self.max_tokens} "
@@ -92,3 +96,10 @@ class SamplingParams:
                 if not 0 <= tok < vocab_size:
                     raise InvalidParameter(f"token id {tok} is outside the vocabulary (size {vocab_size})",
                                            param="logit_bias" if tok in self.logit_bias else "stop_token_ids")
+
+    def with_max_tokens_for(self, prompt_len: int, max_model_len: int) -> "SamplingParams":
+        """These params with max_tokens resolved: left out (None), it is the rest of the context. A copy when it
+        changes, so the caller's params stay as they were."""
+        if self.max_tokens is not None:
+            return self
+        return dataclasses.replace(self, max_tokens=max_model_len - prompt_len)

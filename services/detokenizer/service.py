@@ -13,7 +13,7 @@ from typing import Protocol
 
 from shared.codec import pack_ids, unpack_ids, unpack_f32
 from shared.messages import (AbortRequest, ChoiceDelta, DetokRegister, Heartbeat, RequestError, RequestOutput,
-                             SeqDelta, TokenBatch, TokenLogprob)
+                             SeqDelta, TokenBatch, TokenLogprob, WorkerStatus)
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
 
 log = logging.getLogger("ferry.detokenizer")
@@ -37,7 +37,6 @@ class Detokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.requests: dict[str, _Request] = {}
-        self.outputs_sent = 0
 
     def register(self, reg: DetokRegister) -> None:
         tail = unpack_ids(reg.prompt_tail).tolist()
@@ -74,7 +73,6 @@ class Detokenizer:
                     aborts.append((d.request_id, -1))
             elif choice.stopped_here:
                 aborts.append((d.request_id, d.index))
-        self.outputs_sent += len(by_request)
         return [(o.gateway_id, o) for o in by_request.values()], aborts
 
     def _step(self, req: _Request, choice: _Choice, d: SeqDelta) -> ChoiceDelta:
@@ -141,6 +139,5 @@ class DetokenizerService:
         """After every message or receive timeout: a heartbeat every heartbeat_interval."""
         if now - self.last_beat >= self.heartbeat_interval:
             self.last_beat = now
-            self.out.to_scheduler(Heartbeat("detokenizer", 0, self.pid,
-                                            {"requests": len(self.detok.requests),
-                                             "outputs": self.detok.outputs_sent}))
+            self.out.to_scheduler(Heartbeat("detokenizer", WorkerStatus(0, self.pid,
+                                                                        requests_open=len(self.detok.requests))))

@@ -10,7 +10,7 @@ import time
 import zmq
 import zmq.asyncio
 
-from shared.errors import NotReady
+from shared.errors import NotReady, ServiceUnavailable
 from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, TokenizeRequest, Tokenized
 from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 from services.gateway.metrics import Metrics
@@ -97,9 +97,8 @@ class EngineClient:
             msg: EngineStats = await self.stats_in.recv()
             self.stats, self.stats_at = msg, time.monotonic()
             try:
-                self.metrics.update_engine(msg.ready, msg.engine, msg.tokenizers)
-                workers = {w: st for w, st in msg.tokenizers.items() if isinstance(w, int) and 0 <= w < 900}
-                for rid in self.pool.on_stats(workers):
+                self.metrics.update_engine(msg)
+                for rid in self.pool.on_stats(msg.tokenizers):
                     self._fail(rid, "the tokenizer worker that held the request stopped; retry it")
                 for wid in self.pool.workers:  # workers started beyond num_tokenizers join the rotation
                     self._worker_socket(wid)
@@ -125,6 +124,5 @@ class EngineClient:
         entry = self.runs.get(rid)
         if entry is None:
             return
-        body = {"message": message, "type": "service_unavailable", "param": None, "code": None}
-        entry[0].put_nowait((entry[1], RequestError(rid, self.settings.gateway_id, 503, body)))
+        entry[0].put_nowait((entry[1], RequestError.of(rid, self.settings.gateway_id, ServiceUnavailable(message))))
         self.release(rid, abort=True)

@@ -1,9 +1,13 @@
 """The gateway's Prometheus metrics: its own request/token counters plus the scheduler's stats."""
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-# Scheduler.stats() keys we publish under stable, documented names.
+from shared.messages import EngineStats
+
+# SchedulerCounters fields we publish under stable, documented names.
 _ENGINE_GAUGES = {
     "num_running": ("ferry_num_requests_running", "Sequences running in the engine"),
     "num_waiting": ("ferry_num_requests_waiting", "Sequences waiting in the engine"),
@@ -36,18 +40,20 @@ class Metrics:
         self.gateway_info = Gauge("ferry_gateway_info", "This gateway's id", ["gateway_id"], registry=r)
         self.gateway_info.labels(str(gateway_id)).set(1)
 
-    def update_engine(self, ready: bool, engine: dict, tokenizers: dict):
-        self.ready.set(1 if ready else 0)
-        for key, value in engine.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.engine_stat.labels(str(key)).set(value)
-                if key in self.engine:
-                    self.engine[key].set(value)
-        if "num_total_blocks" in engine and "num_free_blocks" in engine:
-            self.kv_used.set(engine["num_total_blocks"] - engine["num_free_blocks"])
-        for wid, st in tokenizers.items():
-            if isinstance(st, dict) and isinstance(st.get("requests_handled"), int):
-                self.tokenizer_handled.labels(str(wid)).set(st["requests_handled"])
+    def update_engine(self, stats: EngineStats):
+        self.ready.set(1 if stats.ready else 0)
+        counters = {"max_model_len": stats.max_model_len, "num_active_requests": stats.num_active_requests,
+                    "steps_in_flight": stats.steps_in_flight}
+        engine = stats.engine
+        if engine is not None:  # no engine running: its gauges keep their last values
+            counters.update({f.name: getattr(engine, f.name) for f in dataclasses.fields(engine)})
+            self.kv_used.set(engine.num_total_blocks - engine.num_free_blocks)
+        for name, value in counters.items():
+            self.engine_stat.labels(name).set(value)
+            if name in self.engine:
+                self.engine[name].set(value)
+        for w in stats.tokenizers:
+            self.tokenizer_handled.labels(str(w.id)).set(w.requests_handled)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

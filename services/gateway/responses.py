@@ -6,12 +6,6 @@ import json
 from shared.messages import ChoiceDelta, TokenLogprob
 
 
-def error_body(status: int, message: str, type_: str | None = None, param=None, code=None) -> dict:
-    if type_ is None:
-        type_ = "invalid_request_error" if status < 500 else "service_unavailable"
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def sse(payload) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n".encode()

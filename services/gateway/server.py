@@ -9,7 +9,7 @@ import uuid
 
 from aiohttp import web
 
-from shared.errors import FerryError
+from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
 from services.gateway import responses as R
 from services.gateway.engine_client import EngineClient
@@ -20,8 +20,8 @@ log = logging.getLogger("ferry.gateway")
 VERSION = "0.1.0"
 
 
-def json_error(status: int, message: str, type_: str | None = None, param=None, code=None) -> web.Response:
-    return web.json_response(R.error_body(status, message, type_, param, code), status=status)
+def error_response(err: FerryError) -> web.Response:
+    return web.json_response(err.to_dict(), status=err.status)
 
 
 @web.middleware
@@ -30,29 +30,33 @@ async def openai_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except FerryError as e:
-        return web.json_response(e.to_dict(), status=e.status)
+        return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return json_error(e.status, e.reason or "error", code=str(e.status))
+        return error_response(HTTPError(e.status, e.reason or "error", code=str(e.status)))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as e:  # a bug: say so, keep serving
         log.exception("unhandled error on %s", request.path)
-        return json_error(500, f"internal error: {e}", "internal_error")
+        return error_response(FerryError(f"internal error: {e}"))
+
+
+def _too_large(max_bytes: int) -> web.Response:
+    return error_response(HTTPError(413, f"the request body exceeds {max_bytes} bytes", code="body_too_large"))
 
 
 async def read_json(request: web.Request, max_bytes: int):
     if request.content_length is not None and request.content_length > max_bytes:
-        return None, json_error(413, f"the request body exceeds {max_bytes} bytes", code="body_too_large")
+        return None, _too_large(max_bytes)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return None, json_error(413, f"the request body exceeds {max_bytes} bytes", code="body_too_large")
+        return None, _too_large(max_bytes)
     try:
         return json.loads(raw), None
     except (ValueError, UnicodeDecodeError) as e:
-        return None, json_error(400, f"the body is not valid JSON: {e}", code="invalid_json")
+        return None, error_response(InvalidParameter(f"the body is not valid JSON: {e}", code="invalid_json"))
 
 
 class Gateway:
@@ -84,17 +88,17 @@ class Gateway:
     # ------------------------------------------------------------------ small routes
 
     async def models(self, request):
-        engine = self.client.stats.engine if self.client.stats else {}
+        stats = self.client.stats
         card = {"id": self.model, "object": "model", "created": self.created, "owned_by": "ferry",
                 "root": self.settings.model}
-        if "max_model_len" in engine:
-            card["max_model_len"] = engine["max_model_len"]
+        if stats is not None:
+            card["max_model_len"] = stats.max_model_len
         return web.json_response({"object": "list", "data": [card]})
 
     async def health(self, request):
         reason = self.client.not_ready_reason()
         if reason:
-            return json_error(503, reason, "service_unavailable", code="not_ready")
+            return error_response(NotReady(reason, code="not_ready"))
         return web.json_response({"status": "ok"})
 
     async def prometheus(self, request):
@@ -170,13 +174,13 @@ class Run:
             self.gw.client.release(sub, abort=not self.collector.done)
 
     async def next(self):
-        """(prompt index, RequestOutput) or raises the request's error (FerryError-like)."""
+        """(prompt index, RequestOutput) or raises the request's error (a FerryError)."""
         index, msg = await self.queue.get()
         if self.first_at is None:
             self.first_at = time.monotonic()
             self.gw.metrics.ttft.observe(self.first_at - self.start)
         if isinstance(msg, RequestError):
-            raise _AsError(msg)
+            raise msg.to_exception()
         return index, msg
 
     def _absorb(self, index: int, out: RequestOutput) -> list[tuple[int, object, int]]:
@@ -236,8 +240,8 @@ class Run:
                 if self.collector.done:
                     break
                 item = await self.next()
-        except _AsError as e:
-            await resp.write(R.sse(e.body))
+        except FerryError as e:  # the pipeline failed the request (Run.next)
+            await resp.write(R.sse(e.to_dict()))
             await resp.write(R.sse("[DONE]"))
             return resp
         self._finished()
@@ -246,16 +250,3 @@ class Run:
         await resp.write(R.sse("[DONE]"))
         return resp
 
-
-class _AsError(FerryError):
-    """A RequestError from the pipeline, raised where the handler can turn it into a response."""
-
-    def __init__(self, err: RequestError):
-        e = err.error if isinstance(err.error, dict) else {}
-        super().__init__(str(e.get("message", "request failed")), e.get("param"), e.get("code"))
-        self.status = err.status if isinstance(err.status, int) and 400 <= err.status < 600 else 500
-        self.type = str(e.get("type") or ("invalid_request_error" if self.status < 500 else "service_unavailable"))
-
-    @property
-    def body(self) -> dict:
-        return self.to_dict()

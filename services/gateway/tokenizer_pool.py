@@ -9,6 +9,8 @@ has lost whatever it held. No sockets here: `send_to(worker id, message) -> bool
 """
 from __future__ import annotations
 
+from shared.messages import WorkerStatus
+
 
 class TokenizerPool:
     def __init__(self, send_to, worker_ids=()):
@@ -38,19 +40,14 @@ class TokenizerPool:
         """A reply came back (or the client went away): no worker holds the request any more."""
         self.holding.pop(request_id, None)
 
-    def on_stats(self, tokenizers: dict) -> list[str]:
-        """The scheduler's view of the workers ({worker id: stats with its "pid"}); returns the requests held by
-        workers that died since the last view. New workers join the rotation."""
-        lost_workers = []
-        for wid, pid in list(self.pids.items()):
-            now = tokenizers.get(wid, {}).get("pid")
-            if now != pid:
-                lost_workers.append(wid)
-                del self.pids[wid]
-        for wid, stats in tokenizers.items():
-            if isinstance(wid, int) and isinstance(stats, dict) and stats.get("pid") is not None:
-                self.pids[wid] = stats["pid"]
-                self.add(wid)
+    def on_stats(self, tokenizers: list[WorkerStatus]) -> list[str]:
+        """The scheduler's view of the workers (those heard from lately); returns the requests held by workers
+        that died since the last view. New workers join the rotation."""
+        pids = {w.id: w.pid for w in tokenizers}
+        lost_workers = [wid for wid, pid in self.pids.items() if pids.get(wid) != pid]
+        self.pids = pids
+        for wid in pids:
+            self.add(wid)
         lost = [rid for rid, wid in self.holding.items() if wid in lost_workers]
         for rid in lost:
             del self.holding[rid]

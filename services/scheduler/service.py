@@ -8,13 +8,13 @@ from __future__ import annotations
 import collections
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from shared.codec import pack_ids, unpack_ids
-from shared.errors import FerryError
+from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady
 from shared.messages import (AbortRequest, DetokRegister, EngineRequest, EngineStats, Heartbeat, RequestError,
-                             RunnerReady, SchedulerPing, SeqDelta, StepPlan, StepResult, TokenBatch)
+                             RunnerReady, SchedulerPing, SeqDelta, StepPlan, StepResult, TokenBatch, WorkerStatus)
 
 log = logging.getLogger("ferry.scheduler")
 
@@ -38,7 +38,7 @@ class _Runner:
 @dataclass(slots=True)
 class _Peer:
     last_seen: float
-    stats: dict = field(default_factory=dict)
+    status: WorkerStatus
 
 
 class SchedulerService:
@@ -83,20 +83,19 @@ class SchedulerService:
         elif isinstance(msg, RunnerReady):
             self._on_runner(msg, now)
         elif isinstance(msg, Heartbeat):
-            peer = _Peer(now, msg.stats)
-            if msg.service == "tokenizer":
-                self.tokenizers[msg.instance] = peer
+            peer = _Peer(now, msg.worker)
+            if msg.service == "tokenizer" and msg.worker.id >= 0:  # the gateways address workers by this id
+                self.tokenizers[msg.worker.id] = peer
             elif msg.service == "detokenizer":
                 self.detokenizer = peer
 
     def _error(self, rid: str, gateway_id: int, err: FerryError) -> None:
-        self.out.to_detokenizer(RequestError(rid, gateway_id, err.status, err.to_dict()["error"]))
+        self.out.to_detokenizer(RequestError.of(rid, gateway_id, err))
 
     def _add(self, req: EngineRequest) -> None:
         if self.sched is None:
-            body = {"message": f"the engine is not ready: {self.down_reason}", "type": "service_unavailable",
-                    "param": None, "code": "not_ready"}
-            self.out.to_detokenizer(RequestError(req.request_id, req.gateway_id, 503, body))
+            self._error(req.request_id, req.gateway_id,
+                        NotReady(f"the engine is not ready: {self.down_reason}", code="not_ready"))
             return
         ids = unpack_ids(req.prompt_token_ids).tolist()
         try:
@@ -106,9 +105,7 @@ class SchedulerService:
             return
         except Exception as e:  # a request the engine chokes on must not stop the loop
             log.exception("add_request(%s) failed", req.request_id)
-            body = {"message": f"the engine rejected the request: {e}", "type": "invalid_request_error",
-                    "param": None, "code": None}
-            self.out.to_detokenizer(RequestError(req.request_id, req.gateway_id, 400, body))
+            self._error(req.request_id, req.gateway_id, InvalidParameter(f"the engine rejected the request: {e}"))
             return
         p = req.params
         self.requests[req.request_id] = (req.gateway_id, p.n)
@@ -176,10 +173,9 @@ class SchedulerService:
     def reset(self, reason: str) -> None:
         """Fail every request, drop the engine state; a fresh Scheduler starts once all ranks are up."""
         log.error("engine down: %s; failing %d requests", reason, len(self.requests))
-        body = {"message": f"the engine failed: {reason}", "type": "service_unavailable", "param": None,
-                "code": "engine_failure"}
+        failure = EngineFailure(f"the engine failed: {reason}")
         for rid, (gid, _) in self.requests.items():
-            self.out.to_detokenizer(RequestError(rid, gid, 503, body))
+            self._error(rid, gid, failure)
         self.requests.clear()
         # Forget the ranks too: /health stays 503 until every rank has joined the new session (the
         # survivors of a broken group exit on seeing it, and their restarted selves sign up again).
@@ -248,12 +244,10 @@ class SchedulerService:
         if now - self.last_stats >= interval or (self.stats_dirty and now - self.last_stats >= 0.05):
             self.last_stats, self.stats_dirty = now, False
             reason = self.not_ready_reason(now)
-            engine = dict(self.sched.stats()) if self.sched is not None else {}
-            engine["max_model_len"] = self.model_config.max_model_len
-            engine["num_active_requests"] = len(self.requests)
-            engine["steps_in_flight"] = len(self.inflight)
-            tokenizers = {wid: p.stats for wid, p in self.tokenizers.items()}
-            self.out.publish(EngineStats(not reason, reason, engine, tokenizers, now))
+            engine = self.sched.stats() if self.sched is not None else None
+            tokenizers = [p.status for p in self.tokenizers.values()]
+            self.out.publish(EngineStats(not reason, reason, engine, tokenizers, now, self.model_config.max_model_len,
+                                         len(self.requests), len(self.inflight)))
 
     @property
     def busy(self) -> bool:

@@ -1,4 +1,4 @@
-"""From a TokenizeRequest to prompt token ids and a validated EngineRequest (no sockets here)."""
+"""From a TokenizeRequest to prompt token ids and an EngineRequest that fits the model (no sockets here)."""
 from __future__ import annotations
 
 import time
@@ -69,8 +69,9 @@ class PromptBuilder:
         raise InvalidParameter("the request has no prompt", param="prompt")
 
     def prepare(self, req: TokenizeRequest) -> EngineRequest:
-        """Tokenize and check the request against the model's limits; raises InvalidParameter."""
-        params = req.params.validate()
+        """Tokenize and check the request against the model's limits (its params were validated by the gateway);
+        resolves a left-out max_tokens. Raises InvalidParameter."""
         ids = self.prompt_ids(req)
-        params.check_length(len(ids), self.max_model_len, self.vocab_size)
+        req.params.check_length(len(ids), self.max_model_len, self.vocab_size)
+        params = req.params.with_max_tokens_for(len(ids), self.max_model_len)
         return EngineRequest(req.request_id, req.gateway_id, pack_ids(ids), params, time.time())

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from shared.errors import FerryError
-from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized
+from shared.errors import FerryError, InvalidParameter
+from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized, WorkerStatus
 
 LOAD_REPORT_INTERVAL = 10.0  # seconds between "load:" log lines while requests come in
 
@@ -37,23 +37,19 @@ class TokenizerService:
             self.out.to_gateway(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
         except FerryError as e:
             self.errors += 1
-            self.out.to_gateway(req.gateway_id,
-                                RequestError(req.request_id, req.gateway_id, e.status, e.to_dict()["error"]))
+            self.out.to_gateway(req.gateway_id, RequestError.of(req.request_id, req.gateway_id, e))
         except Exception as e:  # a bad template or tokenizer failure: tell the client, live on
             self.errors += 1
             self.log.exception("tokenizing %s failed", req.request_id)
-            self.out.to_gateway(req.gateway_id, RequestError(
-                req.request_id, req.gateway_id, 400,
-                {"message": f"could not tokenize the request: {e}", "type": "invalid_request_error",
-                 "param": None, "code": None}))
+            self.out.to_gateway(req.gateway_id, RequestError.of(
+                req.request_id, req.gateway_id, InvalidParameter(f"could not tokenize the request: {e}")))
 
     def tick(self, now: float) -> None:
         """After every request or receive timeout: a heartbeat every heartbeat_interval, a load line now and then."""
         if now - self.last_beat >= self.heartbeat_interval:
             self.last_beat = now
-            self.out.to_scheduler(Heartbeat("tokenizer", self.worker_id, self.pid,
-                                            {"pid": self.pid, "requests_handled": self.handled,
-                                             "errors": self.errors}))
+            self.out.to_scheduler(Heartbeat("tokenizer", WorkerStatus(self.worker_id, self.pid, self.handled,
+                                                                      self.errors)))
         if now - self.last_report >= LOAD_REPORT_INTERVAL and self.handled:
             self.last_report = now
             self.log.info("load: %d requests handled, %d rejected", self.handled, self.errors)

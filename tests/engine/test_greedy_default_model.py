@@ -68,6 +68,6 @@ def test_shared_system_prompt_hits_prefix_cache(default_runner, tokenizer):
     shared_blocks = len(system_only) // 16
     assert shared_blocks >= 3
     stats = cached.scheduler.stats()
-    assert stats["prefix_queried_tokens"] == sum(len(p) for p in prompts)
+    assert stats.prefix_queried_tokens == sum(len(p) for p in prompts)
     # the 2nd and 3rd requests skip (at least) the system prompt's full blocks
-    assert stats["prefix_hit_tokens"] >= 2 * 16 * shared_blocks
+    assert stats.prefix_hit_tokens >= 2 * 16 * shared_blocks

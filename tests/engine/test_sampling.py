@@ -1,11 +1,15 @@
 """Must-hold 4 and 5: seeds make samples independent of the batch; bad parameters raise typed errors.
 Also the sampler's filters (top-k, top-p, min-p, penalties, bias, min_tokens) on hand-made logits."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.sampling_params import SamplingParams
+from shared.settings import Settings
 from engine.sampler import Sampler, SamplingState
+from engine.scheduler import Scheduler
 from tests.engine.conftest import make_llm
 
 
@@ -58,6 +62,38 @@ def test_prompt_too_long_is_rejected(default_runner):
     with pytest.raises(PromptTooLong, match="KV blocks"):
         tiny_pool.scheduler.add_request("r3", 0, list(range(40)), SamplingParams(max_tokens=1))
     assert not llm.scheduler.has_work() and not tiny_pool.scheduler.has_work()
+
+
+def test_the_length_check_changes_nothing_and_max_tokens_is_resolved_apart():
+    left_out = SamplingParams(max_tokens=None, logit_bias={5: 1.0})
+    left_out.check_length(10, 64, vocab_size=100)
+    assert left_out.max_tokens is None  # checked, not filled in
+    resolved = left_out.with_max_tokens_for(10, 64)
+    assert resolved.max_tokens == 54 and left_out.max_tokens is None and resolved.logit_bias == {5: 1.0}
+    given = SamplingParams(max_tokens=8)
+    assert given.with_max_tokens_for(10, 64) is given
+    with pytest.raises(PromptTooLong) as err:
+        SamplingParams(max_tokens=60).check_length(10, 64)
+    assert err.value.param == "max_tokens" and "70 tokens (10 in the prompt, 60 for the completion)" in str(err.value)
+    with pytest.raises(InvalidParameter, match="outside the vocabulary") as err:
+        left_out.check_length(10, 64, vocab_size=5)
+    assert err.value.param == "logit_bias"
+
+
+def test_the_engine_rejects_a_malformed_request_it_was_sent():
+    """Params are validated at the edge; a forged EngineRequest still meets a typed error, not a broken loop."""
+    config = SimpleNamespace(max_model_len=64, vocab_size=100, eos_token_ids=[0])
+    sched = Scheduler(Settings(block_size=16), config, num_kv_blocks=8)
+    for bad in (SamplingParams(n=0), SamplingParams(max_tokens=0), SamplingParams(max_tokens=-5)):
+        with pytest.raises(InvalidParameter):
+            sched.add_request("forged", 0, [1, 2, 3], bad)
+    with pytest.raises(InvalidParameter, match="empty"):
+        sched.add_request("empty", 0, [], SamplingParams())
+    assert not sched.has_work() and not sched.requests
+    params = SamplingParams(max_tokens=None)
+    sched.add_request("fine", 0, [1, 2, 3], params)
+    assert params.max_tokens is None and sched.requests["fine"][0].params.max_tokens == 61
+    assert sched.stats().num_waiting == 1
 
 
 def _state(**kw):

@@ -2,7 +2,8 @@ import logging
 import random
 
 from shared.codec import pack_ids
-from shared.messages import AbortRequest, DetokRegister, Heartbeat, RequestError, RequestOutput, SeqDelta, TokenBatch
+from shared.messages import (AbortRequest, DetokRegister, Heartbeat, RequestError, RequestOutput, SeqDelta, TokenBatch,
+                             WorkerStatus)
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
 from services.detokenizer.service import Detokenizer, DetokenizerService
 
@@ -138,7 +139,7 @@ def test_service_routes_outputs_aborts_and_errors(tokenizer):
     assert gid == 7 and isinstance(output, RequestOutput) and output.choices[0].text == "It is"
     assert out.scheduler == [AbortRequest("r1", -1, "stop", -1)]  # the engine does not know about the stop string
     service.on_message(_register("r2"))
-    err = RequestError("r2", 7, 500, {"message": "engine failed"})
+    err = RequestError("r2", 7, 500, "engine failed", "internal_error")
     service.on_message(err)
     assert out.gateways[-1] == (7, err) and "r2" not in service.detok.requests
 
@@ -161,6 +162,6 @@ def test_service_heartbeats_every_interval(tokenizer):
     service.on_message(_register("r1"))
     service.tick(now=5.0)
     service.tick(now=5.5)
-    assert out.scheduler == [Heartbeat("detokenizer", 0, 9, {"requests": 1, "outputs": 0})]
+    assert out.scheduler == [Heartbeat("detokenizer", WorkerStatus(0, 9, requests_open=1))]
     service.tick(now=6.0)
     assert len(out.scheduler) == 2

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import PromptTooLong
 from shared.messages import (AbortRequest, DetokRegister, EngineRequest, Heartbeat, RequestError, RunnerReady,
-                             SchedulerPing, StepPlan, StepResult, TokenBatch)
+                             SchedulerCounters, SchedulerPing, StepPlan, StepResult, TokenBatch, WorkerStatus)
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
 from services.scheduler.service import SchedulerService
@@ -56,7 +56,7 @@ class FakeScheduler:
         return outs
 
     def stats(self):
-        return {"num_running": len(self.reqs), "num_free_blocks": self.blocks, "num_total_blocks": self.blocks}
+        return SchedulerCounters(num_running=len(self.reqs), num_free_blocks=self.blocks, num_total_blocks=self.blocks)
 
 
 class Outbox:
@@ -87,8 +87,8 @@ def make(now=0.0):
 
 
 def bring_up(svc, out, now=0.0):
-    svc.on_message(Heartbeat("tokenizer", 0, 1, {"requests_handled": 0}), now)
-    svc.on_message(Heartbeat("detokenizer", 0, 2), now)
+    svc.on_message(Heartbeat("tokenizer", WorkerStatus(0, 1)), now)
+    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, 2)), now)
     svc.on_message(RunnerReady(0, 3, 64, "inst-a"), now)  # no session yet: pinged, not used
     svc.tick(now)
     assert svc.sched is None and any(isinstance(m, SchedulerPing) for _, m in out.runner)
@@ -107,7 +107,9 @@ def test_not_ready_then_ready():
     assert isinstance(out.detok[-1], RequestError) and out.detok[-1].status == 503
     bring_up(svc, out)
     svc.tick(0.1)  # stats go out right after a change, at most 20 times a second
-    assert out.stats[-1].ready and out.stats[-1].tokenizers == {0: {"requests_handled": 0}}
+    stats = out.stats[-1]
+    assert stats.ready and stats.tokenizers == [WorkerStatus(0, 1)] and stats.engine.num_total_blocks == 64
+    assert (stats.max_model_len, stats.num_active_requests, stats.steps_in_flight) == (128, 0, 0)
 
 
 def test_request_runs_to_completion():
@@ -160,14 +162,14 @@ def test_error_result_fails_the_engine():
     svc.on_message(StepResult(-1, b"", b"", error="RuntimeError: boom"), 0.2)  # step id unknown to the runner
     assert svc.sched is None and not svc.inflight
     err = [m for m in out.detok if isinstance(m, RequestError)][-1]
-    assert err.request_id == "r1" and err.status == 503 and "boom" in err.error["message"]
+    assert err.request_id == "r1" and err.status == 503 and "boom" in err.message and err.code == "engine_failure"
 
 
 def test_rejection_and_abort_before_arrival():
     svc, out = make()
     bring_up(svc, out)
     svc.on_message(request("long", 200), 0.1)
-    assert out.detok[-1].status == 400 and out.detok[-1].error["code"] == "context_length_exceeded"
+    assert out.detok[-1].status == 400 and out.detok[-1].code == "context_length_exceeded"
     svc.on_message(AbortRequest("late"), 0.1)  # the abort overtook its request
     svc.on_message(request("late"), 0.2)
     assert "late" not in svc.requests
@@ -182,8 +184,8 @@ def test_dead_runner_fails_requests_and_restarts_engine():
     svc, out = make()
     bring_up(svc, out)
     svc.on_message(request("r3"), 0.1)
-    svc.on_message(Heartbeat("tokenizer", 0, 1), 5.9)
-    svc.on_message(Heartbeat("detokenizer", 0, 2), 5.9)
+    svc.on_message(Heartbeat("tokenizer", WorkerStatus(0, 1)), 5.9)
+    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, 2)), 5.9)
     svc.tick(6.0)  # rank 0 last seen at 0.0
     err = [m for m in out.detok if isinstance(m, RequestError)][-1]
     assert err.request_id == "r3" and err.status == 503

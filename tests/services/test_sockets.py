@@ -6,7 +6,7 @@ import zmq
 import zmq.asyncio
 
 from shared.codec import encode
-from shared.messages import AbortRequest, Heartbeat
+from shared.messages import AbortRequest, Heartbeat, WorkerStatus
 from shared.settings import Settings
 from shared.sockets import AsyncPushSocket, PullSocket, PushSocket, endpoint
 
@@ -34,7 +34,7 @@ def test_malformed_frames_are_dropped(tmp_path, caplog):
     raw.send(os.urandom(64))
     raw.send(msgpack.packb({"not": "a message"}))
     raw.send(msgpack.packb([42, "too", "few"]))  # known tag, wrong field types
-    push.send(Heartbeat("tokenizer", 0, 1))  # a real message of the wrong kind for this socket
+    push.send(Heartbeat("tokenizer", WorkerStatus(0, 1)))  # a real message of the wrong kind for this socket
     push.send(AbortRequest("r1", 0))
     assert pull.recv(timeout=2.0) == AbortRequest("r1", 0)
     assert pull.recv(timeout=0.05) is None

@@ -2,7 +2,7 @@
 import logging
 
 from shared.errors import PromptTooLong
-from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized
+from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized, WorkerStatus
 from shared.sampling_params import SamplingParams
 from services.tokenizer.service import LOAD_REPORT_INTERVAL, TokenizerService
 
@@ -49,8 +49,8 @@ def test_a_ferry_error_becomes_its_own_request_error():
     service, out = make()
     service.on_request(request("r2", "long", gateway_id=3))
     assert out.scheduler == []
-    assert out.gateways == [(3, RequestError("r2", 3, 400, PromptTooLong("too many tokens").to_dict()["error"]))]
-    assert out.gateways[0][1].error["code"] == "context_length_exceeded"
+    assert out.gateways == [(3, RequestError.of("r2", 3, PromptTooLong("too many tokens")))]
+    assert out.gateways[0][1].code == "context_length_exceeded"
 
 
 def test_any_other_failure_is_a_400_and_the_worker_lives_on(caplog):
@@ -60,8 +60,8 @@ def test_any_other_failure_is_a_400_and_the_worker_lives_on(caplog):
     assert "tokenizing r3 failed" in caplog.text
     [(gid, err)] = out.gateways
     assert gid == 5 and isinstance(err, RequestError) and err.status == 400
-    assert err.error["type"] == "invalid_request_error"
-    assert err.error["message"].startswith("could not tokenize the request: ")
+    assert err.type == "invalid_request_error"
+    assert err.message.startswith("could not tokenize the request: ")
     service.on_request(request("r4", "fine"))  # the next request is served as usual
     assert out.gateways[-1] == (5, Tokenized("r4", 5))
 
@@ -73,7 +73,7 @@ def test_heartbeats_count_handled_and_rejected_requests():
     service.tick(now=10.0)
     service.tick(now=10.5)  # not due yet
     beats = [m for m in out.scheduler if isinstance(m, Heartbeat)]
-    assert beats == [Heartbeat("tokenizer", 2, 77, {"pid": 77, "requests_handled": 2, "errors": 1})]
+    assert beats == [Heartbeat("tokenizer", WorkerStatus(2, 77, requests_handled=2, errors=1))]
     service.tick(now=11.0)
     assert sum(isinstance(m, Heartbeat) for m in out.scheduler) == 2
 
