@@ -209,7 +209,7 @@ def run_steps(llm, prompts, max_tokens, on_step=None):
             s = time.perf_counter()
             outs = llm.step()  # ends in a host sync (sampled tokens to lists)
             steps.append((time.perf_counter() - s, last[0]))
-            n_out += sum(len(o.new_token_ids) for o in outs)
+            n_out += sum(len(unpack_ids(o.token_ids)) for o in outs)
     finally:
         del runner.execute
     return time.perf_counter() - t0, n_out, steps

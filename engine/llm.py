@@ -4,10 +4,9 @@ Tests and benchmarks use it; the services run the same two halves in separate pr
 """
 from __future__ import annotations
 
-import dataclasses
-import collections
 import itertools
 
+from shared.codec import unpack_ids
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
 
@@ -25,7 +24,6 @@ class LLM:
         self.scheduler = Scheduler(self.settings, self.model_config, blocks)
         self._ids = itertools.count()
         self._tokenizer = None
-        self._submitted = collections.deque()  # plans submitted to the runner, results not yet applied
 
     @property
     def tokenizer(self):
@@ -40,7 +38,7 @@ class LLM:
         plan = self.scheduler.schedule()
         if plan is None:
             return []
-        return self.scheduler.update(plan, self.runner.execute(plan))
+        return self.scheduler.update(self.runner.execute(plan))
 
     def step_overlapped(self):
         """Schedule and submit the next plan while the last one runs, as the services do; apply the result of
@@ -48,13 +46,12 @@ class LLM:
         plan = self.scheduler.schedule() if self.scheduler.has_work() else None
         if plan is not None:
             result = self.runner.submit(plan)
-            self._submitted.append(plan)
         elif self.runner.has_pending:
             result = self.runner.flush()
         else:
             raise RuntimeError("the scheduler has work but schedules nothing, and no step is running")
-        # a result is always the oldest submitted plan's (rank 0 answers every step it finishes)
-        return self.scheduler.update(self._submitted.popleft(), result) if result is not None else []
+        # a result is always the oldest plan's in flight (rank 0 answers every step it finishes)
+        return self.scheduler.update(result) if result is not None else []
 
     @property
     def busy(self) -> bool:
@@ -66,12 +63,13 @@ class LLM:
         order = []
         for prompt, p in zip(prompts, params_list):
             rid = f"req-{next(self._ids)}"
-            self.scheduler.add_request(rid, 0, list(prompt), dataclasses.replace(p))  # a copy: validation fills it in
+            p.validate()  # what the gateway does for the services
+            self.scheduler.add_request(rid, 0, list(prompt), p)
             order.append((rid, p.n))
         outputs = {rid: [[] for _ in range(n)] for rid, n in order}
         while self.busy:
             for out in self.step_overlapped():
-                outputs[out.request_id][out.index].extend(out.new_token_ids)
+                outputs[out.request_id][out.index].extend(unpack_ids(out.token_ids).tolist())
         return [outputs[rid] for rid, _ in order]
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:

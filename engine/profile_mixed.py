@@ -45,7 +45,7 @@ def main():
         nt = unpack_ids(plan.num_tokens)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        llm.scheduler.update(plan, llm.runner.execute(plan))
+        llm.scheduler.update(llm.runner.execute(plan))
         kind = "mixed" if nt.max() > 1 else "decode"
         times[kind].append((time.perf_counter() - t0) * 1e3)
         print(f"step {i}: {len(nt)} seqs, {int(nt.sum())} tokens, {times[kind][-1]:.2f} ms", flush=True)
@@ -55,7 +55,7 @@ def main():
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        llm.scheduler.update(plan, llm.runner.execute(plan))
+        llm.scheduler.update(llm.runner.execute(plan))
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
     for k, v in times.items():

@@ -9,19 +9,23 @@ Steps may overlap: the next plan can be scheduled while the last one runs, so th
 waits for the host. A sequence whose sampled token is still on its way (num_pending) is scheduled
 with a placeholder (-1) as its input token; the runner fills in the token it sampled in the previous
 step. A sequence that will have reached max_tokens once its pending tokens arrive is not scheduled.
+
+The Scheduler is the one owner of the scheduler process's state: the live requests (and how many of
+their sequences are unfinished), the plans in flight (oldest first; a result must answer the oldest),
+and the wire deltas (SeqDelta) each result produces. Finishing or aborting is O(1) per sequence:
+the queues are insertion-ordered dicts, so a sequence leaves them without a scan.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
-from shared.messages import NewSequence, SchedulerCounters, SeqLogprobs, StepPlan, StepResult
-
-PENDING_TOKEN = -1  # a plan's input token that the runner takes from its own previous step
+from shared.messages import NewSequence, SchedulerCounters, SeqDelta, SeqLogprobs, StepPlan, StepResult
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
 
@@ -29,37 +33,51 @@ from engine.block_manager import BlockManager
 from engine.model_config import ModelConfig
 from engine.sequence import Sequence, SeqStatus
 
+log = logging.getLogger("ferry.scheduler")
+
+PENDING_TOKEN = -1  # a plan's input token that the runner takes from its own previous step
+# Plans out at once: the next one goes out while the runners still work on the last, so they never wait for
+# this process between steps. More would only schedule further ahead on placeholders.
+MAX_INFLIGHT = 2
+
 
 @dataclass(slots=True)
-class SeqOutput:
-    request_id: str
+class Request:
+    """A live request: its n sequences, and how many of them have not finished yet."""
+
     gateway_id: int
-    index: int
-    new_token_ids: list[int]
-    finish_reason: str | None
-    logprobs: list[SeqLogprobs] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    seqs: list[Sequence]
+    num_unfinished: int
+
+
+@dataclass(slots=True)
+class InflightStep:
+    """A plan sent and not answered: which sequences it scheduled, with how many tokens each."""
+
+    step_id: int
+    scheduled: list[tuple[Sequence, int]]
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, model_config: ModelConfig, num_kv_blocks: int):
+    def __init__(self, settings: Settings, model_config: ModelConfig, num_kv_blocks: int,
+                 max_inflight: int = MAX_INFLIGHT):
         self.block_size = settings.block_size
         self.max_num_seqs = settings.max_num_seqs
         self.max_num_batched_tokens = settings.max_num_batched_tokens
         self.max_model_len = min(model_config.max_model_len, settings.max_model_len or model_config.max_model_len)
         self.vocab_size = model_config.vocab_size
         self.eos_token_ids = list(model_config.eos_token_ids)
+        self.max_inflight = max_inflight
         self.blocks = BlockManager(num_kv_blocks, settings.block_size, settings.enable_prefix_caching)
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.requests: dict[str, list[Sequence]] = {}
+        # Insertion-ordered sets (the values are None): oldest first, O(1) removal of any sequence.
+        self.waiting: OrderedDict[Sequence, None] = OrderedDict()
+        self.running: dict[Sequence, None] = {}
+        self.requests: dict[str, Request] = {}  # live: at least one sequence not finished
+        self.inflight: deque[InflightStep] = deque()
         self._next_seq_id = 0
         self._next_step_id = 0
-        self._inflight: dict[int, list[tuple[Sequence, int]]] = {}
         self._forget_on_runner: list[int] = []
-        self._aborted: list[SeqOutput] = []
+        self._aborted: list[SeqDelta] = []  # single choices' last deltas, out with the next result
         self.num_preemptions = 0
         self.prefix_queried_tokens = 0
         self.prefix_hit_tokens = 0
@@ -88,36 +106,60 @@ class Scheduler:
                            len(prompt_token_ids), arrival=time.monotonic(), leader=seqs[0] if seqs else None)
             self._next_seq_id += 1
             seqs.append(seq)
-        self.requests[request_id] = seqs
-        self.waiting.extend(seqs)
+            self.waiting[seq] = None
+        self.requests[request_id] = Request(gateway_id, seqs, len(seqs))
 
-    def abort_request(self, request_id: str, index: int | None = None) -> None:
-        """Idempotent: an unknown or finished request is ignored. index: only that one of the request's n
-        sequences (its siblings go on)."""
-        for seq in self.requests.get(request_id, []):
-            if seq.status is not SeqStatus.FINISHED and index in (None, seq.index):
-                self._finish(seq, "abort")
-                self._aborted.append(self._output(seq, []))
+    def abort_request(self, request_id: str, index: int | None = None) -> bool:
+        """Idempotent; False when the request is unknown or finished. index: only that one of the request's n
+        sequences, whose last delta ("abort") comes out of the next update() since its siblings go on. A whole
+        request aborted gives no more deltas: whoever aborted it is done with it."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        if index is None:
+            for seq in req.seqs:
+                if seq.status is not SeqStatus.FINISHED:
+                    self._finish(seq, "abort")
+            if self._aborted:
+                self._aborted = [d for d in self._aborted if d.request_id != request_id]
+        elif 0 <= index < len(req.seqs) and req.seqs[index].status is not SeqStatus.FINISHED:
+            seq = req.seqs[index]
+            self._finish(seq, "abort")
+            self._aborted.append(self._delta(seq, []))
+        return True
+
+    def num_unfinished(self, request_id: str) -> int:
+        req = self.requests.get(request_id)
+        return 0 if req is None else req.num_unfinished
 
     def has_work(self) -> bool:
-        # Aborted sequences' last outputs ride on the next step's update; alone they are no reason to schedule.
+        # Aborted sequences' last deltas ride on the next step's update; alone they are no reason to schedule.
         return bool(self.waiting or self.running or self._forget_on_runner)
+
+    @property
+    def can_schedule(self) -> bool:
+        """A plan may go out now: there is work, and fewer than max_inflight plans are unanswered."""
+        return len(self.inflight) < self.max_inflight and self.has_work()
 
     # ------------------------------------------------------------------ one step
 
     def schedule(self) -> StepPlan | None:
+        """The next plan, or None when nothing can run (or max_inflight plans are out already)."""
+        if len(self.inflight) >= self.max_inflight:
+            return None
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[Sequence, int]] = []
         preempted = False
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        for seq in list(self.running):  # oldest first
+            if budget <= 0:
+                break
+            if seq.status is not SeqStatus.RUNNING:
+                continue  # preempted to make room for an older one
             num_new = min(self._unscheduled(seq), budget)
             if num_new <= 0 or self._done_when_pending_arrive(seq):
-                i += 1
                 continue
             while not self.blocks.allocate_slots(seq, num_new):
-                victim = self.running.pop()  # the newest goes first
+                victim, _ = self.running.popitem()  # the newest goes first
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
@@ -125,7 +167,6 @@ class Scheduler:
             if seq.status is SeqStatus.RUNNING:
                 scheduled.append((seq, num_new))
                 budget -= num_new
-                i += 1
         # Blocks are short: let the preempted catch up before admitting more, unless nothing runs at all.
         if not preempted or not scheduled:
             budget = self._admit_waiting(scheduled, budget)
@@ -147,11 +188,12 @@ class Scheduler:
     def _admit_waiting(self, scheduled: list[tuple[Sequence, int]], budget: int) -> int:
         held_back = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = next(iter(self.waiting))
             leader = seq.leader
             # the leader's prompt blocks are committed when its first token comes back
             if leader is not None and leader.status is not SeqStatus.FINISHED and leader.num_output_tokens == 0:
-                held_back.append(self.waiting.popleft())  # share the leader's prompt blocks once cached
+                del self.waiting[seq]
+                held_back.append(seq)  # share the leader's prompt blocks once cached
                 continue
             fresh = not seq.block_table
             if fresh:
@@ -164,19 +206,25 @@ class Scheduler:
             if fresh and seq.num_output_tokens == 0:
                 self.prefix_queried_tokens += seq.num_prompt_tokens
                 self.prefix_hit_tokens += seq.num_cached_tokens
-            self.waiting.popleft()
+            del self.waiting[seq]
             seq.status = SeqStatus.RUNNING
-            self.running.append(seq)
+            self.running[seq] = None
             scheduled.append((seq, num_new))
             budget -= num_new
-        self.waiting.extendleft(reversed(held_back))
+        for seq in reversed(held_back):
+            self._to_queue_front(seq)
         return budget
 
+    def _to_queue_front(self, seq: Sequence) -> None:
+        self.waiting[seq] = None
+        self.waiting.move_to_end(seq, last=False)
+
     def _preempt(self, seq: Sequence) -> None:
+        """seq has left running already."""
         self.blocks.free(seq)
         seq.blocks_on_runner = 0
         seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
+        self._to_queue_front(seq)
         self.num_preemptions += 1
 
     def _build_plan(self, scheduled: list[tuple[Sequence, int]]) -> StepPlan:
@@ -207,19 +255,25 @@ class Scheduler:
             seq.num_pending += samples
         step_id = self._next_step_id
         self._next_step_id += 1
-        self._inflight[step_id] = scheduled
+        self.inflight.append(InflightStep(step_id, scheduled))
         forget, self._forget_on_runner = self._forget_on_runner, []
         return StepPlan(step_id, new_seqs, pack_ids(seq_ids), pack_ids(num_tokens), pack_ids(starts),
                         pack_ids(token_ids), pack_ids(kept), pack_ids(num_new_blocks), pack_ids(new_blocks),
                         bytes(sample), pack_ids(forget))
 
-    def update(self, plan: StepPlan, result: StepResult) -> list[SeqOutput]:
-        """Apply rank 0's sampled tokens; return what each request gained (and which finished)."""
-        scheduled = self._inflight.pop(plan.step_id, [])
+    def update(self, result: StepResult) -> list[SeqDelta]:
+        """Apply rank 0's sampled tokens for the oldest plan in flight; return what each sequence gained (and
+        which finished). A result for any other step (unknown, or out of order) is dropped and gives nothing."""
+        step = self.inflight[0] if self.inflight else None
+        if step is None or result.step_id != step.step_id:
+            log.warning("dropped a result for step %s (expected %s)", result.step_id,
+                        None if step is None else step.step_id)
+            return []
+        self.inflight.popleft()
         sampled = dict(zip(unpack_ids(result.seq_ids).tolist(), unpack_ids(result.token_ids).tolist()))
         logprobs = {lp.seq_id: lp for lp in result.logprobs}
-        outputs, self._aborted = self._aborted, []
-        for seq, n in scheduled:
+        deltas, self._aborted = self._aborted, []
+        for seq, n in step.scheduled:
             if seq.status is SeqStatus.FINISHED:
                 continue  # aborted (or finished by an earlier step) while the step ran
             token = sampled.get(seq.seq_id)
@@ -234,8 +288,8 @@ class Scheduler:
             if reason:
                 self._finish(seq, reason)
             lp = logprobs.get(seq.seq_id)
-            outputs.append(self._output(seq, [token], [lp] if lp is not None else []))
-        return outputs
+            deltas.append(self._delta(seq, [token], [lp] if lp is not None else []))
+        return deltas
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -248,21 +302,23 @@ class Scheduler:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.status is SeqStatus.RUNNING:
-            self.running.remove(seq)
+            del self.running[seq]
         elif seq.status is SeqStatus.WAITING:
-            self.waiting.remove(seq)
+            del self.waiting[seq]
         self.blocks.free(seq)
         seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
         if seq.known_to_runner:
             self._forget_on_runner.append(seq.seq_id)
         self.num_finished += 1
-        siblings = self.requests.get(seq.request_id, [])
-        if all(s.status is SeqStatus.FINISHED for s in siblings):
-            self.requests.pop(seq.request_id, None)
+        req = self.requests[seq.request_id]
+        req.num_unfinished -= 1
+        if not req.num_unfinished:
+            del self.requests[seq.request_id]
 
-    def _output(self, seq: Sequence, tokens: list[int], logprobs: list[SeqLogprobs] = ()) -> SeqOutput:
-        return SeqOutput(seq.request_id, seq.gateway_id, seq.index, tokens, seq.finish_reason, list(logprobs),
-                         seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+    @staticmethod
+    def _delta(seq: Sequence, tokens: list[int], logprobs: list[SeqLogprobs] = ()) -> SeqDelta:
+        return SeqDelta(seq.request_id, seq.gateway_id, seq.index, pack_ids(tokens), seq.finish_reason,
+                        list(logprobs), seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
 
     def stats(self) -> SchedulerCounters:
         return SchedulerCounters(num_running=len(self.running), num_waiting=len(self.waiting),

@@ -178,7 +178,7 @@ class DetokRegister:
 @message(47)
 @dataclass(slots=True)
 class SeqDelta:
-    """One sequence's new tokens from one step (the scheduler's SeqOutput on the wire)."""
+    """One sequence's new tokens from one step, as engine.Scheduler.update returns them."""
 
     request_id: str
     gateway_id: int

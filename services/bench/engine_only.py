@@ -53,20 +53,20 @@ def main():
 
     llm.runner.submit = counted_submit
     while not args.sync and llm.busy:  # overlapped steps are not timed one by one (seconds stay 0)
-        n_out += sum(len(o.new_token_ids) for o in llm.step_overlapped())
+        n_out += sum(len(unpack_ids(o.token_ids)) for o in llm.step_overlapped())
     while args.sync and llm.scheduler.has_work():
         s = time.perf_counter()
         plan = llm.scheduler.schedule()
         if plan is None:
             continue
         nt = unpack_ids(plan.num_tokens)
-        outs = llm.scheduler.update(plan, llm.runner.execute(plan))
+        outs = llm.scheduler.update(llm.runner.execute(plan))
         kind = "decode" if len(nt) and int(nt.max()) == 1 else "mixed"
         st = steps[kind]
         st[0] += 1
         st[1] += time.perf_counter() - s
         st[2] += len(nt)
-        n_out += sum(len(o.new_token_ids) for o in outs)
+        n_out += sum(len(unpack_ids(o.token_ids)) for o in outs)
     wall = time.perf_counter() - t0
     res = {"requests": len(reqs), "wall_s": wall, "output_tokens": n_out, "output_tok_s": n_out / wall,
            "request_s": len(reqs) / wall,

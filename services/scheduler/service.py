@@ -1,11 +1,11 @@
 """The scheduler process's logic: requests in, plans out, tokens on, liveness of every peer.
 
-No sockets here: messages come in through on_message(), everything leaves through the Outbox,
-and time is passed in, so tests drive it with fakes.
+The engine Scheduler owns the live requests and the plans in flight; this service owns the runner ranks,
+the other peers, the session, health and stats. No sockets here: messages come in through on_message(),
+everything leaves through the Outbox, and time is passed in, so tests drive it with fakes.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import uuid
 from dataclasses import dataclass
@@ -14,11 +14,10 @@ from typing import Callable, Protocol
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady
 from shared.messages import (AbortRequest, DetokRegister, EngineRequest, EngineStats, Heartbeat, RequestError,
-                             RunnerReady, SchedulerPing, SeqDelta, StepPlan, StepResult, TokenBatch, WorkerStatus)
+                             RunnerReady, SchedulerPing, StepResult, TokenBatch, WorkerStatus)
 
 log = logging.getLogger("ferry.scheduler")
 
-MAX_INFLIGHT = 2
 PROMPT_TAIL = 8  # prompt tokens the detokenizer decodes before the first output (leading spaces)
 
 
@@ -55,11 +54,7 @@ class SchedulerService:
         self.tokenizers: dict[int, _Peer] = {}
         self.sched = None
         self.session = uuid.uuid4().hex
-        # Plans sent and not answered, oldest first. Up to MAX_INFLIGHT: the next plan goes out while the runners
-        # still work on the last one, so they never wait for this process between steps.
-        self.inflight: collections.deque[StepPlan] = collections.deque()
         self.stalled = False  # nothing to schedule until a result or a request comes in
-        self.requests: dict[str, tuple[int, int]] = {}  # request id -> (gateway id, sequences not finished)
         self.last_ping = self.last_stats = -1e9
         self.stats_dirty = False
         self.down_reason = "waiting for the runners"
@@ -74,8 +69,8 @@ class SchedulerService:
                 self._add(msg)
         elif isinstance(msg, AbortRequest):
             if msg.index >= 0:  # one choice: its last output ("abort") comes back through the next step
-                if msg.request_id in self.requests and self.sched is not None:
-                    self.sched.abort_request(msg.request_id, msg.index)
+                if self.sched is not None and self.sched.abort_request(msg.request_id, msg.index):
+                    self.stats_dirty |= msg.request_id not in self.sched.requests  # it was the last choice
             elif not self._abort(msg.request_id):
                 self.recent_aborts[msg.request_id] = now
         elif isinstance(msg, StepResult):
@@ -108,7 +103,6 @@ class SchedulerService:
             self._error(req.request_id, req.gateway_id, InvalidParameter(f"the engine rejected the request: {e}"))
             return
         p = req.params
-        self.requests[req.request_id] = (req.gateway_id, p.n)
         # Sent on the same socket as the tokens, so it always arrives first.
         self.out.to_detokenizer(DetokRegister(req.request_id, req.gateway_id, p.n, pack_ids(ids[-PROMPT_TAIL:]),
                                               p.stop, p.include_stop_str_in_output, p.skip_special_tokens,
@@ -116,10 +110,8 @@ class SchedulerService:
 
     def _abort(self, rid: str) -> bool:
         """False when the request is not (or no longer) here: it may still be on its way."""
-        if self.requests.pop(rid, None) is None:
+        if self.sched is None or not self.sched.abort_request(rid):
             return False
-        if self.sched is not None:
-            self.sched.abort_request(rid)
         self.stats_dirty = True
         return True
 
@@ -128,25 +120,13 @@ class SchedulerService:
             if self.sched is not None:
                 self.reset(f"runner failed: {result.error}")
             return
-        plan = self.inflight[0] if self.inflight else None
-        if plan is None or result.step_id != plan.step_id:
-            log.warning("dropped a result for step %s (expected %s)", result.step_id, plan and plan.step_id)
+        if self.sched is None:
+            log.warning("dropped a result for step %s (the engine is down)", result.step_id)
             return
-        self.inflight.popleft()
-        deltas = []
-        for o in self.sched.update(plan, result):
-            entry = self.requests.get(o.request_id)
-            if entry is None:
-                continue  # aborted by its client
-            if o.finish_reason is not None:
-                left = entry[1] - 1
-                if left:
-                    self.requests[o.request_id] = (entry[0], left)
-                else:
-                    del self.requests[o.request_id]
-                    self.stats_dirty = True
-            deltas.append(SeqDelta(o.request_id, o.gateway_id, o.index, pack_ids(o.new_token_ids), o.finish_reason,
-                                   list(o.logprobs), o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+        num_live = len(self.sched.requests)
+        deltas = self.sched.update(result)  # drops a result that does not answer the oldest plan in flight
+        if len(self.sched.requests) < num_live:
+            self.stats_dirty = True  # a request ended: its blocks are free
         if deltas:
             self.out.to_detokenizer(TokenBatch(deltas))
 
@@ -172,16 +152,15 @@ class SchedulerService:
 
     def reset(self, reason: str) -> None:
         """Fail every request, drop the engine state; a fresh Scheduler starts once all ranks are up."""
-        log.error("engine down: %s; failing %d requests", reason, len(self.requests))
+        live = self.sched.requests if self.sched is not None else {}
+        log.error("engine down: %s; failing %d requests", reason, len(live))
         failure = EngineFailure(f"the engine failed: {reason}")
-        for rid, (gid, _) in self.requests.items():
-            self._error(rid, gid, failure)
-        self.requests.clear()
+        for rid, req in live.items():
+            self._error(rid, req.gateway_id, failure)
         # Forget the ranks too: /health stays 503 until every rank has joined the new session (the
         # survivors of a broken group exit on seeing it, and their restarted selves sign up again).
         self.runners.clear()
-        self.sched = None
-        self.inflight.clear()
+        self.sched = None  # its requests and plans in flight go with it
         self.down_reason = reason
         self.session = uuid.uuid4().hex  # surviving ranks hold stale sequences: they restart
         self.stats_dirty = True
@@ -220,9 +199,8 @@ class SchedulerService:
             if plan is None:
                 # Wait for the step in flight (its result may free blocks or finish sequences); with none in
                 # flight there is nothing to wait for, so the loop retries at once.
-                self.stalled = bool(self.inflight)
+                self.stalled = bool(self.sched.inflight)
                 break
-            self.inflight.append(plan)
             for rank in range(self.world):
                 if not self.out.to_runner(rank, plan):
                     self.reset(f"runner rank {rank} is not connected")
@@ -246,11 +224,12 @@ class SchedulerService:
             reason = self.not_ready_reason(now)
             engine = self.sched.stats() if self.sched is not None else None
             tokenizers = [p.status for p in self.tokenizers.values()]
+            active = len(self.sched.requests) if self.sched is not None else 0
+            in_flight = len(self.sched.inflight) if self.sched is not None else 0
             self.out.publish(EngineStats(not reason, reason, engine, tokenizers, now, self.model_config.max_model_len,
-                                         len(self.requests), len(self.inflight)))
+                                         active, in_flight))
 
     @property
     def busy(self) -> bool:
         """A plan can go out now: the loop should not sleep."""
-        return (self.sched is not None and len(self.inflight) < MAX_INFLIGHT and not self.stalled
-                and self.sched.has_work())
+        return self.sched is not None and not self.stalled and self.sched.can_schedule

@@ -28,7 +28,7 @@ def run_sync(llm, prompts, params):
     outs = {rid: [[] for _ in range(n)] for rid, n in ids}
     while llm.scheduler.has_work():
         for o in llm.step():
-            outs[o.request_id][o.index].extend(o.new_token_ids)
+            outs[o.request_id][o.index].extend(unpack_ids(o.token_ids).tolist())
     return [outs[rid] for rid, _ in ids]
 
 
@@ -129,16 +129,16 @@ def test_abort_while_steps_are_in_flight(model_dir):
     got = {"keep": [], "drop": []}
     for _ in range(4):  # a few overlapped steps: one plan is always out when the abort lands
         for o in llm.step_overlapped():
-            got[o.request_id].extend(o.new_token_ids)
+            got[o.request_id].extend(unpack_ids(o.token_ids).tolist())
     assert llm.runner.has_pending
-    llm.scheduler.abort_request("drop")
+    assert llm.scheduler.abort_request("drop") and not llm.scheduler.abort_request("drop")
     dropped_so_far = len(got["drop"])
     reasons = {}
     while llm.busy:
         for o in llm.step_overlapped():
-            got[o.request_id].extend(o.new_token_ids)
+            got[o.request_id].extend(unpack_ids(o.token_ids).tolist())
             reasons[o.request_id] = o.finish_reason
-    assert reasons["drop"] == "abort" and len(got["drop"]) == dropped_so_far  # nothing after the abort
+    assert "drop" not in reasons and len(got["drop"]) == dropped_so_far  # nothing after the abort
     assert reasons["keep"] == "length" and len(got["keep"]) == 12
     assert not llm.runner.states and not llm.scheduler.has_work()
     assert llm.scheduler.blocks.num_free_blocks == llm.scheduler.blocks.num_blocks
@@ -155,12 +155,12 @@ def test_abort_one_choice_of_several(model_dir):
     got, reasons = {i: [] for i in range(3)}, {}
     for _ in range(4):
         for o in llm.step_overlapped():
-            got[o.index].extend(o.new_token_ids)
+            got[o.index].extend(unpack_ids(o.token_ids).tolist())
     llm.scheduler.abort_request("r", 1)
     stopped_at = len(got[1])
     while llm.busy:
         for o in llm.step_overlapped():
-            got[o.index].extend(o.new_token_ids)
+            got[o.index].extend(unpack_ids(o.token_ids).tolist())
             reasons[o.index] = o.finish_reason
     assert reasons == {0: "length", 1: "abort", 2: "length"}
     assert len(got[0]) == len(got[2]) == 10 and len(got[1]) == stopped_at < 10

@@ -1,62 +1,32 @@
-from dataclasses import dataclass
+"""The scheduler service with the real engine Scheduler (no model: the tests answer its plans themselves)."""
+import numpy as np
 
 from shared.codec import pack_ids, unpack_ids
-from shared.errors import PromptTooLong
 from shared.messages import (AbortRequest, DetokRegister, EngineRequest, Heartbeat, RequestError, RunnerReady,
-                             SchedulerCounters, SchedulerPing, StepPlan, StepResult, TokenBatch, WorkerStatus)
+                             SchedulerPing, StepPlan, StepResult, TokenBatch, WorkerStatus)
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
+from engine.model_config import ModelConfig
+from engine.scheduler import Scheduler
 from services.scheduler.service import SchedulerService
 
-
-@dataclass
-class Out:
-    request_id: str
-    gateway_id: int
-    index: int
-    new_token_ids: list
-    finish_reason: str | None
-    logprobs: list
-    prompt_tokens: int = 3
-    completion_tokens: int = 1
-    cached_tokens: int = 0
+SETTINGS = Settings(peer_timeout=5.0, heartbeat_interval=0.5, block_size=4)
+CONFIG = ModelConfig.from_hf_dict(dict(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                       num_attention_heads=1, max_position_embeddings=128, eos_token_id=2))
 
 
-class FakeScheduler:
-    """Runs every request for two steps; the second finishes it."""
+def answer(plan: StepPlan, token=11) -> StepResult:
+    """Rank 0's result for a plan: `token` for each sampled sequence."""
+    ids = unpack_ids(plan.seq_ids)[np.frombuffer(plan.sample_mask, np.uint8).astype(bool)].tolist()
+    return StepResult(plan.step_id, pack_ids(ids), pack_ids([token] * len(ids)))
 
-    def __init__(self, blocks):
-        self.blocks, self.reqs, self.steps, self.aborted = blocks, {}, 0, []
 
-    def add_request(self, rid, gid, ids, params):
-        if len(ids) > 100:
-            raise PromptTooLong("too long")
-        self.reqs[rid] = [gid, 0]
+def plans(out) -> list[StepPlan]:
+    return [m for _, m in out.runner if isinstance(m, StepPlan)]
 
-    def abort_request(self, rid, index=None):
-        self.aborted.append(rid if index is None else (rid, index))
-        if index is None:
-            self.reqs.pop(rid, None)
 
-    def has_work(self):
-        return bool(self.reqs)
-
-    def schedule(self):
-        self.steps += 1
-        return StepPlan(self.steps, [], b"", b"", b"", b"", b"", b"", b"", b"", b"")
-
-    def update(self, plan, result):
-        outs = []
-        for rid, st in list(self.reqs.items()):
-            st[1] += 1
-            done = st[1] == 2
-            outs.append(Out(rid, st[0], 0, [10 + st[1]], "length" if done else None, [], completion_tokens=st[1]))
-            if done:
-                del self.reqs[rid]
-        return outs
-
-    def stats(self):
-        return SchedulerCounters(num_running=len(self.reqs), num_free_blocks=self.blocks, num_total_blocks=self.blocks)
+def in_flight(svc) -> list[int]:
+    return [st.step_id for st in svc.sched.inflight]
 
 
 class Outbox:
@@ -76,13 +46,9 @@ class Outbox:
         self.stats.append(stats)
 
 
-class Config:
-    max_model_len = 128
-
-
 def make(now=0.0):
     out = Outbox()
-    svc = SchedulerService(Settings(peer_timeout=5.0, heartbeat_interval=0.5), Config(), FakeScheduler, out, now)
+    svc = SchedulerService(SETTINGS, CONFIG, lambda blocks: Scheduler(SETTINGS, CONFIG, blocks), out, now)
     return svc, out
 
 
@@ -94,11 +60,11 @@ def bring_up(svc, out, now=0.0):
     assert svc.sched is None and any(isinstance(m, SchedulerPing) for _, m in out.runner)
     svc.on_message(RunnerReady(0, 3, 64, "inst-a", svc.session), now)
     svc.tick(now)
-    assert svc.sched is not None and svc.sched.blocks == 64
+    assert svc.sched is not None and svc.sched.blocks.num_blocks == 64
 
 
-def request(rid, n_ids=3):
-    return EngineRequest(rid, 1, pack_ids(list(range(n_ids))), SamplingParams(max_tokens=2))
+def request(rid, n_ids=3, **kw):
+    return EngineRequest(rid, 1, pack_ids(list(range(n_ids))), SamplingParams(max_tokens=2, ignore_eos=True, **kw))
 
 
 def test_not_ready_then_ready():
@@ -108,7 +74,7 @@ def test_not_ready_then_ready():
     bring_up(svc, out)
     svc.tick(0.1)  # stats go out right after a change, at most 20 times a second
     stats = out.stats[-1]
-    assert stats.ready and stats.tokenizers == [WorkerStatus(0, 1)] and stats.engine.num_total_blocks == 64
+    assert stats.ready and stats.tokenizers == [WorkerStatus(0, 1)] and stats.engine.num_total_blocks > 0
     assert (stats.max_model_len, stats.num_active_requests, stats.steps_in_flight) == (128, 0, 0)
 
 
@@ -119,22 +85,30 @@ def test_request_runs_to_completion():
     reg = out.detok[-1]
     assert isinstance(reg, DetokRegister) and unpack_ids(reg.prompt_tail).tolist() == [0, 1, 2]
     svc.tick(0.1)
-    # the second plan goes out while the first runs: two in flight, then the loop may sleep
-    assert [p.step_id for p in svc.inflight] == [1, 2] and not svc.busy
-    assert [m for _, m in out.runner][-2:] == list(svc.inflight)
+    # the second plan (on a placeholder) goes out while the first runs: two in flight, then the loop may sleep
+    p0, p1 = plans(out)
+    assert in_flight(svc) == [p0.step_id, p1.step_id] and not svc.busy
     svc.on_message(StepResult(7, b"", b""), 0.15)  # not the oldest outstanding step: dropped
-    assert len(svc.inflight) == 2
-    svc.on_message(StepResult(1, b"", b""), 0.2)
+    assert len(svc.sched.inflight) == 2 and not any(isinstance(m, TokenBatch) for m in out.detok)
+    svc.on_message(answer(p0, 11), 0.2)
     assert svc.busy
     svc.tick(0.2)
-    assert [p.step_id for p in svc.inflight] == [2, 3]
-    svc.on_message(StepResult(2, b"", b""), 0.3)
+    # r1's last token is on its way: nothing to schedule until it lands
+    assert in_flight(svc) == [p1.step_id] and svc.stalled and not svc.busy
+    svc.on_message(answer(p1, 12), 0.3)
     batches = [m for m in out.detok if isinstance(m, TokenBatch)]
-    assert [d.finish_reason for b in batches for d in b.deltas] == [None, "length"]
-    assert "r1" not in svc.requests
-    svc.tick(0.3)
-    svc.on_message(StepResult(3, b"", b""), 0.4)
-    assert not svc.inflight and not svc.busy
+    assert [(unpack_ids(d.token_ids).tolist(), d.finish_reason) for b in batches for d in b.deltas] == [
+        ([11], None), ([12], "length")]
+    assert batches[-1].deltas[0].gateway_id == 1 and batches[-1].deltas[0].completion_tokens == 2
+    assert "r1" not in svc.sched.requests and svc.stats_dirty
+    svc.tick(0.3)  # one more plan: it tells the runners to forget r1's sequence
+    forget = plans(out)[-1]
+    assert unpack_ids(forget.finished_seq_ids).tolist() == [0] and not svc.busy
+    svc.on_message(answer(forget), 0.4)
+    assert not svc.sched.inflight and not svc.busy
+    svc.tick(1.0)
+    stats = out.stats[-1]
+    assert stats.num_active_requests == 0 and stats.steps_in_flight == 0 and stats.engine.num_finished == 1
 
 
 def test_nothing_to_schedule_waits_for_a_message():
@@ -142,16 +116,20 @@ def test_nothing_to_schedule_waits_for_a_message():
     bring_up(svc, out)
     svc.on_message(request("r1"), 0.1)
     svc.tick(0.1)
-    assert len(svc.inflight) == 2
-    svc.sched.schedule = lambda: None  # e.g. every running sequence waits for its last token
-    svc.on_message(StepResult(1, b"", b""), 0.2)
+    assert len(svc.sched.inflight) == 2
+    p0, p1 = plans(out)
+    svc.on_message(answer(p0), 0.2)
     svc.tick(0.2)
-    assert len(svc.inflight) == 1 and not svc.busy  # the loop sleeps in poll() until the result comes
-    svc.on_message(request("r2"), 0.25)  # still work to do after r1 ends
-    svc.on_message(StepResult(2, b"", b""), 0.3)
+    assert len(svc.sched.inflight) == 1 and not svc.busy  # the loop sleeps in poll() until the result comes
+    svc.on_message(request("r2"), 0.25)  # a new request is a reason to try again
+    assert svc.busy
+    svc.sched.schedule = lambda: None  # e.g. every running sequence waits for its last token
+    svc.tick(0.25)
+    assert svc.stalled and not svc.busy
+    svc.on_message(answer(p1), 0.3)
     assert svc.busy
     svc.tick(0.3)
-    assert not svc.inflight and svc.busy  # nothing in flight to wait for: retry rather than hang
+    assert not svc.sched.inflight and svc.busy  # nothing in flight to wait for: retry rather than hang
 
 
 def test_error_result_fails_the_engine():
@@ -160,9 +138,11 @@ def test_error_result_fails_the_engine():
     svc.on_message(request("r1"), 0.1)
     svc.tick(0.1)
     svc.on_message(StepResult(-1, b"", b"", error="RuntimeError: boom"), 0.2)  # step id unknown to the runner
-    assert svc.sched is None and not svc.inflight
+    assert svc.sched is None
     err = [m for m in out.detok if isinstance(m, RequestError)][-1]
     assert err.request_id == "r1" and err.status == 503 and "boom" in err.message and err.code == "engine_failure"
+    svc.on_message(StepResult(0, b"", b""), 0.3)  # a late result while the engine is down: ignored
+    assert svc.sched is None
 
 
 def test_rejection_and_abort_before_arrival():
@@ -172,12 +152,21 @@ def test_rejection_and_abort_before_arrival():
     assert out.detok[-1].status == 400 and out.detok[-1].code == "context_length_exceeded"
     svc.on_message(AbortRequest("late"), 0.1)  # the abort overtook its request
     svc.on_message(request("late"), 0.2)
-    assert "late" not in svc.requests
-    svc.on_message(request("r2"), 0.3)
+    assert "late" not in svc.sched.requests and "late" not in svc.recent_aborts
+    svc.on_message(request("r2", n=2), 0.3)
     svc.on_message(AbortRequest("r2", -1, "stop", 1), 0.3)  # one choice: the request stays until its outputs
-    assert svc.sched.aborted == [("r2", 1)] and "r2" in svc.requests
-    svc.on_message(AbortRequest("r2"), 0.3)
-    assert svc.sched.aborted == [("r2", 1), "r2"] and svc.stats_dirty
+    assert svc.sched.num_unfinished("r2") == 1
+    svc.tick(0.3)
+    svc.on_message(answer(plans(out)[0]), 0.4)
+    batch = [m for m in out.detok if isinstance(m, TokenBatch)][-1]
+    assert [(d.index, d.finish_reason) for d in batch.deltas] == [(1, "abort"), (0, None)]
+    svc.stats_dirty = False
+    svc.on_message(AbortRequest("r2"), 0.5)
+    assert "r2" not in svc.sched.requests and svc.stats_dirty and "r2" not in svc.recent_aborts
+    svc.on_message(AbortRequest("r2"), 0.5)  # again: unknown now, so remembered in case it is on its way
+    assert "r2" in svc.recent_aborts
+    svc.tick(61.0)
+    assert "r2" not in svc.recent_aborts
 
 
 def test_dead_runner_fails_requests_and_restarts_engine():
@@ -193,7 +182,7 @@ def test_dead_runner_fails_requests_and_restarts_engine():
     # a restarted runner (new instance) joins the new session and the engine comes back
     svc.on_message(RunnerReady(0, 9, 32, "inst-b", svc.session), 6.1)
     svc.tick(6.1)
-    assert svc.sched is not None and svc.sched.blocks == 32
+    assert svc.sched is not None and svc.sched.blocks.num_blocks == 32 and not svc.sched.requests
 
 
 def test_runner_restart_is_noticed_before_timeout():
