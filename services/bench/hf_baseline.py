@@ -1,4 +1,4 @@
-"""The baseline DESIGN.md asks for: transformers `generate` on the same prompts, static batches, same GPU.
+"""The transformers baseline: `generate` on the same prompts, static batches, same GPU.
 
 A static batch runs until its longest request is done (generate takes one max_new_tokens per batch),
 so only each request's own `output_len` tokens count as useful output."""

@@ -1,4 +1,5 @@
-"""Benchmark workloads as plain data: DESIGN.md's "sharegpt-synth", and fixed-shape requests."""
+"""Benchmark workloads as plain data: "sharegpt-synth" (ShareGPT-like lognormal prompt and output lengths, random
+ids, a fixed seed) and fixed-shape requests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ class BenchRequest:
 
 
 def sharegpt_synth(num_requests: int = SHAREGPT_SYNTH_SIZE, vocab_size: int = 128256) -> list[BenchRequest]:
-    """DESIGN.md's definition, bit for bit: lengths of all 1000 requests first, then each prompt's
+    """The same requests in every run, bit for bit: lengths of all 1000 requests first, then each prompt's
     random ids from the same generator, in order (so the first N requests of any run are the same)."""
     rng = np.random.default_rng(0)
     inp = np.clip(np.round(rng.lognormal(4.92, 1.0, SHAREGPT_SYNTH_SIZE)), 4, 1024).astype(np.int64)

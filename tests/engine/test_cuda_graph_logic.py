@@ -62,9 +62,8 @@ def test_only_pure_decode_batches_that_fit_replay_a_graph():
 
 def test_cpu_runner_captures_nothing(tmp_path):
     from engine.model_runner import ModelRunner
+    from fixtures.models import make_hf_model
     from shared.settings import Settings
-
-    from tests.engine.test_tiny_models_vs_transformers import make_hf_model
 
     make_hf_model("llama", tmp_path)
     runner = ModelRunner(Settings(model=str(tmp_path), dtype="float32", device="cpu", num_kv_blocks=8),

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from fixtures.models import make_hf_model
 from shared.codec import pack_ids, unpack_ids
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-from tests.engine.test_tiny_models_vs_transformers import make_hf_model
 
 PREFIX = [3, 17, 99, 4, 250, 8, 8, 61]
 PROMPTS = [PREFIX + [12, 5], PREFIX + [200, 7, 7], [1, 2, 3], [9] * 13]

@@ -7,13 +7,13 @@ import socket
 import pytest
 import torch
 
+from fixtures.models import make_hf_model
+from fixtures.prompts import TP_PROMPTS as PROMPTS
 from shared.codec import decode, encode
 from shared.messages import StepPlan
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-from tests.engine.test_tiny_models_vs_transformers import make_hf_model
 
-PROMPTS = [[1, 9, 33, 4, 87, 12], [1, 200, 5, 5, 61, 17, 3, 250, 44, 8, 2, 9, 10, 11, 12, 13, 14, 15]]
 TOKENS = 20
 
 

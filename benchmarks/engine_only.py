@@ -1,6 +1,6 @@
 """sharegpt-synth through the engine in one process (no HTTP, no sockets): the pipeline's ceiling.
 
-    python3 -m services.bench.engine_only [--num-requests 1000] [--hf-config llama-3.1-8b]
+    python3 -m benchmarks.engine_only [--num-requests 1000] [--hf-config llama-3.1-8b]
 Prints output tokens/s and the step mix, to tell engine time from the services' overhead."""
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 #   Llama-3.1-8B shape with TP=2: sharegpt-synth 1000 at once, batch-1 decode (5 in, 256 out);
 #   the same batch-1 with TP=1 (the ratio the issue asks for);
 #   Llama-3-70B shape with TP=2: sharegpt-synth 1000 at once and batch-1 decode, as far as the time allows.
-# Run from the repository root with .gpu/wheels carried (pyzmq): bash services/bench/gpu_tp_run.sh
+# Run from the repository root with .gpu/wheels carried (pyzmq): bash benchmarks/gpu_tp_run.sh
 set -u
 T0=$(date +%s)
 BUDGET=${BUDGET:-440}

@@ -1,8 +1,8 @@
 """Tensor parallelism on two GPUs, in one run: TP=1 against TP=2 decode speed, CUDA graphs included.
 
-    python3 -m engine.tp_gpu_check [--skip-70b]            # a host with 2 GPUs
-    python3 -m engine.tp_gpu_check --device cpu --tiny     # dry run of this script's logic (gloo, tiny shapes)
-    python3 -m engine.tp_gpu_check --allreduce             # only the all-reduce latency under a few NCCL settings
+    python3 -m benchmarks.tp_gpu_check [--skip-70b]            # a host with 2 GPUs
+    python3 -m benchmarks.tp_gpu_check --device cpu --tiny     # dry run of this script's logic (gloo, tiny shapes)
+    python3 -m benchmarks.tp_gpu_check --allreduce             # only benchmarks/tp_allreduce.py (all-reduce latency)
 
 Every group runs in spawned processes (the parent never touches a GPU): TP=1 as one process on GPU 0, TP=2
 as two ranks on GPUs 0 and 1 over NCCL. Rank 0 runs the LLM and its scheduler and sends each encoded
@@ -20,7 +20,8 @@ Measured, in this order:
 3. Llama-3-70B shape, dummy bf16, TP=2 only (141 GB of weights): batch-1 and batch-64 decode.
 With --pdl-sweep 0,1,...: after the 8B bench, its graphs are captured again with programmatic dependent
 launch off (0) or on (1) in that order and batch 1 is timed for each (kernels/pdl.py's switch).
-If the TP=2 group fails with CUDA graphs, it is rerun (graphs without NCCL's graph buffer registration, then\neagerly) and the failure is reported.
+If the TP=2 group fails with CUDA graphs, it is rerun (graphs without NCCL's graph buffer registration, then
+eagerly) and the failure is reported.
 """
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import socket
 import tempfile
 import time
 import traceback
@@ -38,10 +38,10 @@ import traceback
 import numpy as np
 import torch
 
-# The host's GPUs are shared: NVLink multicast stays off in every process (children inherit these).
-HOST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+from benchmarks.tp_allreduce import HOST_ENV, free_port, run_allreduce
+from fixtures.prompts import TP_PROMPTS
+
 TINY_MODELS = ["llama", "llama-tied-llama3-rope"]
-TINY_PROMPTS = [[1, 9, 33, 4, 87, 12], [1, 200, 5, 5, 61, 17, 3, 250, 44, 8, 2, 9, 10, 11, 12, 13, 14, 15]]
 TINY_TOKENS = 20
 B1_PROMPT = [128000, 791, 6864, 315, 9822]
 AGREE_PROMPTS = [[128000, 791, 6864, 315, 9822], [128000, 40, 1093, 311, 1373, 922, 279]]
@@ -51,12 +51,6 @@ TINY_SHAPE = dict(architectures=["LlamaForCausalLM"], hidden_size=128, intermedi
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=512, rope_theta=500000.0,
                   max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
                   tie_word_embeddings=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _free_memory(device: str) -> None:
@@ -258,7 +252,7 @@ class Driver:
     def __init__(self, me: Rank, world: int, conn, results, opts: dict):
         self.me, self.world, self.conn, self.results, self.opts = me, world, conn, results, opts
         self.dev = opts["device"]
-        from engine import gpu_check
+        from benchmarks import gpu_check
 
         gpu_check.DEVICE = self.dev  # its run_steps syncs this device
 
@@ -287,8 +281,8 @@ class Driver:
     # ---------------------------------------------------------------------- steps
 
     def step_tiny(self, name: str) -> None:
-        from engine.gpu_check import greedy
-        from tests.engine.test_tiny_models_vs_transformers import make_hf_model
+        from benchmarks.gpu_check import greedy
+        from fixtures.models import make_hf_model
 
         self.everywhere(("tf32", False))
         tmp = tempfile.mkdtemp(prefix="ferry-tp-")
@@ -300,11 +294,11 @@ class Driver:
         res = {"graphs_captured": self.me.runner.graphs is not None}
         for mode in ("graphs", "eager"):
             self.everywhere(("graphs", mode == "graphs"))
-            res[mode] = greedy(llm, TINY_PROMPTS, TINY_TOKENS)[0]
+            res[mode] = greedy(llm, TP_PROMPTS, TINY_TOKENS)[0]
         self.report(f"tiny {name}", res)
 
     def step_bench(self, label: str, shape: str, refill: bool, b1_eager: bool, agree: bool) -> None:
-        from engine.gpu_check import batch1_steps, decode_median, greedy, overlapped_ms_per_token, run_steps
+        from benchmarks.gpu_check import batch1_steps, decode_median, greedy, overlapped_ms_per_token, run_steps
         from shared.sampling_params import SamplingParams
 
         self.everywhere(("tf32", True))  # bf16 anyway
@@ -380,7 +374,7 @@ class Driver:
     def step_variants(self, label: str, variants: list) -> None:
         """The runner of the last bench step with its graphs captured again under each variant's knobs
         ([(name, {"module.NAME": value})]): batch-1 graph replay, overlapped batch-1 ms per token, batch-64 replay."""
-        from engine.gpu_check import batch1_steps, overlapped_ms_per_token
+        from benchmarks.gpu_check import batch1_steps, overlapped_ms_per_token
 
         if self.me.runner is None or self.me.runner.graphs is None:
             return
@@ -404,153 +398,6 @@ class Driver:
             self.report(f"{label} variants", dict(rows=rows))
 
 
-# ------------------------------------------------------------------------------------------ all-reduce
-
-ALLREDUCE_VARIANTS = [("NCCL default", {"FERRY_PEER_ALLREDUCE": "0"}),
-                      ("peer memory (engine.parallel.PeerAllReduce)", {"FERRY_PEER_ALLREDUCE": "1"}),
-                      ("NCCL_PROTO=LL", {"NCCL_PROTO": "LL", "FERRY_PEER_ALLREDUCE": "0"}),
-                      # with the residual add and RMSNorm after it: peer all-reduce + norm kernel vs one fused kernel
-                      ("peer all-reduce, then RMSNorm", {"FERRY_PEER_ALLREDUCE": "1", "FERRY_FUSED_ALLREDUCE_NORM": "0",
-                                                         "CHECK_NORM": "1"}),
-                      ("fused all-reduce + RMSNorm (engine.parallel.PeerAllReduceRMSNorm)",
-                       {"FERRY_PEER_ALLREDUCE": "1", "CHECK_NORM": "1"})]
-
-
-def _allreduce_rank(rank: int, port: int, device: str, env: dict, results) -> None:
-    """Latency of one hidden-state all-reduce ([rows, 4096] bf16), eagerly and as 64 in a row in a CUDA graph
-    (the shape of a decode step: two per layer)."""
-    os.environ.update(env)
-    os.environ.update(HOST_ENV)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    try:
-        _allreduce_times(rank, device, results)
-    except Exception as e:
-        results.put({"error": f"rank {rank}: {e!r}"[:500]})
-        raise
-
-
-def _allreduce_times(rank: int, device: str, results) -> None:
-    import torch.distributed as dist
-
-    from engine.parallel import init_tensor_parallel
-
-    dev = torch.device(device, rank) if device == "cuda" else torch.device("cpu")
-    if device == "cuda":
-        torch.cuda.set_device(dev)
-    init_tensor_parallel(2, rank, dev)
-    from engine.parallel import all_reduce, enable_peer_all_reduce
-
-    out = {"peer": enable_peer_all_reduce(torch.bfloat16, dev, 4096)}
-    if os.environ.get("CHECK_NORM"):
-        out.update(_norm_times(rank, dev))
-        dist.barrier()
-        if rank == 0:
-            results.put(out)
-        dist.destroy_process_group()
-        return
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for rows in (1, 64):
-        x = torch.full((rows, 4096), float(rank + 1), dtype=torch.bfloat16, device=dev)
-        out[f"sum_ok_{rows}"] = bool((all_reduce(x.clone()) == 3).all().item())
-        x.zero_()  # zeros: in-place NCCL sums stay finite
-        for _ in range(20):
-            all_reduce(x)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(200):
-            all_reduce(x)
-        sync()
-        out[f"eager_us_{rows}"] = (time.perf_counter() - t0) / 200 * 1e6
-        if device == "cuda":
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, capture_error_mode="thread_local"):
-                for _ in range(64):
-                    x = all_reduce(x)
-            from engine.cuda_graphs import replay_time_ms
-
-            out[f"graph_us_{rows}"] = replay_time_ms(g) * 1e3 / 64  # 64 all-reduces per replay
-            del g
-    dist.barrier()
-    if rank == 0:
-        results.put(out)
-    dist.destroy_process_group()
-
-
-def _norm_times(rank: int, dev: torch.device) -> dict:
-    """All-reduce + residual add + RMSNorm through the model's RMSNorm(reduce=True): fused where
-    FERRY_FUSED_ALLREDUCE_NORM allows. Checks it against NCCL + the norm kernel (bitwise, random data, 200
-    calls, row counts varying), then times 64 in a row in a CUDA graph."""
-    import torch.distributed as dist
-
-    from engine.layers.norm import RMSNorm
-    from engine.parallel import _peer_norm
-    from kernels import rms_norm
-
-    out = {"fused": _peer_norm is not None}
-    norm = RMSNorm(4096, 1e-5).to(device=dev, dtype=torch.bfloat16)
-    norm.weight.normal_(1.0, 0.1, generator=torch.Generator(dev).manual_seed(0))
-    gen = torch.Generator(dev).manual_seed(100 + rank)
-    shared = torch.Generator(dev).manual_seed(7)
-    mismatches = 0
-    for i in range(200):
-        rows = [1, 3, 64, 17, 256][i % 5]
-        x = torch.randn(rows, 4096, device=dev, generator=gen).to(torch.bfloat16)
-        res = torch.randn(rows, 4096, device=dev, generator=shared).to(torch.bfloat16)
-        got, got_res = norm(x, res, reduce=True)
-        total = x.clone()
-        dist.all_reduce(total)
-        want, want_res = rms_norm(total, norm.weight, 1e-5, res)
-        mismatches += int(not (torch.equal(got, want) and torch.equal(got_res, want_res)))
-    out["mismatches_of_200"] = mismatches
-    for rows in (1, 64):
-        x = torch.zeros(rows, 4096, dtype=torch.bfloat16, device=dev)
-        res = torch.zeros_like(x)
-        for _ in range(3):
-            norm(x, res, reduce=True)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, capture_error_mode="thread_local"):
-            y, r = x, res
-            for _ in range(64):
-                y, r = norm(y, r, reduce=True)
-        from engine.cuda_graphs import replay_time_ms
-
-        out[f"graph_us_{rows}"] = replay_time_ms(g) * 1e3 / 64
-        del g
-    return out
-
-
-def allreduce_bench(device: str, log) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    rows = []
-    for name, env in ALLREDUCE_VARIANTS:
-        results = ctx.Queue()
-        port = _free_port()
-        procs = [ctx.Process(target=_allreduce_rank, args=(r, port, device, env, results)) for r in range(2)]
-        for p in procs:
-            p.start()
-        res, t0 = {"error": "no answer in 60 s"}, time.monotonic()
-        while time.monotonic() - t0 < 60:
-            try:
-                res = results.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    time.sleep(1.0)
-                    try:
-                        res = results.get_nowait()
-                    except queue.Empty:
-                        res = {"error": f"exit codes {[p.exitcode for p in procs]}"}
-                    break
-        for p in procs:
-            p.join(timeout=20)
-            if p.is_alive():
-                p.kill()
-        rows.append(dict(variant=name, env=env, **res))
-        log(f"all-reduce [{name}]: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                                 for k, v in res.items()))
-    return rows
-
-
 # ------------------------------------------------------------------------------------------ parent
 
 def run_group(world: int, steps: list, opts: dict, deadline: float, log, stall_s: float = 150) -> tuple[dict, str | None]:
@@ -559,7 +406,7 @@ def run_group(world: int, steps: list, opts: dict, deadline: float, log, stall_s
     ctx = mp.get_context("spawn")
     recv_end, send_end = ctx.Pipe(duplex=False)
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = []
     for r in range(world):
         conn = send_end if r == 0 and world > 1 else (recv_end if r > 0 else None)
@@ -629,16 +476,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.update(HOST_ENV)
     if args.allreduce:
-        rows = allreduce_bench(args.device, lambda line: print(line, flush=True))
-        key = "graph_us_1" if args.device == "cuda" else "eager_us_1"
-        ok = [r for r in rows if key in r and "CHECK_NORM" not in r["env"]]  # plain all-reduces only
-        best = min(ok, key=lambda r: r[key]) if ok else rows[0]
-        print(f"fastest at batch 1: {best['variant']}", flush=True)
-        if os.environ.get("OUT"):
-            with open(os.path.join(os.environ["OUT"], "allreduce.json"), "w") as fh:
-                json.dump(rows, fh, indent=1)
-            with open(os.path.join(os.environ["OUT"], "best_env"), "w") as fh:
-                fh.write(" ".join(f"{k}={v}" for k, v in best["env"].items()) or "FERRY_NOTHING=1")
+        run_allreduce(args.device)
         return
     t_start = time.monotonic()
     end = t_start + args.budget_s

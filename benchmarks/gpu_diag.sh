@@ -34,4 +34,4 @@ for k, v in sorted(cpu.items()):
     busy = [x for x in v]
     print(f"{k:28s} samples {len(v):3d}  mean CPU {sum(busy)/max(1,len(busy)):6.1f}%  max {max(busy, default=0):6.1f}%")
 PY
-python3 -m services.bench.engine_only --num-requests 1000 --out "$OUT/engine_only.json"
+python3 -m benchmarks.engine_only --num-requests 1000 --out "$OUT/engine_only.json"

@@ -1,4 +1,4 @@
-"""GPU check and benchmark for the kernels: `python -m kernels.bench [--sweep]`.
+"""GPU check and benchmark for the kernels: `python -m benchmarks.kernels [--sweep]`.
 
 (a) checks every kernel against its float32 reference at realistic shapes (bf16 and fp16),
     including decode replayed from a CUDA graph;
@@ -307,7 +307,7 @@ def main():
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--argmax", action="store_true", help="only the greedy-argmax check and timing")
     args = ap.parse_args()
-    assert torch.cuda.is_available(), "kernels.bench needs a CUDA GPU"
+    assert torch.cuda.is_available(), "benchmarks.kernels needs a CUDA GPU"
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     RESULTS["device"] = {"name": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,

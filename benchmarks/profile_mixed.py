@@ -1,6 +1,6 @@
 """Where a mixed step's time goes (chunked prefill beside a full decode batch), on a GPU:
 
-    python3 -m engine.profile_mixed [--decodes 250] [--context 300] [--prefill 512]
+    python3 -m benchmarks.profile_mixed [--decodes 250] [--context 300] [--prefill 512]
 
 Brings `decodes` sequences of `context` tokens to decoding, then times steps that add a `prefill`-token
 prompt to that batch (wall time per step, host sync included) and prints the CUDA kernels of one such

@@ -3,7 +3,7 @@
 #   sharegpt-synth 1000 at once; batch-1 decode (5 in, 256 out); Poisson 16 req/s; batch 64 with the GPU's
 #   busy share sampled by nvidia-smi; then the server stops and transformers generate runs the first
 #   HF_REQUESTS sharegpt-synth requests in static batches of 64 (as far as the time left allows).
-# Run from the repository root with .gpu/wheels carried (pyzmq, gguf): bash services/bench/gpu_run.sh
+# Run from the repository root with .gpu/wheels carried (pyzmq, gguf): bash benchmarks/gpu_run.sh
 # Results: $OUT/*.json, the server log, and a table printed last.
 set -u
 T0=$(date +%s)

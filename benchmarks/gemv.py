@@ -1,5 +1,5 @@
 """Batch-1 projections on the GPU: cuBLAS (F.linear, torch.mv) against kernels/gemv.py, Llama-3.1-8B shapes at
-TP=1 and TP=2. `python3 -m kernels.bench_gemv [--sweep]`
+TP=1 and TP=2. `python3 -m benchmarks.gemv [--sweep]`
 
 Every variant is timed as a CUDA graph of 48 calls that cycle through copies of the weight totalling over
 512 MB, so each call reads its weight from HBM as a model's layers do (a lone 25 MB weight would sit in L2).

@@ -1,6 +1,6 @@
 """Check the engine's CUDA path against transformers, then time it; one run on one GPU.
 
-    python -m engine.gpu_check [--model PATH.gguf] [--skip-bench] [--skip-check]
+    python -m benchmarks.gpu_check [--model PATH.gguf] [--skip-bench] [--skip-check]
 
 Correctness (fp32, TF32 off, exact attention dots): tiny random Llama, Qwen2 and Qwen3 models and the
 default model must pick every greedy token transformers picks on the same GPU (teacher-forced: the
@@ -26,12 +26,13 @@ import time
 import numpy as np
 import torch
 
+from fixtures.prompts import CHAT_PROMPTS, TINY_PROMPT
 from shared.codec import unpack_ids
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
 
 TINY = ["llama", "llama-tied-llama3-rope", "qwen2", "qwen3"]
-TINY_PROMPTS = [[3, 17, 99, 4, 250, 8, 8, 61, 12, 5, 200], [7, 1, 42, 9, 9], list(range(30, 53))]
+TINY_PROMPTS = [TINY_PROMPT, [7, 1, 42, 9, 9], list(range(30, 53))]
 TINY_STEPS = 16
 DEFAULT_NEW_TOKENS = 64
 _ids = itertools.count()
@@ -101,7 +102,7 @@ def greedy(llm, prompts, max_tokens, ignore_eos=True, record=False):
 
 def check_tiny(name: str, results: list) -> None:
     from engine.llm import LLM
-    from tests.engine.test_tiny_models_vs_transformers import make_hf_model
+    from fixtures.models import make_hf_model
 
     with tempfile.TemporaryDirectory() as tmp:
         hf = make_hf_model(name, tmp).to(DEVICE)
@@ -122,20 +123,17 @@ def check_tiny(name: str, results: list) -> None:
 
 
 def check_default(model_path: str, results: list) -> None:
-    from transformers import AutoModelForCausalLM
-
     from engine.llm import LLM
-    from tests.engine.conftest import PROMPTS
+    from fixtures.models import load_hf_default_model
 
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(model_path), gguf_file=os.path.basename(model_path),
-                                              dtype=torch.float32).eval().to(DEVICE)
+    hf = load_hf_default_model(model_path).to(DEVICE)
     eos = hf.generation_config.eos_token_id
     eos = eos[0] if isinstance(eos, list) else eos
     prompts = None
     for dtype in ("float32", "bfloat16"):
         llm = LLM(Settings(model=model_path, dtype=dtype, device=DEVICE, num_kv_blocks=2048, max_num_seqs=16))
         if prompts is None:
-            prompts = [llm.chat_prompt([{"role": "user", "content": p}]) for p in PROMPTS]
+            prompts = [llm.chat_prompt([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
         t0 = time.perf_counter()
         outs, rec = greedy(llm, prompts, DEFAULT_NEW_TOKENS, ignore_eos=False, record=dtype == "float32")
         t_ours = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """CPU throughput of the engine on the default model against transformers generate, in one run.
 
-    python -m engine.bench_cpu [--tokens 64]
+    python -m benchmarks.cpu [--tokens 64]
 
 Prints decode tokens/s for transformers at batch 1, and for the engine at 1 and 16 concurrent sequences
 (greedy, ignore_eos, the same chat prompt).
@@ -8,7 +8,6 @@ Prints decode tokens/s for transformers at batch 1, and for the engine at 1 and 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
@@ -21,17 +20,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
-    from transformers import AutoModelForCausalLM
-
     from engine.llm import LLM
-    from engine.model_config import default_model_path
+    from fixtures.models import load_hf_default_model
 
     llm = LLM(Settings())
     prompt = llm.chat_prompt([{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}])
     params = SamplingParams(temperature=0.0, max_tokens=args.tokens, ignore_eos=True)
-    path = default_model_path()
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                              dtype=torch.float32).eval()
+    hf = load_hf_default_model()
     ids = torch.tensor([prompt])
     rows = []
 
