@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_the_layering_check_sees_imports(tmp_path):
 CITED = re.compile(r"`([^`\s]+)`")
 PATH_LIKE = re.compile(r"^[\w./-]+\.(py|md|sh|toml|conf|json|yml)$|^[\w-]+/([\w./-]*)$")
 DOTTED = re.compile(r"^(shared|kernels|engine|services)(\.\w+)+(\(\))?$")
+CLASS_NAME = re.compile(r"^[A-Z][a-z]+[A-Z]\w*$")  # CamelCase: a class some product module defines
 
 
 def resolve_dotted(name: str) -> bool:
@@ -100,7 +102,13 @@ def defined_in(module: Path, attrs: list[str]) -> bool:
 
 def architecture_citations() -> list[str]:
     text = (ROOT / "docs" / "architecture.md").read_text()
-    return sorted({c for c in CITED.findall(text) if PATH_LIKE.match(c) or DOTTED.match(c)})
+    return sorted({c for c in CITED.findall(text) if PATH_LIKE.match(c) or DOTTED.match(c) or CLASS_NAME.match(c)})
+
+
+@functools.cache
+def product_class_names() -> frozenset[str]:
+    return frozenset(node.name for path in product_modules() for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.ClassDef))
 
 
 def test_architecture_doc_cites_enough():
@@ -111,5 +119,7 @@ def test_architecture_doc_cites_enough():
 def test_architecture_doc_citation_exists(cited: str):
     if DOTTED.match(cited):
         assert resolve_dotted(cited), f"docs/architecture.md cites {cited}, which is not defined"
+    elif CLASS_NAME.match(cited):
+        assert cited in product_class_names(), f"docs/architecture.md cites class {cited}, which no module defines"
     else:
         assert (ROOT / cited.rstrip("/")).exists(), f"docs/architecture.md cites {cited}, which does not exist"
