@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from shared.knobs import Knobs, read_knobs
 from shared.settings import DEFAULT_MODEL, Settings
 
 # Full-size shapes for speed runs with dummy weights (--load-format dummy --hf-config NAME).
@@ -133,17 +134,17 @@ def gguf_to_hf_config(path: str) -> dict:
     return cfg
 
 
-def cache_dir(kind: str, path: str) -> str:
-    """A per-file cache location, keyed by the file's path, size and modification time."""
+def cache_dir(kind: str, path: str, knobs: Knobs | None = None) -> str:
+    """A per-file cache location under the cache_dir knob (None: read it now), keyed by the file's path, size
+    and modification time."""
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = os.environ.get("FERRY_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ferry")
-    return os.path.join(root, kind, key)
+    return os.path.join((knobs or read_knobs()).cache_root(), kind, key)
 
 
-def cached_gguf_config(path: str) -> dict:
+def cached_gguf_config(path: str, knobs: Knobs | None = None) -> dict:
     """gguf_to_hf_config, cached on disk: parsing the metadata takes seconds and every process needs it."""
-    cache = cache_dir("model_configs", path) + ".json"
+    cache = cache_dir("model_configs", path, knobs) + ".json"
     try:
         with open(cache) as fh:
             return json.load(fh)
@@ -161,7 +162,7 @@ def cached_gguf_config(path: str) -> dict:
     return cfg
 
 
-def load_model_config(settings: Settings) -> ModelConfig:
+def load_model_config(settings: Settings, knobs: Knobs | None = None) -> ModelConfig:
     fmt = settings.load_format
     if fmt == "dummy" and settings.hf_config in NAMED_SHAPES:
         cfg, path = NAMED_SHAPES[settings.hf_config], ""
@@ -171,7 +172,7 @@ def load_model_config(settings: Settings) -> ModelConfig:
     else:
         path = resolve_model_path(settings.model)
         if path.endswith(".gguf"):
-            cfg = cached_gguf_config(path)
+            cfg = cached_gguf_config(path, knobs)
             fmt = "gguf" if fmt == "auto" else fmt
         else:
             with open(os.path.join(path, "config.json")) as fh:

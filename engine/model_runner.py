@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from shared.codec import pack_ids, unpack_ids
+from shared.knobs import Knobs, read_knobs
 from shared.messages import StepPlan, StepResult
 from shared.settings import Settings
 
@@ -44,16 +45,21 @@ def resolve_dtype(settings: Settings, device: torch.device) -> torch.dtype:
 
 class ModelRunner:
     def __init__(self, settings: Settings, rank: int = 0, model_config: ModelConfig | None = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, knobs: Knobs | None = None):
+        """knobs: the tuning switches (shared/knobs.py); None reads them from the environment, once, here."""
         self.settings = settings
         self.rank = rank
-        self.model_config = cfg = model_config or load_model_config(settings)
+        self.knobs = knobs = knobs or read_knobs()
+        self.model_config = cfg = model_config or load_model_config(settings, knobs)
         self.device = resolve_device(settings, rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        init_tensor_parallel(settings.tensor_parallel_size, rank, self.device)
+            from kernels.pdl import set_enabled
+
+            set_enabled(knobs.pdl)  # before the warm-up compiles kernels and the graphs capture them
+        init_tensor_parallel(settings.tensor_parallel_size, rank, self.device, knobs.dist_timeout_s)
         self.dtype = resolve_dtype(settings, self.device)
-        enable_peer_all_reduce(self.dtype, self.device, cfg.hidden_size)
+        enable_peer_all_reduce(self.dtype, self.device, cfg.hidden_size, knobs)
         self.block_size = settings.block_size
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
