@@ -6,7 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.knobs import Knobs, read_knobs
 from shared.settings import DEFAULT_MODEL, Settings
@@ -50,7 +50,6 @@ class ModelConfig:
     max_model_len: int
     path: str = ""  # a directory (safetensors) or a .gguf file
     load_format: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_hf_dict(cls, cfg: dict, max_model_len: int = 0, path: str = "", load_format: str = "auto"):

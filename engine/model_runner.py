@@ -134,8 +134,7 @@ class ModelRunner:
         cache = torch.zeros(2, len(layers), num_blocks, s.block_size, kv_heads, cfg.head_dim, dtype=self.dtype,
                             device=self.device)
         for i, layer in enumerate(layers):
-            layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]
-        self.kv_cache = cache
+            layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]  # views: they keep the pool alive
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, s.block_size,
                  cache.numel() * cache.element_size() / 2**20)
         return num_blocks

@@ -70,6 +70,7 @@ class PeerAllReduceRMSNorm:
         from kernels.allreduce_rmsnorm import peer_buffer_elements
 
         self.dtype, self.hidden, self.max_rows = dtype, hidden, max_rows
+        # the kernel reaches the buffer through raw addresses (ptrs): holding it keeps that memory mapped
         self.buffer, self.ptrs = _symmetric_sentinel_buffer(peer_buffer_elements(tp_size(), max_rows, hidden), dtype,
                                                            device, group_name)
         self.counters = torch.zeros(max_rows, dtype=torch.int32, device=device)

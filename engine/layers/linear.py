@@ -38,11 +38,6 @@ class _Linear(nn.Module):
         return linear(x, self.weight, self.bias)
 
 
-class ReplicatedLinear(_Linear):
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None):
-        param.data.copy_(loaded)
-
-
 class ColumnParallelLinear(_Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         assert out_features % tp_size() == 0, f"{out_features} output features do not split over {tp_size()} ranks"
