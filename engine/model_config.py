@@ -44,7 +44,8 @@ class ModelConfig:
     rope_scaling: dict | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    qkv_bias: bool  # q, k and v projections carry a bias (Qwen2; Llama and Qwen3 with attention_bias)
+    o_proj_bias: bool  # so does the output projection (attention_bias outside Qwen2, which biases q, k, v only)
     eos_token_ids: list[int]
     bos_token_id: int | None
     max_model_len: int
@@ -76,7 +77,8 @@ class ModelConfig:
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
             max_position_embeddings=max_pos, tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            attention_bias=cfg.get("attention_bias", arch == "qwen2"), eos_token_ids=eos,
+            qkv_bias=cfg.get("attention_bias", arch == "qwen2"),
+            o_proj_bias=cfg.get("attention_bias", False) and arch != "qwen2", eos_token_ids=eos,
             bos_token_id=cfg.get("bos_token_id"), max_model_len=min(max_model_len, max_pos) if max_model_len else max_pos,
             path=path, load_format=load_format)
 
