@@ -16,7 +16,7 @@ import logging
 import numpy as np
 import torch
 
-from engine.layers.attention import AttentionMetadata, set_attention_metadata
+from engine.layers.attention import AttentionMetadata, attention_context
 from engine.parallel import tp_size
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class CudaGraphRunner:
         self.inputs = DecodeInputs(self.ladder[-1], max_blocks, device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self._metas: list[AttentionMetadata] = []  # the graphs read these tensors: keep them alive
         self._capture()
 
     def _metadata(self, bs: int) -> AttentionMetadata:
@@ -118,8 +119,7 @@ class CudaGraphRunner:
         mode = "thread_local" if tp_size() > 1 else "global"
         for bs in reversed(self.ladder):  # largest first: smaller graphs reuse its memory pool
             meta = self._metadata(bs)
-            set_attention_metadata(meta)
-            try:
+            with attention_context(meta):
                 for _ in range(2):  # compile every kernel variant outside the capture
                     self._forward(bs)
                 torch.cuda.synchronize()
@@ -128,11 +128,9 @@ class CudaGraphRunner:
                 # thread captures, and must not invalidate the capture (a precaution; global mode was not tried)
                 with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
                     self.outputs[bs] = self._forward(bs)
-            finally:
-                set_attention_metadata(None)
             pool = graph.pool()
             self.graphs[bs] = graph
-            self._keep = getattr(self, "_keep", []) + [meta]  # the graph reads meta's tensors
+            self._metas.append(meta)
         torch.cuda.synchronize()
         log.info("captured decode CUDA graphs for batch sizes %s", self.ladder)
 

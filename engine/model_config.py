@@ -6,8 +6,9 @@ import hashlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from shared.knobs import Knobs, read_knobs
 from shared.settings import DEFAULT_MODEL, Settings
 
 # Full-size shapes for speed runs with dummy weights (--load-format dummy --hf-config NAME).
@@ -43,13 +44,13 @@ class ModelConfig:
     rope_scaling: dict | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    qkv_bias: bool  # q, k and v projections carry a bias (Qwen2; Llama and Qwen3 with attention_bias)
+    o_proj_bias: bool  # so does the output projection (attention_bias outside Qwen2, which biases q, k, v only)
     eos_token_ids: list[int]
     bos_token_id: int | None
     max_model_len: int
     path: str = ""  # a directory (safetensors) or a .gguf file
     load_format: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_hf_dict(cls, cfg: dict, max_model_len: int = 0, path: str = "", load_format: str = "auto"):
@@ -76,7 +77,8 @@ class ModelConfig:
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
             max_position_embeddings=max_pos, tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            attention_bias=cfg.get("attention_bias", arch == "qwen2"), eos_token_ids=eos,
+            qkv_bias=cfg.get("attention_bias", arch == "qwen2"),
+            o_proj_bias=cfg.get("attention_bias", False) and arch != "qwen2", eos_token_ids=eos,
             bos_token_id=cfg.get("bos_token_id"), max_model_len=min(max_model_len, max_pos) if max_model_len else max_pos,
             path=path, load_format=load_format)
 
@@ -133,17 +135,17 @@ def gguf_to_hf_config(path: str) -> dict:
     return cfg
 
 
-def cache_dir(kind: str, path: str) -> str:
-    """A per-file cache location, keyed by the file's path, size and modification time."""
+def cache_dir(kind: str, path: str, knobs: Knobs | None = None) -> str:
+    """A per-file cache location under the cache_dir knob (None: read it now), keyed by the file's path, size
+    and modification time."""
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = os.environ.get("FERRY_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ferry")
-    return os.path.join(root, kind, key)
+    return os.path.join((knobs or read_knobs()).cache_root(), kind, key)
 
 
-def cached_gguf_config(path: str) -> dict:
+def cached_gguf_config(path: str, knobs: Knobs | None = None) -> dict:
     """gguf_to_hf_config, cached on disk: parsing the metadata takes seconds and every process needs it."""
-    cache = cache_dir("model_configs", path) + ".json"
+    cache = cache_dir("model_configs", path, knobs) + ".json"
     try:
         with open(cache) as fh:
             return json.load(fh)
@@ -161,7 +163,7 @@ def cached_gguf_config(path: str) -> dict:
     return cfg
 
 
-def load_model_config(settings: Settings) -> ModelConfig:
+def load_model_config(settings: Settings, knobs: Knobs | None = None) -> ModelConfig:
     fmt = settings.load_format
     if fmt == "dummy" and settings.hf_config in NAMED_SHAPES:
         cfg, path = NAMED_SHAPES[settings.hf_config], ""
@@ -171,7 +173,7 @@ def load_model_config(settings: Settings) -> ModelConfig:
     else:
         path = resolve_model_path(settings.model)
         if path.endswith(".gguf"):
-            cfg = cached_gguf_config(path)
+            cfg = cached_gguf_config(path, knobs)
             fmt = "gguf" if fmt == "auto" else fmt
         else:
             with open(os.path.join(path, "config.json")) as fh:

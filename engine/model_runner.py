@@ -13,16 +13,18 @@ import numpy as np
 import torch
 
 from shared.codec import pack_ids, unpack_ids
+from shared.knobs import Knobs, read_knobs
 from shared.messages import StepPlan, StepResult
 from shared.settings import Settings
 
-from engine.layers.attention import AttentionMetadata, Attention, set_attention_metadata, torch_backend_indices
+from engine.layers.attention import AttentionMetadata, Attention, attention_context, torch_backend_indices
 from engine.gpu_idle import GpuIdleMeter
 from engine.loader import load_weights
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
 from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
 from engine.sampler import Sampler, SamplingState
+from engine.step_inputs import StepInputs, build_step_inputs
 from engine.transfer import to_device
 
 log = logging.getLogger(__name__)
@@ -44,16 +46,21 @@ def resolve_dtype(settings: Settings, device: torch.device) -> torch.dtype:
 
 class ModelRunner:
     def __init__(self, settings: Settings, rank: int = 0, model_config: ModelConfig | None = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, knobs: Knobs | None = None):
+        """knobs: the tuning switches (shared/knobs.py); None reads them from the environment, once, here."""
         self.settings = settings
         self.rank = rank
-        self.model_config = cfg = model_config or load_model_config(settings)
+        self.knobs = knobs = knobs or read_knobs()
+        self.model_config = cfg = model_config or load_model_config(settings, knobs)
         self.device = resolve_device(settings, rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        init_tensor_parallel(settings.tensor_parallel_size, rank, self.device)
+            from kernels.pdl import set_enabled
+
+            set_enabled(knobs.pdl)  # before the warm-up compiles kernels and the graphs capture them
+        init_tensor_parallel(settings.tensor_parallel_size, rank, self.device, knobs.dist_timeout_s)
         self.dtype = resolve_dtype(settings, self.device)
-        enable_peer_all_reduce(self.dtype, self.device, cfg.hidden_size)
+        enable_peer_all_reduce(self.dtype, self.device, cfg.hidden_size, knobs)
         self.block_size = settings.block_size
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
@@ -90,12 +97,8 @@ class ModelRunner:
             context_lens=torch.tensor([1, 3], dtype=torch.int32, device=dev),
             cu_seqlens_q=torch.tensor([0, 1, 4], dtype=torch.int32, device=dev),
             max_query_len=3, max_context_len=3, num_decode_seqs=1)
-        set_attention_metadata(meta)
-        try:
-            hidden = self.model(torch.zeros(4, dtype=torch.long, device=dev),
-                                torch.tensor([0, 0, 1, 2], device=dev))
-        finally:
-            set_attention_metadata(None)
+        with attention_context(meta):
+            hidden = self.model(torch.zeros(4, dtype=torch.long, device=dev), torch.tensor([0, 0, 1, 2], device=dev))
         self.model.compute_logits(hidden[torch.tensor([0, 3], device=dev)])
         torch.cuda.synchronize(dev)
 
@@ -128,8 +131,7 @@ class ModelRunner:
         cache = torch.zeros(2, len(layers), num_blocks, s.block_size, kv_heads, cfg.head_dim, dtype=self.dtype,
                             device=self.device)
         for i, layer in enumerate(layers):
-            layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]
-        self.kv_cache = cache
+            layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]  # views: they keep the pool alive
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, s.block_size,
                  cache.numel() * cache.element_size() / 2**20)
         return num_blocks
@@ -184,80 +186,54 @@ class ModelRunner:
 
     def _forward(self, plan: StepPlan) -> "_Step":
         self._apply_plan_state(plan)
-        seq_ids = unpack_ids(plan.seq_ids)
-        if len(seq_ids) == 0:
-            return _Step(plan.step_id, seq_ids, [], None)
-        num_tokens = unpack_ids(plan.num_tokens)
-        starts = unpack_ids(plan.start_positions)
-        kept, num_new_blocks = unpack_ids(plan.blocks_kept), unpack_ids(plan.num_new_blocks)
-        new_blocks = unpack_ids(plan.new_block_ids).tolist()
-        tables, offset = [], 0
-        for sid, k, n in zip(seq_ids.tolist(), kept.tolist(), num_new_blocks.tolist()):
-            table = self.block_tables[sid]
-            del table[k:]
-            table.extend(new_blocks[offset:offset + n])
-            offset += n
-            tables.append(table)
-
-        context_lens = starts + num_tokens
-        cu = np.zeros(len(seq_ids) + 1, dtype=np.int32)
-        np.cumsum(num_tokens, out=cu[1:])
-        seq_of_token = np.repeat(np.arange(len(seq_ids)), num_tokens)
-        positions = starts[seq_of_token] + (np.arange(cu[-1]) - cu[:-1][seq_of_token])
-        max_blocks = max(len(t) for t in tables)
-        block_tables = np.zeros((len(tables), max_blocks), dtype=np.int32)
-        for i, t in enumerate(tables):
-            block_tables[i, :len(t)] = t
-        slots = block_tables[seq_of_token, positions // self.block_size].astype(np.int64) * self.block_size \
-            + positions % self.block_size
-        token_ids = unpack_ids(plan.token_ids)
+        inputs = build_step_inputs(plan, self.block_tables, self.block_size)
+        if inputs is None:
+            return _Step(plan.step_id, unpack_ids(plan.seq_ids), [], None)
         started = None
         if self.idle_meter is not None:  # the step's device work starts here (above: host work only)
             started = torch.cuda.Event(enable_timing=True)
             started.record()
-        fill_pending, token_ids = self._pending_inputs(token_ids, seq_ids[seq_of_token])
-
-        dev = self.device
-        if self.graphs is not None and self.graphs.can_run(num_tokens, max_blocks):
-            hidden = self.graphs.run(token_ids, positions, slots, context_lens, block_tables, fill_pending)
+        fill_pending, token_ids = self._pending_inputs(inputs)
+        if self.graphs is not None and self.graphs.can_run(inputs.num_tokens, inputs.table_width):
+            hidden = self.graphs.run(token_ids, inputs.positions, inputs.slots, inputs.context_lens,
+                                     inputs.block_tables, fill_pending)
         else:
-            multi = num_tokens != 1
-            num_decode = int(np.argmax(multi)) if multi.any() else len(num_tokens)
-            meta = AttentionMetadata(
-                slot_mapping=to_device(slots, dev), block_tables=to_device(block_tables, dev),
-                context_lens=to_device(context_lens.astype(np.int32), dev),
-                cu_seqlens_q=to_device(cu, dev), max_query_len=int(num_tokens.max()),
-                max_context_len=int(context_lens.max()), num_decode_seqs=num_decode)
-            if dev.type != "cuda":
-                for k, v in torch_backend_indices(num_tokens.tolist(), context_lens.tolist(), tables,
-                                                  self.block_size, dev).items():
-                    setattr(meta, k, v)
-            input_ids = to_device(token_ids.astype(np.int64), dev)
-            if fill_pending is not None:
-                fill_pending(input_ids)
-            set_attention_metadata(meta)
-            try:
-                hidden = self.model(input_ids, to_device(positions.astype(np.int64), dev))
-            finally:
-                set_attention_metadata(None)
-
-        sample_mask = np.frombuffer(plan.sample_mask, dtype=np.uint8).astype(bool)
-        if hidden.shape[0] != int(sample_mask.sum()):  # some rows are prompt chunks or not last tokens
-            hidden = hidden[to_device((cu[1:] - 1)[sample_mask].astype(np.int64), dev)]
+            hidden = self._run_eager(inputs, token_ids, fill_pending)
+        sampled, rows = inputs.sampled_rows()
+        if rows is not None:  # some rows are prompt chunks or not last tokens
+            hidden = hidden[to_device(rows, self.device)]
         logits = self.model.compute_logits(hidden)  # every rank joins the vocab all-gather
-        sampled = seq_ids[sample_mask]
         return _Step(plan.step_id, sampled, [self.states[sid] for sid in sampled.tolist()], logits, started=started)
 
-    def _pending_inputs(self, token_ids: np.ndarray, token_seq_ids: np.ndarray):
+    def _run_eager(self, inputs: StepInputs, token_ids: np.ndarray, fill_pending) -> torch.Tensor:
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=to_device(inputs.slots, dev), block_tables=to_device(inputs.block_tables, dev),
+            context_lens=to_device(inputs.context_lens.astype(np.int32), dev),
+            cu_seqlens_q=to_device(inputs.cu_seqlens, dev), max_query_len=int(inputs.num_tokens.max()),
+            max_context_len=int(inputs.context_lens.max()), num_decode_seqs=inputs.num_decode_seqs())
+        if dev.type != "cuda":
+            for k, v in torch_backend_indices(inputs.num_tokens.tolist(), inputs.context_lens.tolist(),
+                                              inputs.tables, self.block_size, dev).items():
+                setattr(meta, k, v)
+        input_ids = to_device(token_ids.astype(np.int64), dev)
+        if fill_pending is not None:
+            fill_pending(input_ids)
+        with attention_context(meta):
+            return self.model(input_ids, to_device(inputs.positions.astype(np.int64), dev))
+
+    def _pending_inputs(self, inputs: StepInputs):
         """Input tokens the scheduler did not know yet (PENDING_TOKEN) are this rank's samples of the last step.
         Returns a function that writes them into the device input ids (None when there are none), and the
         token ids with those holes made valid."""
+        token_ids = inputs.token_ids
         holes = np.flatnonzero(token_ids < 0)
         if len(holes) == 0:
             return None, token_ids
         rows = self._last_rows
         try:
-            src = np.fromiter((rows[sid] for sid in token_seq_ids[holes].tolist()), dtype=np.int64, count=len(holes))
+            src = np.fromiter((rows[sid] for sid in inputs.seq_ids[inputs.seq_of_token[holes]].tolist()),
+                              dtype=np.int64, count=len(holes))
         except KeyError as e:
             raise RuntimeError(f"the plan wants sequence {e.args[0]}'s last token, which the last step did not "
                                "sample") from None

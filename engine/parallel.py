@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from shared.knobs import Knobs, read_knobs
+
 
 def tp_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
@@ -68,6 +70,7 @@ class PeerAllReduceRMSNorm:
         from kernels.allreduce_rmsnorm import peer_buffer_elements
 
         self.dtype, self.hidden, self.max_rows = dtype, hidden, max_rows
+        # the kernel reaches the buffer through raw addresses (ptrs): holding it keeps that memory mapped
         self.buffer, self.ptrs = _symmetric_sentinel_buffer(peer_buffer_elements(tp_size(), max_rows, hidden), dtype,
                                                            device, group_name)
         self.counters = torch.zeros(max_rows, dtype=torch.int32, device=device)
@@ -141,18 +144,19 @@ def fused_all_reduce_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, we
     return _peer_norm(x, residual, weight, eps)
 
 
-def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int | None = None) -> bool:
+def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int | None = None,
+                           knobs: Knobs | None = None) -> bool:
     """Peer-memory collectives where every rank can use them (CUDA, torch's symmetric memory, peer access);
     otherwise NCCL does them all:
     - PeerAllReduce for small all-reduces the fused kernel does not take (it off, or a row-parallel layer
       that reduces its own output);
     - PeerAllReduceRMSNorm (for `hidden`-wide rows) after row-parallel layers;
     - PeerAllGather for the LM head's logits.
-    FERRY_PEER_ALLREDUCE=0 turns all three off, FERRY_FUSED_ALLREDUCE_NORM=0 and FERRY_PEER_ALLGATHER=0 one
-    each; FERRY_PEER_ALLREDUCE_MAX_BYTES (default 2 MiB) is the most any of them takes per rank. Every rank
-    calls this at the same point; each one is probed once and kept only if every rank got the right answer."""
+    knobs.peer_allreduce off turns all three off, knobs.fused_allreduce_norm and knobs.peer_allgather one each;
+    knobs.peer_allreduce_max_bytes is the most any of them takes per rank (shared/knobs.py; None: read them from
+    the environment now). Every rank calls this at the same point; each one is probed once and kept only if
+    every rank got the right answer."""
     import logging
-    import os
 
     global _peer, _peer_norm, _peer_gather
     _peer = _peer_norm = _peer_gather = None
@@ -181,11 +185,11 @@ def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int
             return None
         return made
 
-    max_bytes = int(os.environ.get("FERRY_PEER_ALLREDUCE_MAX_BYTES", 2 << 20))
-    on = os.environ.get("FERRY_PEER_ALLREDUCE", "1") != "0"
+    knobs = knobs or read_knobs()
+    max_bytes = knobs.peer_allreduce_max_bytes
     ones = lambda n: torch.full((n,), float(tp_rank() + 1), dtype=dtype, device=device)  # noqa: E731
     want_sum = tp_size() * (tp_size() + 1) / 2
-    _peer = attempt("peer-memory all-reduce", on, lambda: PeerAllReduce(dtype, device, max_bytes),
+    _peer = attempt("peer-memory all-reduce", knobs.peer_allreduce, lambda: PeerAllReduce(dtype, device, max_bytes),
                     lambda p: (p(ones(8)) == want_sum).all().item())
     if _peer is None:
         log.info("all-reduces go through NCCL")
@@ -199,7 +203,7 @@ def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int
         x = ones(hidden).view(1, hidden)
         _, total = f(x, torch.zeros_like(x), torch.ones(hidden, dtype=dtype, device=device), 1e-5)
         return (total == want_sum).all().item()
-    _peer_norm = attempt("fused all-reduce + RMSNorm", rows > 0 and os.environ.get("FERRY_FUSED_ALLREDUCE_NORM", "1") != "0",
+    _peer_norm = attempt("fused all-reduce + RMSNorm", rows > 0 and knobs.fused_allreduce_norm,
                          lambda: PeerAllReduceRMSNorm(dtype, device, hidden, rows, group_name), norm_probe)
     if _peer_norm is not None:
         log.info("all-reduces of up to %d rows fuse with the residual add and RMSNorm after them", rows)
@@ -208,7 +212,7 @@ def enable_peer_all_reduce(dtype: torch.dtype, device: torch.device, hidden: int
         out = g(ones(5).view(1, 5))
         want = torch.arange(1, tp_size() + 1, device=device).repeat_interleave(5).view(1, -1).to(dtype)
         return torch.equal(out, want)
-    _peer_gather = attempt("peer-memory all-gather", os.environ.get("FERRY_PEER_ALLGATHER", "1") != "0",
+    _peer_gather = attempt("peer-memory all-gather", knobs.peer_allgather,
                            lambda: PeerAllGather(dtype, device, max_bytes // dtype.itemsize, group_name), gather_probe)
     if _peer_gather is not None:
         log.info("all-gathers of up to %d elements per rank go through peer memory", _peer_gather.max_numel)
@@ -249,13 +253,15 @@ def head_shard(num_heads: int, num_kv_heads: int, rank: int, size: int) -> tuple
     return q0, q0 + per, kv, kv + 1
 
 
-def init_tensor_parallel(world_size: int, rank: int, device: torch.device) -> None:
+def init_tensor_parallel(world_size: int, rank: int, device: torch.device,
+                         timeout_s: float = Knobs.dist_timeout_s) -> None:
     """Join the group (NCCL on GPUs, gloo on the CPU) at MASTER_ADDR:MASTER_PORT (127.0.0.1:29500 by default).
 
     Rank 0 hosts the rendezvous store. A rank restarted while an old rank 0 still runs would meet that
     rank's store and "join" a group that is gone; it refuses such a store (rank 0 marks its store once
     its group has formed) and exits so that its supervisor retries once the old rank 0 has gone too.
-    Whatever else hangs here ends the process after the timeout: a rank never waits forever to join.
+    Whatever else hangs here ends the process after timeout_s (the dist_timeout_s knob): a rank never waits
+    forever to join.
     """
     if world_size <= 1 or dist.is_initialized():
         return
@@ -269,7 +275,7 @@ def init_tensor_parallel(world_size: int, rank: int, device: torch.device) -> No
     # Bounded, but long enough for ranks that load real checkpoints at different speeds before their first
     # captured all-reduce (CUDA graphs). A dead peer is noticed sooner elsewhere: gloo fails at once on a
     # closed connection, and the runner service exits when the scheduler moves to a new session.
-    timeout = datetime.timedelta(seconds=int(os.environ.get("FERRY_DIST_TIMEOUT", "300")))
+    timeout = datetime.timedelta(seconds=timeout_s)
     backend = "nccl" if device.type == "cuda" else "gloo"
     formed_key = "ferry/group_formed"
 

@@ -8,18 +8,16 @@ from kernels.activation import silu_and_mul, silu_and_mul_ref
 from kernels.argmax import argmax, argmax_ref
 from kernels.gemv import gemv, gemv_ref
 from kernels.decode_attention import paged_decode_attention, paged_decode_attention_ref
-from kernels.kv_store import store_kv, store_kv_ref
 from kernels.prefill_attention import paged_prefill_attention, paged_prefill_attention_ref
 from kernels.rmsnorm import rms_norm, rms_norm_ref
-from kernels.rotary import apply_rotary, apply_rotary_ref, build_cos_sin_cache, rotary_store_kv
+from kernels.rotary import apply_rotary_ref, rotary_store_kv, rotary_store_kv_ref
 
 __all__ = [
-    "apply_rotary", "apply_rotary_ref", "build_cos_sin_cache", "rotary_store_kv",
+    "apply_rotary_ref", "rotary_store_kv", "rotary_store_kv_ref",
     "argmax", "argmax_ref",
     "gemv", "gemv_ref",
     "paged_decode_attention", "paged_decode_attention_ref",
     "paged_prefill_attention", "paged_prefill_attention_ref",
     "rms_norm", "rms_norm_ref",
     "silu_and_mul", "silu_and_mul_ref",
-    "store_kv", "store_kv_ref",
 ]

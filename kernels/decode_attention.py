@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.attention_block import attend, dot_precision
 from kernels.pdl import launch_options, pdl_start
 
 # Tuned on an H100 (see docs/perf-kernels.md); the bench overrides them to sweep.
@@ -30,48 +31,10 @@ def _num_sms(device: torch.device) -> int:
     return _NUM_SMS[idx]
 
 
-def dot_precision(q: torch.Tensor) -> str:
-    """fp32 inputs get full fp32 products ("ieee"), not tf32: fp32 runs exist to match a reference exactly.
-    Other dtypes ignore the setting; the interpreter computes in fp32 (DOT_F32) either way."""
-    return "ieee" if q.dtype == torch.float32 or not q.is_cuda else "tf32"
-
-
 @triton.jit
 def _partition_len(ctx, num_splits, BLOCK_N: tl.constexpr):
     part = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
     return tl.maximum(part, BLOCK_N)
-
-
-@triton.jit
-def attend(
-    q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-    lo, hi, kv_end, stride_cb, stride_ct, offs_d,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """Online softmax of q's rows over the paged K/V of positions [lo, hi) (none at or past kv_end), carried in
-    (m_i, l_i, acc); CAUSAL_MASK also drops keys past each row's q_pos. Decode and prefill attention share it."""
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        nmask = offs_n < kv_end
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
-        tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
-        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
-        if CAUSAL_MASK:
-            s = tl.where((offs_n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
-        if DOT_F32:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-    return m_i, l_i, acc
 
 
 @triton.jit

@@ -12,16 +12,23 @@ The kernels here follow two rules, which make PDL safe in any order of kernels:
 - `gdc_launch_dependents()` only where every program of the kernel is running (the call completes once
   all programs make it), so a waiting dependent can never hold back a program of the kernel it waits on.
 
-On a GPU before Hopper, on the CPU (the interpreter has no grid-dependency control) or with FERRY_PDL=0,
-kernels launch as usual and the calls compile away.
+On a GPU before Hopper, on the CPU (the interpreter has no grid-dependency control) or once the caller
+has called set_enabled(False) (the model runner does, from the FERRY_PDL knob in shared/knobs.py), kernels
+launch as usual and the calls compile away. Kernels never read the environment themselves.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-ENABLED = os.environ.get("FERRY_PDL", "1") != "0"  # read at launch (so a CUDA graph keeps its capture's)
+ENABLED = True  # read at each launch, so a CUDA graph keeps the choice made when it was captured
+
+
+def set_enabled(on: bool) -> None:
+    """Whether kernels launched from now on use PDL (where the GPU can): set once at start-up, before any
+    kernel compiles or a CUDA graph is captured."""
+    global ENABLED
+    ENABLED = bool(on)
+
 
 _capable: dict[int, bool] = {}
 

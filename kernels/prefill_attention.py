@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.decode_attention import attend, dot_precision
+from kernels.attention_block import attend, dot_precision
 
 DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
 _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)

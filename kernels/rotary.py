@@ -1,10 +1,12 @@
-"""Rotary position embedding (neox / rotate_half layout), applied in place to q and k."""
+"""Rotary position embedding (neox / rotate_half layout) fused with the KV-cache write.
+
+The cos/sin table the kernel reads is built by engine/layers/rotary.py (build_cos_sin_cache, triton-free).
+"""
 
 import torch
 import triton
 import triton.language as tl
 
-from engine.layers.rotary import build_cos_sin_cache  # noqa: F401  (the table the kernel reads)
 from kernels.pdl import launch_options, pdl_start
 
 
@@ -28,35 +30,6 @@ def _cos_sin(pos_ptr, cache_ptr, stride_cache, t, HALF: tl.constexpr):
     cos = tl.load(cache_ptr + pos * stride_cache + offs_d)[None, :]
     sin = tl.load(cache_ptr + pos * stride_cache + HALF + offs_d)[None, :]
     return cos, sin
-
-
-@triton.jit
-def _rotary_kernel(
-    pos_ptr, q_ptr, k_ptr, cache_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_cache,
-    HQ, HK, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-):
-    t = tl.program_id(0).to(tl.int64)
-    cos, sin = _cos_sin(pos_ptr, cache_ptr, stride_cache, t, HALF)
-    _rotate(q_ptr, stride_qt, stride_qh, t, cos, sin, HQ, HALF, BLOCK_HQ)
-    _rotate(k_ptr, stride_kt, stride_kh, t, cos, sin, HK, HALF, BLOCK_HK)
-
-
-def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
-    """In place. q [T, Hq, D], k [T, Hkv, D] (last dim contiguous; views of fused qkv are fine)."""
-    T, HQ, D = q.shape
-    HK = k.shape[1]
-    assert q.stride(2) == 1 and k.stride(2) == 1, "rotary works in place: last dim must be contiguous"
-    assert D % 2 == 0 and triton.next_power_of_2(D // 2) == D // 2
-    assert cos_sin_cache.shape[1] == D and cos_sin_cache.stride(1) == 1
-    if T == 0:
-        return
-    _rotary_kernel[(T,)](
-        positions, q, k, cos_sin_cache,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
-        HQ, HK, HALF=D // 2, BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HK=triton.next_power_of_2(HK),
-        num_warps=4,
-    )
 
 
 @triton.jit
@@ -115,6 +88,7 @@ def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
 
 
 def apply_rotary_ref(positions, q, k, cos_sin_cache) -> None:
+    """Plain torch, in place: rotate q and k in fp32 and round back to their dtype."""
     half = q.shape[-1] // 2
     cs = cos_sin_cache[positions.long()].float()
     cos, sin = cs[:, None, :half], cs[:, None, half:]
@@ -124,3 +98,12 @@ def apply_rotary_ref(positions, q, k, cos_sin_cache) -> None:
         x.copy_(out.to(x.dtype))
 
 
+def rotary_store_kv_ref(positions, q, k, v, cos_sin_cache, k_cache, v_cache, slot_mapping) -> None:
+    """Plain torch: q rotated in place; the rotated k (rounded to k's dtype) and v written to their slots
+    (slot -1: nowhere); k itself left as it was."""
+    k = k.clone()
+    apply_rotary_ref(positions, q, k, cos_sin_cache)
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)

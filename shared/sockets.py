@@ -76,8 +76,8 @@ def _decode(frame: bytes, expect, where: str):
 
 
 class _Sender:
-    def __init__(self, sock: zmq.Socket, addr: str):
-        self.sock, self.addr = sock, addr
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
 
     def send(self, msg) -> bool:
         """Queue one message; False when no peer can take it now (an `immediate` socket with no peer
@@ -102,15 +102,12 @@ class PushSocket(_Sender):
     workers; a dead worker gets nothing) instead of holding messages for a peer that may return."""
 
     def __init__(self, ctx: zmq.Context, addr: str, bind: bool = False, immediate: bool = False):
-        super().__init__(_open(ctx, zmq.PUSH, addr, bind, immediate), addr)
-
-    def connect(self, addr: str):
-        self.sock.connect(addr)
+        super().__init__(_open(ctx, zmq.PUSH, addr, bind, immediate))
 
 
 class PubSocket(_Sender):
     def __init__(self, ctx: zmq.Context, addr: str):
-        super().__init__(_open(ctx, zmq.PUB, addr, bind=True), addr)
+        super().__init__(_open(ctx, zmq.PUB, addr, bind=True))
 
 
 class _Receiver:
@@ -124,10 +121,8 @@ class _Receiver:
 class PullSocket(_Receiver):
     """PULL (bind by default: the long-lived fan-in side binds)."""
 
-    kind = zmq.PULL
-
     def __init__(self, ctx: zmq.Context, addr: str, expect=None, bind: bool = True):
-        super().__init__(_open(ctx, self.kind, addr, bind), addr, expect)
+        super().__init__(_open(ctx, zmq.PULL, addr, bind), addr, expect)
 
     def recv(self, timeout: float | None):
         """One well-formed message, or None when none came within timeout seconds."""
@@ -154,14 +149,6 @@ class PullSocket(_Receiver):
         return out
 
 
-class SubSocket(PullSocket):
-    kind = zmq.SUB
-
-    def __init__(self, ctx: zmq.Context, addr: str, expect=None):
-        super().__init__(ctx, addr, expect, bind=False)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-
-
 class AsyncPullSocket(_Receiver):
     """asyncio PULL/SUB for the gateway: recv() awaits the next well-formed message."""
 
@@ -183,10 +170,7 @@ class AsyncPushSocket(_Sender):
     """asyncio PUSH; send() is non-blocking and says at once whether a peer took the message."""
 
     def __init__(self, ctx: zmq.asyncio.Context, addr: str, immediate: bool = False):
-        super().__init__(_open(ctx, zmq.PUSH, addr, False, immediate), addr)
-
-    def connect(self, addr: str):
-        self.sock.connect(addr)
+        super().__init__(_open(ctx, zmq.PUSH, addr, False, immediate))
 
 
 class Peers:

@@ -1,16 +1,19 @@
 """Attention over the paged KV cache, and the per-step metadata every layer reads.
 
-Two backends behind one seam: Triton kernels on CUDA (kernels/), plain torch on the CPU. The
-runner sets the step's AttentionMetadata once (set_attention_metadata); each layer's Attention
-module writes its new K/V into its cache slots and attends through the block tables.
+Two backends behind one seam, chosen when a layer is built (engine.layers.backend): Triton kernels on
+CUDA (kernels/), plain torch on the CPU. The runner runs the model inside `with attention_context(meta)`;
+each layer's Attention module writes its new K/V into its cache slots and attends through the block tables.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.layers.backend import building_on_cuda
 
 
 @dataclass
@@ -54,13 +57,20 @@ def torch_backend_indices(query_lens: list[int], context_lens: list[int], block_
 _metadata: AttentionMetadata | None = None
 
 
-def set_attention_metadata(meta: AttentionMetadata | None) -> None:
+@contextmanager
+def attention_context(meta: AttentionMetadata):
+    """The one way to give the layers a step's metadata: every Attention called inside the block reads it."""
     global _metadata
+    assert _metadata is None, "attention contexts do not nest"
     _metadata = meta
+    try:
+        yield meta
+    finally:
+        _metadata = None
 
 
-def get_attention_metadata() -> AttentionMetadata:
-    assert _metadata is not None, "attention called outside a model step"
+def current_attention_metadata() -> AttentionMetadata:
+    assert _metadata is not None, "attention called outside attention_context()"
     return _metadata
 
 
@@ -89,20 +99,31 @@ def torch_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, sc
     return out.reshape(B * L, -1, head_dim).index_select(0, meta.q_rows)
 
 
-def triton_paged_attention(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """The step's new K/V are already in the cache (kernels.rotary_store_kv)."""
-    from kernels import paged_decode_attention, paged_prefill_attention
+def torch_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float):
+    q, k = rotary(positions, q, k)
+    return torch_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
 
-    if meta.is_decode:
-        return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
-    nd = meta.num_decode_seqs
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if nd:  # the decode rows are q[:nd] (one token each, first in the batch)
-        paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens[:nd], scale,
-                               max_context_len=meta.max_context_len, out=out[:nd])
-    # cu_seqlens_q holds absolute rows of q, so the prefill kernel takes the remaining sequences as they are
-    return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.cu_seqlens_q[nd:],
-                                   meta.context_lens[nd:], scale, out=out)
+
+def select_attention():
+    """The attention a layer built now runs: on CUDA one kernel rotates q and k and writes k and v to the
+    cache (kernels.rotary_store_kv), then the decode and/or prefill kernel; plain torch elsewhere."""
+    if not building_on_cuda():
+        return torch_attention
+    from kernels import paged_decode_attention, paged_prefill_attention, rotary_store_kv
+
+    def triton_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float):
+        rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, k_cache, v_cache, meta.slot_mapping)
+        if meta.is_decode:
+            return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
+        nd = meta.num_decode_seqs
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if nd:  # the decode rows are q[:nd] (one token each, first in the batch)
+            paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens[:nd], scale,
+                                   max_context_len=meta.max_context_len, out=out[:nd])
+        # cu_seqlens_q holds absolute rows of q, so the prefill kernel takes the remaining sequences as they are
+        return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.cu_seqlens_q[nd:],
+                                       meta.context_lens[nd:], scale, out=out)
+    return triton_attention
 
 
 class Attention(nn.Module):
@@ -112,16 +133,11 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
         self.k_cache = self.v_cache = torch.empty(0)
+        self.attend = select_attention()
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 rotary) -> torch.Tensor:
         """q [T, Hq, D], k and v [T, Hkv, D] before the rotary embedding (strided views of the fused qkv
-        output are fine) -> [T, Hq, D]. On CUDA one kernel rotates q and k and writes k and v to the cache."""
-        meta = get_attention_metadata()
-        if q.is_cuda:
-            from kernels import rotary_store_kv
-
-            rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, self.k_cache, self.v_cache, meta.slot_mapping)
-            return triton_paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
-        q, k = rotary(positions, q, k)
-        return torch_paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        output are fine) -> [T, Hq, D]."""
+        return self.attend(positions, q, k, v, rotary, self.k_cache, self.v_cache, current_attention_metadata(),
+                           self.scale)

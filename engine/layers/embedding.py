@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.layers.linear import linear
+from engine.layers.linear import select_linear
 from engine.parallel import all_gather_last_dim, all_reduce, tp_rank, tp_size
 
 
@@ -38,6 +38,10 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
+    def __init__(self, vocab_size: int, hidden: int):
+        super().__init__(vocab_size, hidden)
+        self.linear = select_linear()
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = all_gather_last_dim(linear(hidden, self.weight))
+        logits = all_gather_last_dim(self.linear(hidden, self.weight))
         return logits[..., :self.vocab_size]

@@ -10,17 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.layers.backend import building_on_cuda
 from engine.parallel import all_reduce, head_shard, tp_rank, tp_size
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except that one row on a GPU (decode at batch 1) goes through kernels.gemv, which reads
-    the weight faster than cuBLAS does at that shape (docs/perf-kernels.md)."""
-    if x.is_cuda and x.dim() == 2 and x.shape[0] == 1:
-        from kernels import gemv
+def select_linear():
+    """The matmul a layer built now calls: F.linear, except that on a GPU one row (decode at batch 1) goes
+    through kernels.gemv, which reads the weight faster than cuBLAS does at that shape (docs/perf-kernels.md)."""
+    if not building_on_cuda():
+        return F.linear
+    from kernels import gemv
 
-        return gemv(x, weight, bias)
-    return F.linear(x, weight, bias)
+    def linear_on_cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] == 1:
+            return gemv(x, weight, bias)
+        return F.linear(x, weight, bias)
+    return linear_on_cuda
 
 
 class _Linear(nn.Module):
@@ -33,14 +38,10 @@ class _Linear(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        self.linear = select_linear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
-class ReplicatedLinear(_Linear):
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None):
-        param.data.copy_(loaded)
+        return self.linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(_Linear):
@@ -112,6 +113,6 @@ class RowParallelLinear(_Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.reduce_results:
-            return linear(x, self.weight, self.bias if tp_rank() == 0 else None)
-        y = all_reduce(linear(x, self.weight))
+            return self.linear(x, self.weight, self.bias if tp_rank() == 0 else None)
+        y = all_reduce(self.linear(x, self.weight))
         return y if self.bias is None else y + self.bias

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.layers.backend import building_on_cuda
 from engine.parallel import all_reduce, fused_all_reduce_rms_norm, tp_size
 
 
@@ -14,11 +15,29 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     return weight * h.to(x.dtype)
 
 
+def rms_norm_residual_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """kernels.rms_norm's contract in plain torch: norm(x), or (norm(x + residual), x + residual)."""
+    if residual is None:
+        return rms_norm_torch(x, weight, eps)
+    x = x + residual
+    return rms_norm_torch(x, weight, eps), x
+
+
+def select_rms_norm():
+    """The norm function a layer built now calls (engine.layers.backend)."""
+    if building_on_cuda():
+        from kernels import rms_norm
+
+        return rms_norm
+    return rms_norm_residual_torch
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
+        self.norm = select_rms_norm()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, reduce: bool = False):
         """norm(x), or with a residual (norm(x + residual), x + residual).
@@ -33,15 +52,5 @@ class RMSNorm(nn.Module):
                     return fused
                 x = all_reduce(x)
             if residual is None:
-                return self._norm(x, None), x
-        return self._norm(x, residual)
-
-    def _norm(self, x: torch.Tensor, residual: torch.Tensor | None):
-        if x.is_cuda:
-            from kernels import rms_norm
-
-            return rms_norm(x, self.weight, self.eps, residual)
-        if residual is None:
-            return rms_norm_torch(x, self.weight, self.eps)
-        x = x + residual
-        return rms_norm_torch(x, self.weight, self.eps), x
+                return self.norm(x, self.weight, self.eps), x
+        return self.norm(x, self.weight, self.eps, residual)

@@ -1,4 +1,4 @@
-"""The Llama family (Llama 2/3/3.1, Mistral-style configs, SmolLM2, TinyLlama), tensor-parallel ready."""
+"""The Llama family (Llama 2/3/3.1, Mistral-style configs, SmolLM2, TinyLlama, Qwen2/2.5), tensor-parallel ready."""
 from __future__ import annotations
 
 import torch
@@ -17,13 +17,11 @@ class LlamaAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.head_dim
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, d, cfg.num_heads, cfg.num_kv_heads, bias=cfg.attention_bias)
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, d, cfg.num_heads, cfg.num_kv_heads, bias=cfg.qkv_bias)
         self.num_heads, self.num_kv_heads, self.head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, d
-        # Llama and Qwen3 bias o_proj with attention_bias; Qwen2 biases only q, k and v.
-        o_bias = cfg.attention_bias and cfg.architecture != "qwen2"
         q0, q1 = self.qkv_proj.q_heads
-        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, bias=o_bias, input_range=(q0 * d, q1 * d),
-                                        reduce_results=False)
+        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, bias=cfg.o_proj_bias,
+                                        input_range=(q0 * d, q1 * d), reduce_results=False)
         self.rotary = RotaryEmbedding(d, cfg.max_model_len, cfg.rope_theta, cfg.rope_scaling)
         self.attn = Attention(self.num_heads, self.num_kv_heads, d, d ** -0.5)
 

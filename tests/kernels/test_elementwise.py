@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from kernels import (apply_rotary, apply_rotary_ref, build_cos_sin_cache, rms_norm, rms_norm_ref, rotary_store_kv,
-                     silu_and_mul, silu_and_mul_ref, store_kv, store_kv_ref)
+from engine.layers.rotary import build_cos_sin_cache
+from kernels import (apply_rotary_ref, rms_norm, rms_norm_ref, rotary_store_kv, rotary_store_kv_ref, silu_and_mul,
+                     silu_and_mul_ref)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -10,22 +11,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 def _tol(dtype):
     # The interpreter rounds bf16 by truncation: allow one bf16 ulp there.
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
-
-
-@pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_store_kv_skips_padding(slot_dtype, head_dim):
-    T, hkv, hq, bs, blocks = 9, 2, 8, 16, 4
-    qkv = torch.randn(T, (hq + 2 * hkv) * head_dim)
-    # k and v as strided views of a fused qkv projection, as the engine passes them.
-    k = qkv[:, hq * head_dim:(hq + hkv) * head_dim].view(T, hkv, head_dim)
-    v = qkv[:, (hq + hkv) * head_dim:].view(T, hkv, head_dim)
-    slots = torch.tensor([0, 15, 16, -1, 17, 33, -1, 63, 40], dtype=slot_dtype)
-    caches = [torch.randn(blocks, bs, hkv, head_dim) for _ in range(2)]
-    ref = [c.clone() for c in caches]
-    store_kv(k, v, *caches, slots)
-    store_kv_ref(k, v, *ref, slots)
-    assert torch.equal(caches[0], ref[0]) and torch.equal(caches[1], ref[1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -60,39 +45,30 @@ def test_silu_and_mul(dtype):
     torch.testing.assert_close(out, silu_and_mul_ref(x), **_tol(dtype))
 
 
+@pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim,hq,hkv", [(64, 8, 2), (128, 4, 4)])
-def test_rotary_in_place(dtype, head_dim, hq, hkv):
-    T = 6
-    cache = build_cos_sin_cache(head_dim, 4096, 500000.0)
-    qkv = torch.randn(T, (hq + 2 * hkv) * head_dim).to(dtype)
-    q = qkv[:, :hq * head_dim].view(T, hq, head_dim)  # strided views, rotated in place
-    k = qkv[:, hq * head_dim:(hq + hkv) * head_dim].view(T, hkv, head_dim)
-    pos = torch.tensor([0, 1, 17, 100, 2047, 4095])
-    q_ref, k_ref = q.clone(), k.clone()
-    apply_rotary(pos, q, k, cache)
-    apply_rotary_ref(pos, q_ref, k_ref, cache)
-    torch.testing.assert_close(q, q_ref, **_tol(dtype))
-    torch.testing.assert_close(k, k_ref, **_tol(dtype))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim,hq,hkv", [(64, 8, 2), (128, 4, 4)])
-def test_rotary_store_kv_equals_rotary_then_store(dtype, head_dim, hq, hkv):
+def test_rotary_store_kv_matches_torch(dtype, head_dim, hq, hkv, slot_dtype):
     T, bs, blocks = 6, 4, 4
     cache = build_cos_sin_cache(head_dim, 4096, 500000.0)
     qkv = torch.randn(T, (hq + 2 * hkv) * head_dim).to(dtype)
+    # q, k and v as strided views of a fused qkv projection, as the engine passes them.
     q, k, v = (t.view(T, -1, head_dim) for t in qkv.split([hq * head_dim, hkv * head_dim, hkv * head_dim], -1))
     pos = torch.tensor([0, 1, 17, 100, 2047, 4095])
-    slots = torch.tensor([3, 0, -1, 9, 15, 4])  # -1: a padding token, which must not touch the cache
+    slots = torch.tensor([3, 0, -1, 9, 15, 4], dtype=slot_dtype)  # -1: a padding token, which must not touch the cache
     caches = [torch.randn(blocks, bs, hkv, head_dim).to(dtype) for _ in range(2)]
-    q_ref, k_ref, caches_ref = q.clone(), k.clone(), [c.clone() for c in caches]
+    q_ref, caches_ref = q.clone(), [c.clone() for c in caches]
     k_before = k.clone()
     rotary_store_kv(pos, q, k, v, cache, *caches, slots)
-    apply_rotary(pos, q_ref, k_ref, cache)  # the unfused kernels, same rounding
-    store_kv(k_ref, v, *caches_ref, slots)
-    assert torch.equal(q, q_ref) and torch.equal(caches[0], caches_ref[0]) and torch.equal(caches[1], caches_ref[1])
+    rotary_store_kv_ref(pos, q_ref, k_before.clone(), v, cache, *caches_ref, slots)
+    torch.testing.assert_close(q, q_ref, **_tol(dtype))
+    torch.testing.assert_close(caches[0], caches_ref[0], **_tol(dtype))
+    assert torch.equal(caches[1], caches_ref[1])  # v is copied, not computed
     assert torch.equal(k, k_before)
+    untouched = torch.ones(blocks * bs, dtype=torch.bool)
+    untouched[slots[slots >= 0].long()] = False
+    for c, before in zip(caches, caches_ref):  # slots no token names keep what they held
+        assert torch.equal(c.view(blocks * bs, -1)[untouched], before.view(blocks * bs, -1)[untouched])
 
 
 def test_rotary_ref_matches_hf():
