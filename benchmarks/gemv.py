@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    variants = {"F.linear (cuBLASLt)": lambda x, w: F.linear(x, w), "torch.mv (cuBLAS gemv)": lambda x, w: torch.mv(w, x[0]),
+    variants = {"F.linear (cuBLASLt)": lambda x, w: F.linear(x, w),
+                "torch.mv (cuBLAS gemv)": lambda x, w: torch.mv(w, x[0]),
                 "triton default": lambda x, w: gemv(x, w)}
     grid = []
     if args.sweep:

@@ -17,10 +17,20 @@ import torch
 import triton
 import triton.testing
 
-from kernels import (apply_rotary, apply_rotary_ref, argmax, build_cos_sin_cache, paged_decode_attention,
-                     paged_decode_attention_ref, paged_prefill_attention, paged_prefill_attention_ref, rms_norm,
-                     rms_norm_ref, silu_and_mul, silu_and_mul_ref, store_kv, store_kv_ref)
-from kernels import decode_attention, prefill_attention
+from engine.layers.rotary import build_cos_sin_cache
+from kernels import (
+    argmax,
+    decode_attention,
+    paged_decode_attention,
+    paged_decode_attention_ref,
+    paged_prefill_attention,
+    paged_prefill_attention_ref,
+    rms_norm,
+    rms_norm_ref,
+    silu_and_mul,
+    silu_and_mul_ref,
+)
+from kernels.rotary import rotary_store_kv, rotary_store_kv_ref
 
 HQ, HKV, D, BS = 32, 8, 128, 16  # Llama-3.1-8B attention shapes, block size 16
 RESULTS: dict = {"checks": [], "timings": []}
@@ -68,23 +78,6 @@ def run_checks():
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
         dn = str(dtype).split(".")[1]
-        # store_kv: exact copy, padding skipped.
-        T = 1000
-        k = torch.randn(T, HKV, D, device="cuda", dtype=dtype)
-        v = torch.randn(T, HKV, D, device="cuda", dtype=dtype)
-        slots = torch.randperm(2048 * BS, device="cuda")[:T]
-        slots[::7] = -1
-        kc = torch.randn(2048, BS, HKV, D, device="cuda", dtype=dtype)
-        vc = torch.randn_like(kc)
-        kr, vr = kc.clone(), vc.clone()
-        store_kv(k, v, kc, vc, slots)
-        store_kv_ref(k, v, kr, vr, slots)
-        torch.cuda.synchronize()
-        exact = torch.equal(kc, kr) and torch.equal(vc, vr)
-        RESULTS["checks"].append({"name": f"store_kv {dn}", "rel_err": 0.0 if exact else 1.0, "ok": exact})
-        print(f"{'ok  ' if exact else 'FAIL'} store_kv {dn} exact", flush=True)
-        ok &= exact
-
         # decode: GQA ratios 1/4/8, head dims 64/128, ragged lengths around block edges, split counts.
         lens = [1, 15, 16, 17, 33, 255, 1000, 4096, 3000, 7]
         for hq, hkv, d in ((8, 8, 128), (32, 8, 128), (64, 8, 128), (32, 8, 64)):
@@ -137,14 +130,22 @@ def run_checks():
         cache = build_cos_sin_cache(D, 131072, 500000.0, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                           "high_freq_factor": 4.0,
                                                           "original_max_position_embeddings": 8192}, device="cuda")
-        qkv = torch.randn(512, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
-        q = qkv[:, :HQ * D].view(512, HQ, D)
-        k = qkv[:, HQ * D:(HQ + HKV) * D].view(512, HKV, D)
-        pos = torch.randint(0, 131072, (512,), device="cuda")
-        qr, kr = q.float(), k.float()
-        apply_rotary_ref(pos, qr, kr, cache)
-        apply_rotary(pos, q, k, cache)
-        ok &= check(f"rotary q {dn}", q, qr) & check(f"rotary k {dn}", k, kr)
+        # rotary + KV-cache write in one kernel: q rotated in place, rotated k and v into their slots (-1 skipped).
+        T = 512
+        qkv = torch.randn(T, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
+        q = qkv[:, :HQ * D].view(T, HQ, D)
+        k = qkv[:, HQ * D:(HQ + HKV) * D].view(T, HKV, D)
+        v = qkv[:, (HQ + HKV) * D:].view(T, HKV, D)
+        pos = torch.randint(0, 131072, (T,), device="cuda")
+        slots = torch.randperm(2048 * BS, device="cuda")[:T]
+        slots[::7] = -1
+        kc = torch.randn(2048, BS, HKV, D, device="cuda", dtype=dtype)
+        vc = torch.randn_like(kc)
+        qr, kr, vr = q.clone(), kc.clone(), vc.clone()
+        rotary_store_kv_ref(pos, qr, k, v, cache, kr, vr, slots)
+        rotary_store_kv(pos, q, k, v, cache, kc, vc, slots)
+        ok &= check(f"rotary_store_kv q {dn}", q, qr) & check(f"rotary_store_kv k cache {dn}", kc, kr)
+        ok &= check(f"rotary_store_kv v cache {dn}", vc, vr)
     return ok
 
 
@@ -152,7 +153,6 @@ def copy_bandwidth():
     src = torch.randn(2 * 1024 ** 3 // 4, device="cuda")  # 2 GiB
     dst = torch.empty_like(src)
     ms = bench_ms(lambda: dst.copy_(src))
-    del dst
     return 2 * src.numel() * 4 / ms / 1e9  # TB/s, counting bytes read plus bytes written
 
 
@@ -267,8 +267,8 @@ def time_elementwise(copy_bw):
         ("rms_norm T=8192 H=4096", lambda: rms_norm(x, w, 1e-5), 2 * x.numel() * 2),
         ("rms_norm+residual T=8192 H=4096", lambda: rms_norm(x, w, 1e-5, residual=r), 4 * x.numel() * 2),
         ("silu_and_mul T=8192 I=14336", lambda: silu_and_mul(g), g.numel() * 2 * 3 // 2),
-        ("rotary T=8192 (q+k in place)", lambda: apply_rotary(pos, q, k, cache), 2 * (q.numel() + k.numel()) * 2),
-        ("store_kv T=8192", lambda: store_kv(k, v, kc, vc, slots), 2 * 2 * k.numel() * 2),
+        ("rotary_store_kv T=8192", lambda: rotary_store_kv(pos, q, k, v, cache, kc, vc, slots),
+         (2 * q.numel() + 3 * k.numel() + 3 * v.numel()) * 2),
     ]
     rows = []
     for name, fn, nbytes in cases:
@@ -288,7 +288,8 @@ def time_argmax(copy_bw):
         x = torch.randn(B, 128256, device="cuda", dtype=torch.bfloat16)
         x[:, 1000] = x[:, 77000] = 10.0  # a tie: the lower index must win, as in torch
         ok = torch.equal(argmax(x), x.float().argmax(-1))
-        RESULTS["checks"].append({"name": f"argmax B={B} V=128256 bf16 (exact)", "rel_err": 0.0 if ok else 1.0, "ok": ok})
+        RESULTS["checks"].append({"name": f"argmax B={B} V=128256 bf16 (exact)", "rel_err": 0.0 if ok else 1.0,
+                                  "ok": ok})
         print(f"{'ok  ' if ok else 'FAIL'} argmax B={B} V=128256 bf16 (exact, tie at 1000 / 77000)", flush=True)
         for label, fn in (("torch: logits.float().argmax(-1)", lambda: x.float().argmax(-1)),
                           ("triton (kernels/argmax.py)", lambda: argmax(x))):

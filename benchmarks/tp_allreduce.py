@@ -109,7 +109,8 @@ def _norm_times(rank: int, dev: torch.device) -> dict:
     from kernels import rms_norm
 
     out = {"fused": _peer_norm is not None}
-    norm = RMSNorm(4096, 1e-5).to(device=dev, dtype=torch.bfloat16)
+    with torch.device(dev):  # a layer picks its CPU-or-Triton function when built, on the default device
+        norm = RMSNorm(4096, 1e-5).to(dtype=torch.bfloat16)
     norm.weight.normal_(1.0, 0.1, generator=torch.Generator(dev).manual_seed(0))
     gen = torch.Generator(dev).manual_seed(100 + rank)
     shared = torch.Generator(dev).manual_seed(7)

@@ -334,7 +334,8 @@ class Driver:
             res["b1_profile"] = self.everywhere(("profile", 1))
             prof = res["b1_profile"]
             print(f"[tp{self.world}] {label} batch-1 replay: {prof['kernels_per_replay']:.0f} kernels,"
-                  f" {prof['kernel_us_per_replay']:.0f} us of kernel time in {prof['replay_ms'] * 1e3:.0f} us", flush=True)
+                  f" {prof['kernel_us_per_replay']:.0f} us of kernel time in {prof['replay_ms'] * 1e3:.0f} us",
+                  flush=True)
             for name, count, us in prof["top"]:
                 print(f"    {us:8.1f} us  {count:6.1f}x  {name}", flush=True)
         res["b1_overlapped_ms_per_token"] = overlapped_ms_per_token(llm, prompt)
@@ -400,7 +401,8 @@ class Driver:
 
 # ------------------------------------------------------------------------------------------ parent
 
-def run_group(world: int, steps: list, opts: dict, deadline: float, log, stall_s: float = 150) -> tuple[dict, str | None]:
+def run_group(world: int, steps: list, opts: dict, deadline: float, log,
+              stall_s: float = 150) -> tuple[dict, str | None]:
     """Spawn `world` ranks, run the steps on rank 0; returns (results by step, error or None). A group that
     reports nothing for stall_s seconds is taken as hung (a collective that never pairs up)."""
     ctx = mp.get_context("spawn")
@@ -586,7 +588,8 @@ def main() -> None:
         if x is None and y is None:
             continue
         if isinstance(x, bool) or isinstance(y, bool):
-            log(f"| {label:44} | {str(x) if x is not None else '-':>9} | {str(y) if y is not None else '-':>9} | {'':>9} |")
+            sx, sy = str(x) if x is not None else "-", str(y) if y is not None else "-"
+            log(f"| {label:44} | {sx:>9} | {sy:>9} | {'':>9} |")
             continue
         ratio = y / x if x and y else None
         log(f"| {label:44} | {fmt(x):>9} | {fmt(y):>9} | {fmt(ratio, '.3f'):>9} |")
@@ -613,7 +616,8 @@ def main() -> None:
             log(f"| {x.get('variant', y.get('variant'))} | {fmt(x.get('b1_replay_ms'), '.3f')} | "
                 f"{fmt(y.get('b1_replay_ms'), '.3f')} | {fmt(r1, '.3f')} | {fmt(o1, '.3f')} | {fmt(o2, '.3f')} | "
                 f"{fmt(o2 / o1 if o1 and o2 else None, '.3f')} | {fmt(x.get('b64_replay_ms'), '.3f')} | "
-                f"{fmt(y.get('b64_replay_ms'), '.3f')} | {fmt(x.get('b1_eager_step_ms'))} | {fmt(y.get('b1_eager_step_ms'))} |")
+                f"{fmt(y.get('b64_replay_ms'), '.3f')} | {fmt(x.get('b1_eager_step_ms'))} | "
+                f"{fmt(y.get('b1_eager_step_ms'))} |")
     for key, err in [("TP=1", err1)] + errors2:
         if err:
             log(f"{key} error: {err[-1500:]}")

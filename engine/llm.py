@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import itertools
 
+from engine.model_runner import ModelRunner
+from engine.scheduler import Scheduler
 from shared.codec import unpack_ids
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-
-from engine.model_runner import ModelRunner
-from engine.scheduler import Scheduler
 
 
 class LLM:
@@ -57,7 +56,8 @@ class LLM:
     def busy(self) -> bool:
         return self.scheduler.has_work() or self.runner.has_pending
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]],
+                 params: SamplingParams | list[SamplingParams]) -> list[list[list[int]]]:
         """Run token-id prompts to completion together; returns, per prompt, the n output token lists."""
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         order = []

@@ -79,7 +79,8 @@ class ModelConfig:
             max_position_embeddings=max_pos, tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             qkv_bias=cfg.get("attention_bias", arch == "qwen2"),
             o_proj_bias=cfg.get("attention_bias", False) and arch != "qwen2", eos_token_ids=eos,
-            bos_token_id=cfg.get("bos_token_id"), max_model_len=min(max_model_len, max_pos) if max_model_len else max_pos,
+            bos_token_id=cfg.get("bos_token_id"),
+            max_model_len=min(max_model_len, max_pos) if max_model_len else max_pos,
             path=path, load_format=load_format)
 
 
@@ -98,7 +99,8 @@ def resolve_model_path(model: str) -> str:
     if model == DEFAULT_MODEL:
         return default_model_path()
     if not os.path.exists(model):
-        raise FileNotFoundError(f"model path {model!r} does not exist (no hub access: give a local directory or .gguf file)")
+        raise FileNotFoundError(f"model path {model!r} does not exist "
+                                "(no hub access: give a local directory or .gguf file)")
     return model
 
 

@@ -12,13 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shared.codec import pack_ids, unpack_ids
-from shared.knobs import Knobs, read_knobs
-from shared.messages import StepPlan, StepResult
-from shared.settings import Settings
-
-from engine.layers.attention import AttentionMetadata, Attention, attention_context, torch_backend_indices
 from engine.gpu_idle import GpuIdleMeter
+from engine.layers.attention import Attention, AttentionMetadata, attention_context, torch_backend_indices
 from engine.loader import load_weights
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
@@ -26,6 +21,10 @@ from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
 from engine.sampler import Sampler, SamplingState
 from engine.step_inputs import StepInputs, build_step_inputs
 from engine.transfer import to_device
+from shared.codec import pack_ids, unpack_ids
+from shared.knobs import Knobs, read_knobs
+from shared.messages import StepPlan, StepResult
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.transfer import to_device
 from shared.codec import pack_f32, pack_ids
 from shared.messages import SeqLogprobs
 from shared.sampling_params import SamplingParams
-
-from engine.transfer import to_device
 
 
 @dataclass(slots=True, eq=False)

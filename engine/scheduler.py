@@ -23,15 +23,14 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from engine.block_manager import BlockManager
+from engine.model_config import ModelConfig
+from engine.sequence import SeqStatus, Sequence
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.messages import NewSequence, SchedulerCounters, SeqDelta, SeqLogprobs, StepPlan, StepResult
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-
-from engine.block_manager import BlockManager
-from engine.model_config import ModelConfig
-from engine.sequence import Sequence, SeqStatus
 
 log = logging.getLogger("ferry.scheduler")
 

@@ -5,9 +5,8 @@ import os
 import shutil
 import zlib
 
-from shared.settings import Settings
-
 from engine.model_config import cache_dir, load_model_config, resolve_model_path
+from shared.settings import Settings
 
 
 class DummyTokenizer:
@@ -40,7 +39,8 @@ class DummyTokenizer:
     def convert_ids_to_tokens(self, ids):
         return f"t{int(ids)}" if isinstance(ids, int) else [f"t{int(t)}" for t in ids]
 
-    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True, **_):
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True,
+                            **_):
         text = "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages)
         if add_generation_prompt:
             text += "\nassistant:"

@@ -6,8 +6,8 @@ On CPU tensors the wrappers run under TRITON_INTERPRET=1 (set before triton is i
 
 from kernels.activation import silu_and_mul, silu_and_mul_ref
 from kernels.argmax import argmax, argmax_ref
-from kernels.gemv import gemv, gemv_ref
 from kernels.decode_attention import paged_decode_attention, paged_decode_attention_ref
+from kernels.gemv import gemv, gemv_ref
 from kernels.prefill_attention import paged_prefill_attention, paged_prefill_attention_ref
 from kernels.rmsnorm import rms_norm, rms_norm_ref
 from kernels.rotary import apply_rotary_ref, rotary_store_kv, rotary_store_kv_ref

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from kernels.pdl import launch_options
 
-# Swept on an H100 with kernels/bench_gemv.py --sweep (docs/perf-kernels.md): within 1 us of each shape's best.
+# Swept on an H100 with benchmarks/gemv.py --sweep (docs/perf-kernels.md): within 1 us of each shape's best.
 DEFAULTS = dict(block_n=2, block_k=2048, num_warps=8, num_stages=3)
 
 

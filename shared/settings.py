@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, fields
+
+import tomllib
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 

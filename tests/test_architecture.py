@@ -60,7 +60,8 @@ def test_module_size_and_layering(path: Path):
 
 def test_the_layering_check_sees_imports(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import engine.scheduler\nfrom tests.e2e import x\nfrom . import y\ndef f():\n    import kernels\n")
+    probe.write_text("import engine.scheduler\nfrom tests.e2e import x\nfrom . import y\n"
+                     "def f():\n    import kernels\n")
     assert imported_top_packages(probe) == {"engine", "tests", "kernels"}
 
 

@@ -70,7 +70,8 @@ def run_hf_baseline(requests: list[BenchRequest], hf_config: str, dtype: str = "
         sync()
         done = time.perf_counter() - t0
         for r in batch:
-            records.append(RequestRecord(len(r.prompt), r.output_len, start=0.0, latency=done, output_tokens=r.output_len))
+            records.append(RequestRecord(len(r.prompt), r.output_len, start=0.0, latency=done,
+                                         output_tokens=r.output_len))
         if progress is not None:
             progress.update(len(batch))
         if on_batch is not None:

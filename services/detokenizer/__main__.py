@@ -9,10 +9,10 @@ import time
 
 import zmq
 
-from shared.messages import DetokRegister, RequestError, TokenBatch
-from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 from services.detokenizer.service import DetokenizerService
 from services.runtime import start_service
+from shared.messages import DetokRegister, RequestError, TokenBatch
+from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 
 
 class SocketOutbox:

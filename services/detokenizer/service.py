@@ -11,10 +11,20 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shared.codec import pack_ids, unpack_ids, unpack_f32
-from shared.messages import (AbortRequest, ChoiceDelta, DetokRegister, Heartbeat, RequestError, RequestOutput,
-                             SeqDelta, TokenBatch, TokenLogprob, WorkerStatus)
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
+from shared.codec import pack_ids, unpack_f32, unpack_ids
+from shared.messages import (
+    AbortRequest,
+    ChoiceDelta,
+    DetokRegister,
+    Heartbeat,
+    RequestError,
+    RequestOutput,
+    SeqDelta,
+    TokenBatch,
+    TokenLogprob,
+    WorkerStatus,
+)
 
 log = logging.getLogger("ferry.detokenizer")
 

@@ -10,11 +10,11 @@ import time
 import zmq
 import zmq.asyncio
 
-from shared.errors import NotReady, ServiceUnavailable
-from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, TokenizeRequest, Tokenized
-from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 from services.gateway.metrics import Metrics
 from services.gateway.tokenizer_pool import TokenizerPool
+from shared.errors import NotReady, ServiceUnavailable
+from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, Tokenized, TokenizeRequest
+from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 
 log = logging.getLogger("ferry.gateway")
 

@@ -9,12 +9,12 @@ import uuid
 
 from aiohttp import web
 
-from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady
-from shared.messages import RequestError, RequestOutput, TokenizeRequest
 from services.gateway import responses as R
 from services.gateway.engine_client import EngineClient
 from services.gateway.metrics import Metrics
 from services.gateway.protocol import ParsedRequest, parse_request
+from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady
+from shared.messages import RequestError, RequestOutput, TokenizeRequest
 
 log = logging.getLogger("ferry.gateway")
 VERSION = "0.1.0"
@@ -223,7 +223,8 @@ class Run:
         p, chat = self.p, self.p.chat
         chunk = R.chat_chunk if chat else R.completion_chunk
         if chat:
-            await resp.write(R.sse(chunk(self.rid, self.created, p.model, R.chat_role_choices(len(self.collector.texts)))))
+            roles = R.chat_role_choices(len(self.collector.texts))
+            await resp.write(R.sse(chunk(self.rid, self.created, p.model, roles)))
         item = first
         try:
             while True:

@@ -20,10 +20,10 @@ import time
 
 import zmq
 
-from shared.messages import SchedulerPing, StepPlan
-from shared.sockets import PullSocket, PushSocket, endpoint
 from services.runner.service import RunnerService
 from services.runtime import start_service
+from shared.messages import SchedulerPing, StepPlan
+from shared.sockets import PullSocket, PushSocket, endpoint
 
 
 class Heartbeats(threading.Thread):

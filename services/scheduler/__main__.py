@@ -5,10 +5,10 @@ import time
 
 import zmq
 
-from shared.messages import AbortRequest, EngineRequest, Heartbeat, RunnerReady, StepResult
-from shared.sockets import PubSocket, PullSocket, PushSocket, endpoint
 from services.runtime import start_service
 from services.scheduler.service import SchedulerService
+from shared.messages import AbortRequest, EngineRequest, Heartbeat, RunnerReady, StepResult
+from shared.sockets import PubSocket, PullSocket, PushSocket, endpoint
 
 
 class SocketOutbox:

@@ -13,8 +13,19 @@ from typing import Callable, Protocol
 
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady
-from shared.messages import (AbortRequest, DetokRegister, EngineRequest, EngineStats, Heartbeat, RequestError,
-                             RunnerReady, SchedulerPing, StepResult, TokenBatch, WorkerStatus)
+from shared.messages import (
+    AbortRequest,
+    DetokRegister,
+    EngineRequest,
+    EngineStats,
+    Heartbeat,
+    RequestError,
+    RunnerReady,
+    SchedulerPing,
+    StepResult,
+    TokenBatch,
+    WorkerStatus,
+)
 
 log = logging.getLogger("ferry.scheduler")
 

@@ -9,11 +9,11 @@ import time
 
 import zmq
 
-from shared.messages import TokenizeRequest
-from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 from services.runtime import start_service
 from services.tokenizer.prompts import PromptBuilder
 from services.tokenizer.service import TokenizerService
+from shared.messages import TokenizeRequest
+from shared.sockets import Peers, PullSocket, PushSocket, endpoint
 
 
 class SocketOutbox:

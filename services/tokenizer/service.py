@@ -10,7 +10,7 @@ import logging
 from typing import Protocol
 
 from shared.errors import FerryError, InvalidParameter
-from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized, WorkerStatus
+from shared.messages import EngineRequest, Heartbeat, RequestError, Tokenized, TokenizeRequest, WorkerStatus
 
 LOAD_REPORT_INTERVAL = 10.0  # seconds between "load:" log lines while requests come in
 

@@ -8,11 +8,11 @@ import threading
 import time
 
 import openai
-
 from _pipeline import MODEL
 
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2 + 2?", "Say hello in Spanish.",
-             "What do bees make?", "Which planet is the largest?", "Write a haiku about rain.", "What is water made of?"]
+             "What do bees make?", "Which planet is the largest?", "Write a haiku about rain.",
+             "What is water made of?"]
 
 
 def client(server, **kw):

@@ -12,7 +12,6 @@ import msgpack
 import openai
 import pytest
 import zmq
-
 from _checks import OpenAIClientChecks, client, kill_mid_stream
 from _pipeline import MODEL, Server, alive, child_pids, ferry_command, free_port, get, metric, post
 

@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-
 from _checks import OpenAIClientChecks
 from _pipeline import REPO, VENV_BIN, Server, base_env, free_port, get, metric
 

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import zmq
-
 from _checks import check_chat, check_completion, check_concurrent_streams, check_stream, kill_mid_stream
 from _pipeline import MODEL, Server, alive, base_env, child_pids, ferry_command, free_port, get, post
 

@@ -1,7 +1,7 @@
 """The block manager on its own: reference counts, hash-chained prefix hits, LRU reuse."""
-from shared.sampling_params import SamplingParams
 from engine.block_manager import BlockManager
 from engine.sequence import Sequence
+from shared.sampling_params import SamplingParams
 
 
 def seq(tokens, sid=0):

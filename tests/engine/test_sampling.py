@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from engine.sampler import Sampler, SamplingState
+from engine.scheduler import Scheduler
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-from engine.sampler import Sampler, SamplingState
-from engine.scheduler import Scheduler
 from tests.engine.conftest import make_llm
 
 

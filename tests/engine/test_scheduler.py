@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 
+from engine.model_config import ModelConfig
+from engine.scheduler import PENDING_TOKEN, Scheduler
+from engine.sequence import SeqStatus
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.messages import SeqDelta, StepResult
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-from engine.model_config import ModelConfig
-from engine.scheduler import PENDING_TOKEN, Scheduler
-from engine.sequence import SeqStatus
 
 EOS = 2
 BS = 4  # tokens per KV block

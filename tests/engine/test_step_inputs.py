@@ -1,10 +1,9 @@
 """engine.step_inputs: a StepPlan and the runner's block tables -> positions, slots, tables, sampled rows (no model)."""
 import numpy as np
 
+from engine.step_inputs import build_step_inputs
 from shared.codec import pack_ids
 from shared.messages import StepPlan
-
-from engine.step_inputs import build_step_inputs
 
 BS = 4  # block size
 

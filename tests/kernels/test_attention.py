@@ -1,9 +1,14 @@
 import pytest
 import torch
 
-from kernels import (paged_decode_attention, paged_decode_attention_ref, paged_prefill_attention,
-                     paged_prefill_attention_ref)
+from kernels import (
+    paged_decode_attention,
+    paged_decode_attention_ref,
+    paged_prefill_attention,
+    paged_prefill_attention_ref,
+)
 from kernels.decode_attention import workspace_numel
+
 
 def make_paged_cache(ctx_lens, block_size, num_kv_heads, head_dim, dtype=torch.float32, spare_blocks=3, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from engine.layers.rotary import build_cos_sin_cache
-from kernels import (apply_rotary_ref, rms_norm, rms_norm_ref, rotary_store_kv, rotary_store_kv_ref, silu_and_mul,
-                     silu_and_mul_ref)
+from kernels import (
+    apply_rotary_ref,
+    rms_norm,
+    rms_norm_ref,
+    rotary_store_kv,
+    rotary_store_kv_ref,
+    silu_and_mul,
+    silu_and_mul_ref,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -90,7 +97,8 @@ def test_cos_sin_cache_matches_transformers(scaling):
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-    params = {"rope_type": "default", "rope_theta": 500000.0} if scaling is None else {**scaling, "rope_theta": 500000.0}
+    params = ({"rope_type": "default", "rope_theta": 500000.0} if scaling is None
+              else {**scaling, "rope_theta": 500000.0})
     cfg = LlamaConfig(hidden_size=256, num_attention_heads=2, max_position_embeddings=131072, rope_parameters=params)
     if scaling is None:
         inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)

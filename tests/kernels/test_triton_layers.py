@@ -6,7 +6,6 @@ import torch
 
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-
 from tests.engine.test_tiny_models_vs_transformers import RecordingSampler, make_hf_model
 
 STEPS = 4

@@ -6,8 +6,14 @@ import pytest
 
 from engine.tokenizer import DummyTokenizer, chat_token_ids
 from services.bench.__main__ import parse_args
-from services.bench.stats import (RequestRecord, concurrency_at_start, max_concurrency, percentiles,
-                                  records_to_dicts, summarize)
+from services.bench.stats import (
+    RequestRecord,
+    concurrency_at_start,
+    max_concurrency,
+    percentiles,
+    records_to_dicts,
+    summarize,
+)
 from services.bench.workload import fixed, poisson_arrivals, sharegpt_synth
 
 

@@ -1,11 +1,19 @@
 import logging
 import random
 
-from shared.codec import pack_ids
-from shared.messages import (AbortRequest, DetokRegister, Heartbeat, RequestError, RequestOutput, SeqDelta, TokenBatch,
-                             WorkerStatus)
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
 from services.detokenizer.service import Detokenizer, DetokenizerService
+from shared.codec import pack_ids
+from shared.messages import (
+    AbortRequest,
+    DetokRegister,
+    Heartbeat,
+    RequestError,
+    RequestOutput,
+    SeqDelta,
+    TokenBatch,
+    WorkerStatus,
+)
 
 TEXTS = ["The capital of France is Paris.", "héllo wörld — 日本語のテキスト 😀👍🏽 done",
          "  leading spaces\n\nand\ttabs", "naïve café 🇫🇷 flags"]

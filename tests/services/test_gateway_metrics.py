@@ -1,6 +1,6 @@
 """The gateway's Prometheus gauges follow the scheduler's typed stats (services/gateway/metrics.py)."""
-from shared.messages import EngineStats, SchedulerCounters, WorkerStatus
 from services.gateway.metrics import Metrics
+from shared.messages import EngineStats, SchedulerCounters, WorkerStatus
 
 
 def gauge(metrics: Metrics, line_start: str) -> float:

@@ -1,10 +1,10 @@
 import pytest
 
+from services.gateway import responses as R
+from services.gateway.protocol import parse_request
 from shared.codec import unpack_ids
 from shared.errors import InvalidParameter, ModelNotFound
 from shared.messages import ChoiceDelta, TokenLogprob
-from services.gateway import responses as R
-from services.gateway.protocol import parse_request
 
 NAME = "SmolLM2-135M-Instruct"
 CHAT = {"model": NAME, "messages": [{"role": "user", "content": "hi"}]}

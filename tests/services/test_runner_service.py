@@ -3,9 +3,8 @@ import logging
 import threading
 import time
 
+from services.runner.service import EXIT_SCHEDULER_SILENT, EXIT_SESSION_CHANGED, EXIT_STEP_FAILED, RunnerService
 from shared.messages import SchedulerPing, StepPlan, StepResult
-from services.runner.service import (EXIT_SCHEDULER_SILENT, EXIT_SESSION_CHANGED, EXIT_STEP_FAILED,
-                                     RunnerService)
 
 PEER_TIMEOUT = 5.0
 

@@ -1,14 +1,25 @@
 """The scheduler service with the real engine Scheduler (no model: the tests answer its plans themselves)."""
 import numpy as np
 
-from shared.codec import pack_ids, unpack_ids
-from shared.messages import (AbortRequest, DetokRegister, EngineRequest, Heartbeat, RequestError, RunnerReady,
-                             SchedulerPing, StepPlan, StepResult, TokenBatch, WorkerStatus)
-from shared.sampling_params import SamplingParams
-from shared.settings import Settings
 from engine.model_config import ModelConfig
 from engine.scheduler import Scheduler
 from services.scheduler.service import SchedulerService
+from shared.codec import pack_ids, unpack_ids
+from shared.messages import (
+    AbortRequest,
+    DetokRegister,
+    EngineRequest,
+    Heartbeat,
+    RequestError,
+    RunnerReady,
+    SchedulerPing,
+    StepPlan,
+    StepResult,
+    TokenBatch,
+    WorkerStatus,
+)
+from shared.sampling_params import SamplingParams
+from shared.settings import Settings
 
 SETTINGS = Settings(peer_timeout=5.0, heartbeat_interval=0.5, block_size=4)
 CONFIG = ModelConfig.from_hf_dict(dict(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,

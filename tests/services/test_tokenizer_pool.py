@@ -1,6 +1,6 @@
 """The gateway's record of which tokenizer worker holds which request (services/gateway/tokenizer_pool.py)."""
-from shared.messages import WorkerStatus
 from services.gateway.tokenizer_pool import TokenizerPool
+from shared.messages import WorkerStatus
 
 
 def view(pids: dict[int, int]) -> list[WorkerStatus]:

@@ -1,10 +1,10 @@
 import pytest
 
+from services.tokenizer.prompts import PromptBuilder, normalize_messages
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.messages import TokenizeRequest
 from shared.sampling_params import SamplingParams
-from services.tokenizer.prompts import PromptBuilder, normalize_messages
 
 
 @pytest.fixture

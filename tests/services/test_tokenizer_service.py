@@ -1,10 +1,10 @@
 """The tokenizer worker's request/ack/error mapping with a fake prompt builder and outbox: no sockets, no model."""
 import logging
 
-from shared.errors import PromptTooLong
-from shared.messages import EngineRequest, Heartbeat, RequestError, TokenizeRequest, Tokenized, WorkerStatus
-from shared.sampling_params import SamplingParams
 from services.tokenizer.service import LOAD_REPORT_INTERVAL, TokenizerService
+from shared.errors import PromptTooLong
+from shared.messages import EngineRequest, Heartbeat, RequestError, Tokenized, TokenizeRequest, WorkerStatus
+from shared.sampling_params import SamplingParams
 
 
 class FakeBuilder:
