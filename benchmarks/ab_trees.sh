@@ -49,12 +49,14 @@ done
 python3 - $R "$OUT" <<'PY'
 import glob, json, os, statistics, sys
 runs, out = sys.argv[1], sys.argv[2]
-rows = {"old": {"tpot": [], "sg": [], "sg_ttft": []}, "new": {"tpot": [], "sg": [], "sg_ttft": []}}
+rows = {t: {"tpot": [], "sg": [], "sg_ttft": [], "incomplete": []} for t in ("old", "new")}
 for path in sorted(glob.glob(os.path.join(runs, "*.json"))):
     for r in json.load(open(path)).get("runs", []):
         s, tree = r["summary"], r["name"].split()[-1]
         if r["name"].startswith("batch-1"):
             rows[tree]["tpot"].append(s["tpot_ms"]["p50"])
+        elif s["completed"] < 1000:  # some requests failed: say so, keep it out of the medians
+            rows[tree]["incomplete"].append(s["completed"])
         else:
             rows[tree]["sg"].append(s["output_throughput"])
             rows[tree]["sg_ttft"].append(s["ttft_ms"]["p50"])
@@ -67,5 +69,8 @@ for key, label in (("tpot", "batch-1 TPOT p50 ms"), ("sg", "sharegpt-1000 output
                    ("sg_ttft", "sharegpt-1000 TTFT p50 ms")):
     o, n = rows["old"][key], rows["new"][key]
     print(f"{label:28s} {fmt(o):32s} {fmt(n):32s} {med(n) / med(o):17.3f}")
+for tree in ("old", "new"):
+    if rows[tree]["incomplete"]:
+        print(f"{tree}: sharegpt-1000 runs with failed requests (completed counts): {rows[tree]['incomplete']}")
 PY
 echo "total $(( $(date +%s) - T0 )) s"

@@ -92,7 +92,7 @@ def test_the_engine_rejects_a_malformed_request_it_was_sent():
     assert not sched.has_work() and not sched.requests
     params = SamplingParams(max_tokens=None)
     sched.add_request("fine", 0, [1, 2, 3], params)
-    assert params.max_tokens is None and sched.requests["fine"][0].params.max_tokens == 61
+    assert params.max_tokens is None and sched.requests["fine"].seqs[0].params.max_tokens == 61
     assert sched.stats().num_waiting == 1
 
 
