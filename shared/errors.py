@@ -80,3 +80,44 @@ class HTTPError(FerryError):
         super().__init__(message, param, code)
         self.status = status if isinstance(status, int) and 400 <= status < 600 else 500
         self.type = type or ("invalid_request_error" if self.status < 500 else "service_unavailable")
+
+
+# ---------------------------------------------------------------- the HTTP edge (issue 13)
+
+class InvalidAPIKey(FerryError):
+    """No API key, or not one of the configured keys (HTTP 401, as OpenAI answers it)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Overloaded(ServiceUnavailable):
+    """Too many requests are waiting already: try again later (HTTP 503 with Retry-After)."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, int(retry_after)))}
+
+
+class RateLimited(FerryError):
+    """A key's requests or tokens per minute are used up (HTTP 429 with Retry-After)."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, int(retry_after)))}
+
+
+class RequestTimeout(FerryError):
+    """The request ran past --request-timeout: ended, and aborted in the engine (HTTP 504)."""
+
+    status = 504
+    type = "timeout"
+    code = "request_timeout"

@@ -47,6 +47,19 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
 
+    # HTTP edge and admission control (issue 13, the edge part)
+    http_read_timeout: float = 30.0  # seconds for a request's head (from connect or the last answer), and its body
+    max_connections: int = 2048  # open client connections; past it the longest-idle one is closed (capped by fds)
+    max_header_bytes: int = 8190  # the request line and each header line
+    api_key: str = ""  # comma-separated keys; empty (and no api_key_file): no key needed
+    api_key_file: str = ""  # one key a line ('#' comments)
+    metrics_require_key: bool = False  # /metrics needs a key too (/health never does)
+    allowed_origins: str = ""  # CORS: comma-separated origins or "*"; empty: no CORS headers
+    max_waiting_requests: int = 0  # requests waiting for their first token before new ones get 503; 0: no bound
+    rate_limit_rpm: int = 0  # requests per minute per API key; 0: none
+    rate_limit_tpm: int = 0  # prompt + generated tokens per minute per API key; 0: none
+    request_timeout: float = 0.0  # seconds a generation request may take before it is ended and aborted; 0: none
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name

@@ -6,14 +6,21 @@ import signal
 
 from aiohttp import web
 
+from services.gateway.connections import SPARE_FDS, GuardedSite, raise_fd_limit
 from services.gateway.server import Gateway
 from services.runtime import start_service
 
 
 async def serve(settings, log):
-    runner = web.AppRunner(Gateway(settings).app(), handler_cancellation=True, access_log=None)
+    fds = raise_fd_limit()
+    gateway = Gateway(settings)
+    gateway.guard.max_connections = max(1, min(settings.max_connections, fds - SPARE_FDS))
+    # aiohttp's own limits on the request head; its keep-alive timer only backs up the guard's read timeout.
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None,
+                           keepalive_timeout=max(75.0, settings.http_read_timeout),
+                           max_line_size=settings.max_header_bytes, max_field_size=settings.max_header_bytes)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    await GuardedSite(runner, gateway.guard, settings.host, settings.port).start()
     log.info("serving %s on http://%s:%d", settings.resolved_name(), settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

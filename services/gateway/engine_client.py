@@ -35,6 +35,7 @@ class EngineClient:
             self._worker_socket(wid)
         self.scheduler = AsyncPushSocket(self.ctx, endpoint(settings, "scheduler"))
         self.runs: dict[str, tuple[asyncio.Queue, int]] = {}  # request id -> (its queue, prompt index)
+        self.pending: set[str] = set()  # submitted, no output yet: waiting, for admission control
         self.stats: EngineStats | None = None
         self.stats_at = 0.0
         self.started_at = time.monotonic()
@@ -72,13 +73,20 @@ class EngineClient:
         if reason:
             raise NotReady(f"the server is not ready: {reason}")
         self.runs[req.request_id] = (queue, prompt_index)
+        self.pending.add(req.request_id)
         if not self.pool.send(req.request_id, req):
             self.runs.pop(req.request_id, None)
+            self.pending.discard(req.request_id)
             raise NotReady("no tokenizer worker is available")
+
+    def num_pending(self) -> int:
+        """Requests submitted through this gateway that have produced no output yet."""
+        return len(self.pending)
 
     def release(self, request_id: str, abort: bool):
         """The handler is done with a request; abort it in the engine unless it finished."""
         self.pool.passed_on(request_id)
+        self.pending.discard(request_id)
         if self.runs.pop(request_id, None) is not None and abort:
             self.scheduler.send(AbortRequest(request_id, self.settings.gateway_id, "client"))
 
@@ -88,6 +96,7 @@ class EngineClient:
             self.pool.passed_on(msg.request_id)
             if isinstance(msg, Tokenized):
                 continue
+            self.pending.discard(msg.request_id)
             entry = self.runs.get(msg.request_id)
             if entry is not None:  # else: the client is gone already
                 entry[0].put_nowait((entry[1], msg))

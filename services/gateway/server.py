@@ -10,10 +10,14 @@ import uuid
 from aiohttp import web
 
 from services.gateway import responses as R
+from services.gateway.admission import Admission
+from services.gateway.auth import API_KEY, api_key_middleware, load_keys, open_paths
+from services.gateway.connections import ConnectionGuard
+from services.gateway.cors import Cors
 from services.gateway.engine_client import EngineClient
 from services.gateway.metrics import Metrics
 from services.gateway.protocol import ParsedRequest, parse_request
-from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady
+from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
 
 log = logging.getLogger("ferry.gateway")
@@ -21,7 +25,7 @@ VERSION = "0.1.0"
 
 
 def error_response(err: FerryError) -> web.Response:
-    return web.json_response(err.to_dict(), status=err.status)
+    return web.json_response(err.to_dict(), status=err.status, headers=getattr(err, "headers", None))
 
 
 @web.middleware
@@ -66,9 +70,17 @@ class Gateway:
         self.metrics = Metrics(settings.gateway_id)
         self.client = EngineClient(settings, self.metrics)
         self.created = int(time.time())
+        self.admission = Admission(settings, self.client)
+        self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
+        self.cors = Cors(settings.allowed_origins)
+        self.api_keys = load_keys(settings)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[openai_errors])
+        # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
+        edge = [self.guard.middleware] + ([self.cors.middleware] if self.cors.enabled else [])
+        edge.append(api_key_middleware(self.api_keys, open_paths(self.settings)))
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[*edge, openai_errors])
+        self.cors.install(app)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -81,8 +93,10 @@ class Gateway:
 
     async def _start(self, app):
         self.client.start()
+        self.guard.start()
 
     async def _stop(self, app):
+        await self.guard.stop()
         await self.client.stop()
 
     # ------------------------------------------------------------------ small routes
@@ -99,6 +113,9 @@ class Gateway:
         reason = self.client.not_ready_reason()
         if reason:
             return error_response(NotReady(reason, code="not_ready"))
+        reason = self.admission.overloaded_reason()
+        if reason:  # 503 so that load balancers send new requests elsewhere
+            return error_response(NotReady(reason, code="overloaded"))
         return web.json_response({"status": "ok"})
 
     async def prometheus(self, request):
@@ -119,6 +136,12 @@ class Gateway:
 
     async def _generate(self, request: web.Request, chat: bool):
         endpoint = "chat" if chat else "completions"
+        key = request.get(API_KEY, "")
+        try:
+            self.admission.admit(key)  # before the body is read: an overloaded server says so at once
+        except FerryError as e:
+            self.metrics.requests.labels(endpoint, str(e.status)).inc()
+            raise
         body, error = await read_json(request, self.settings.max_body_bytes)
         if error is not None:
             self.metrics.requests.labels(endpoint, str(error.status)).inc()
@@ -129,7 +152,7 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        run = Run(self, rid, parsed)
+        run = Run(self, rid, parsed, key)
         try:
             run.submit()
             response = await run.answer(request)
@@ -145,8 +168,9 @@ class Gateway:
 class Run:
     """One HTTP generation request in flight: its sub-requests (one per prompt), outputs, answer."""
 
-    def __init__(self, gw: Gateway, rid: str, parsed: ParsedRequest):
-        self.gw, self.rid, self.p = gw, rid, parsed
+    def __init__(self, gw: Gateway, rid: str, parsed: ParsedRequest, key: str = ""):
+        self.gw, self.rid, self.p, self.key = gw, rid, parsed, key
+        self.deadline: asyncio.TimerHandle | None = None
         self.n = parsed.params.n
         num_prompts = 1 if parsed.chat else len(parsed.prompts)
         self.sub_ids = [rid] if num_prompts == 1 else [f"{rid}-{i}" for i in range(num_prompts)]
@@ -168,8 +192,18 @@ class Run:
             else:
                 req.prompt_token_ids = self.p.prompts[i]
             self.gw.client.submit(req, self.queue, i)
+        timeout = self.gw.settings.request_timeout
+        if timeout > 0:  # one timer per request, nothing per token
+            self.deadline = asyncio.get_running_loop().call_later(timeout, self._expire, timeout)
+
+    def _expire(self, timeout: float):
+        """Past --request-timeout: the next output the answer waits for is this error; release() then aborts."""
+        err = RequestTimeout(f"The request took longer than the server's request timeout ({timeout:g}s).")
+        self.queue.put_nowait((0, RequestError.of(self.rid, self.gw.settings.gateway_id, err)))
 
     def release(self):
+        if self.deadline is not None:
+            self.deadline.cancel()
         for sub in self.sub_ids:
             self.gw.client.release(sub, abort=not self.collector.done)
 
@@ -200,6 +234,7 @@ class Run:
         m.prompt_tokens.inc(usage["prompt_tokens"])
         m.generation_tokens.inc(usage["completion_tokens"])
         m.latency.observe(time.monotonic() - self.start)
+        self.gw.admission.charge_tokens(self.key, usage["prompt_tokens"] + usage["completion_tokens"])
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         # Wait for the first output before answering, so that a rejected prompt gets a plain 4xx.
