@@ -104,7 +104,7 @@ def _logit_bias(body: dict, limits: RequestLimits) -> dict[int, float]:
         _bad("logit_bias", f"may hold at most {limits.max_logit_bias} entries, got {len(raw)}")
     out = {}
     for k, v in raw.items():
-        tok = int(k) if k.isascii() and k.isdigit() and len(k) <= 10 else -1
+        tok = int(k) if isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 10 else -1
         if not 0 <= tok <= INT32_MAX:
             _bad("logit_bias", f"keys must be token ids (0 to {INT32_MAX}), got {param_name(k)!r}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):

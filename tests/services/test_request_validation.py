@@ -88,6 +88,8 @@ BAD = [  # (chat?, body, param)
     (False, {**COMP, "logit_bias": {"2147483648": 1}}, "logit_bias"),
     (False, {**COMP, "logit_bias": {"1" * 5000: 1}}, "logit_bias"),
     (False, {**COMP, "logit_bias": {"x": 1}}, "logit_bias"),
+    (False, {**COMP, "logit_bias": {5: 1}}, "logit_bias"),  # only from a caller that skipped JSON
+    (False, {**COMP, "logit_bias": {"²": 1}}, "logit_bias"),
     (False, {**COMP, "logit_bias": {"1": NAN}}, "logit_bias"),
     (False, {**COMP, "logit_bias": {"1": 101}}, "logit_bias"),
     (False, {**COMP, "logit_bias": {"1": "1"}}, "logit_bias"),
