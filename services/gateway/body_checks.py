@@ -63,7 +63,8 @@ def check_values(body, max_depth: int) -> None:
                 raise InvalidParameter(f"{param} is nested deeper than {max_depth} levels", param=param)
             if isinstance(value, dict):
                 for k, v in value.items():
-                    _check_string(k, param)
+                    if isinstance(k, str):
+                        _check_string(k, param)
                     stack.append((v, depth + 1, param, k))
             else:
                 stack.extend((v, depth + 1, param, None) for v in value)
