@@ -136,6 +136,9 @@ def parse_sampling(body: dict, chat: bool, limits: RequestLimits = RequestLimits
         max_tokens = _get(body, "max_tokens", int, 16)
         logprobs = _get(body, "logprobs", int)
         top = logprobs or 0
+    source = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    if max_tokens is not None and not 1 <= max_tokens <= INT32_MAX:  # named as the client sent it
+        _bad(source, f"must be from 1 to {INT32_MAX}, got {max_tokens}")
     temperature = _get(body, "temperature", float, 1.0)
     params = SamplingParams(
         max_tokens=max_tokens,

@@ -103,7 +103,7 @@ def shaped_cases():
                          ("logprobs", True), ("user", "\ud800")]:
         cases.append((*comp(**{field: value}), field))
     cases += [(*chat(logprobs=1), "logprobs"), (*chat(logprobs=True, top_logprobs=21), "top_logprobs"),
-              (*chat(top_logprobs=2), "top_logprobs"), (*chat(max_completion_tokens=2**31), "max_tokens"),
+              (*chat(top_logprobs=2), "top_logprobs"), (*chat(max_completion_tokens=2**31), "max_completion_tokens"),
               (*chat(add_generation_prompt="no"), "add_generation_prompt"),
               (*chat(x=json.loads("[" * 60 + "]" * 60)), "x"),
               (*chat(messages=[{"role": "user", "content": "hi", "x": 2**70}]), "messages"),

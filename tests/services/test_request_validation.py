@@ -59,7 +59,7 @@ BAD = [  # (chat?, body, param)
     (False, {**COMP, "max_tokens": 1e300}, "max_tokens"),
     (False, {**COMP, "max_tokens": 0}, "max_tokens"),
     (False, {**COMP, "max_tokens": "5"}, "max_tokens"),
-    (True, {**CHAT, "max_completion_tokens": -1}, "max_tokens"),
+    (True, {**CHAT, "max_completion_tokens": -1}, "max_completion_tokens"),
     (False, {**COMP, "top_k": 2**31}, "top_k"),
     (False, {**COMP, "top_k": -2}, "top_k"),
     (False, {**COMP, "min_tokens": 2**40}, "min_tokens"),
