@@ -29,7 +29,7 @@ from engine.sequence import SeqStatus, Sequence
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
 from shared.messages import NewSequence, SchedulerCounters, SeqDelta, SeqLogprobs, StepPlan, StepResult
-from shared.sampling_params import SamplingParams
+from shared.sampling_params import SamplingParams, choice_seed
 from shared.settings import Settings
 
 log = logging.getLogger("ferry.scheduler")
@@ -90,6 +90,7 @@ class Scheduler:
             raise InvalidParameter(f"request id {request_id!r} is already in use", param="request_id")
         # The request was validated where it entered (gateway, tokenizer). Only what this class relies on is
         # checked again, so that a forged or malformed request is rejected instead of breaking the loop.
+        params.validate()  # ranges that the plan's encoding and the sampler rely on (seed, int32, finite floats)
         params.check_length(len(prompt_token_ids), self.max_model_len, self.vocab_size)
         params = params.with_max_tokens_for(len(prompt_token_ids), self.max_model_len)  # LLM callers may leave None
         if params.n < 1 or params.max_tokens < 1:
@@ -100,7 +101,8 @@ class Scheduler:
                                 f"but the cache holds {self.blocks.num_blocks}", param="max_tokens")
         seqs = []
         for i in range(params.n):
-            p = params if i == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + i)
+            p = params if i == 0 or params.seed is None else dataclasses.replace(params,
+                                                                                 seed=choice_seed(params.seed, i))
             seq = Sequence(self._next_seq_id, request_id, gateway_id, i, p, list(prompt_token_ids),
                            len(prompt_token_ids), arrival=time.monotonic(), leader=seqs[0] if seqs else None)
             self._next_seq_id += 1

@@ -7,11 +7,23 @@ resolves a left-out max_tokens (with_max_tokens_for()). Neither check changes wh
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from shared.errors import InvalidParameter, PromptTooLong
 
 MAX_LOGPROBS = 20
+INT32_MAX = 2**31 - 1  # token ids travel packed as int32; counts are bounded the same way
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63: a signed int64 for msgpack and torch, whatever is added to it
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request seeded with `seed`: distinct per choice, never out of range."""
+    return (seed + index) % SEED_LIMIT
+
+
+_FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+_INTS = ("max_tokens", "top_k", "n", "logprobs", "min_tokens")
 
 
 @dataclass(slots=True)
@@ -47,7 +59,16 @@ class SamplingParams:
         def bad(param: str, msg: str):
             raise InvalidParameter(f"{param} {msg}", param=param)
 
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+        for name in _FLOATS:  # NaN passes every comparison below, and infinity most: neither is a setting
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                bad(name, f"must be a finite number, got {value!r}")
+        for name in _INTS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or abs(value) > INT32_MAX):
+                bad(name, f"must be an integer of at most {INT32_MAX} in size, got {value!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
             bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
         if self.temperature < 0:
             bad("temperature", f"must be non-negative, got {self.temperature}")
@@ -71,11 +92,17 @@ class SamplingParams:
             bad("min_tokens", f"must be non-negative, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             bad("min_tokens", f"must not exceed max_tokens ({self.max_tokens}), got {self.min_tokens}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad("seed", "must be an integer")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < SEED_LIMIT):
+            bad("seed", f"must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed!r}")
         for tok, bias in self.logit_bias.items():
-            if not -100 <= bias <= 100:
+            if not isinstance(tok, int) or not 0 <= tok <= INT32_MAX:
+                bad("logit_bias", f"keys must be token ids (0 to {INT32_MAX}), got {tok!r}")
+            if not isinstance(bias, (int, float)) or not -100 <= bias <= 100:  # NaN fails this too
                 bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {tok}")
+        for tok in self.stop_token_ids:
+            if not isinstance(tok, int) or not 0 <= tok <= INT32_MAX:
+                bad("stop_token_ids", f"must be token ids (0 to {INT32_MAX}), got {tok!r}")
         return self
 
     def check_length(self, prompt_len: int, max_model_len: int, vocab_size: int | None = None) -> None:

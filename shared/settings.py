@@ -60,6 +60,16 @@ class Settings:
     rate_limit_tpm: int = 0  # prompt + generated tokens per minute per API key; 0: none
     request_timeout: float = 0.0  # seconds a generation request may take before it is ended and aborted; 0: none
 
+    # request limits (issue 13, validation): a request over one is a 400 naming the parameter
+    max_n: int = 128  # choices per prompt (n; best_of must equal it)
+    max_prompts_per_request: int = 128  # prompts in one completions request
+    max_seqs_per_request: int = 256  # prompts x n
+    max_stop_strings: int = 16
+    max_stop_string_chars: int = 512
+    max_stop_token_ids: int = 1024
+    max_logit_bias: int = 1024  # logit_bias entries
+    max_json_depth: int = 32  # nesting of the request body
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -12,9 +11,11 @@ from aiohttp import web
 from services.gateway import responses as R
 from services.gateway.admission import Admission
 from services.gateway.auth import API_KEY, api_key_middleware, load_keys, open_paths
+from services.gateway.body_checks import load_json
 from services.gateway.connections import ConnectionGuard
 from services.gateway.cors import Cors
 from services.gateway.engine_client import EngineClient
+from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
 from services.gateway.protocol import ParsedRequest, parse_request
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
@@ -58,9 +59,9 @@ async def read_json(request: web.Request, max_bytes: int):
     except web.HTTPRequestEntityTooLarge:
         return None, _too_large(max_bytes)
     try:
-        return json.loads(raw), None
-    except (ValueError, UnicodeDecodeError) as e:
-        return None, error_response(InvalidParameter(f"the body is not valid JSON: {e}", code="invalid_json"))
+        return load_json(raw), None  # depth-bounded: a body nested past the stack is a 400
+    except InvalidParameter as e:
+        return None, error_response(e)
 
 
 class Gateway:
@@ -147,7 +148,7 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(error.status)).inc()
             return error
         try:
-            parsed = parse_request(body, chat, self.model)
+            parsed = parse_request(body, chat, self.model, RequestLimits.of(self.settings))
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
@@ -191,7 +192,10 @@ class Run:
                 req.prompt = self.p.prompts[i]
             else:
                 req.prompt_token_ids = self.p.prompts[i]
-            self.gw.client.submit(req, self.queue, i)
+            try:
+                self.gw.client.submit(req, self.queue, i)
+            except (ValueError, TypeError, OverflowError) as e:  # the parser's checks should make this unreachable
+                raise InvalidParameter(f"the request cannot be encoded: {e}", code="unencodable") from None
         timeout = self.gw.settings.request_timeout
         if timeout > 0:  # one timer per request, nothing per token
             self.deadline = asyncio.get_running_loop().call_later(timeout, self._expire, timeout)

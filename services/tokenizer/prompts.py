@@ -7,6 +7,7 @@ from engine.tokenizer import chat_token_ids
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter
 from shared.messages import EngineRequest, TokenizeRequest
+from shared.template_kwargs import check_template_kwargs
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -56,7 +57,8 @@ class PromptBuilder:
     def prompt_ids(self, req: TokenizeRequest) -> list[int]:
         if req.messages is not None:
             messages = normalize_messages(req.messages)
-            return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **req.chat_template_kwargs)
+            kwargs = check_template_kwargs(req.chat_template_kwargs)  # a peer's message is checked again here
+            return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **kwargs)
         if req.prompt is not None:
             return list(self.tokenizer.encode(req.prompt))
         if req.prompt_token_ids is not None:

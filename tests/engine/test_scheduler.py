@@ -332,3 +332,20 @@ def test_stats_count_what_is_there():
     st = s.stats()
     assert (st.num_running, st.num_waiting, st.num_requests) == (1, 1, 1)
     assert st.num_total_blocks - st.num_free_blocks == 1 and st.num_finished == 0
+
+
+def test_per_choice_seeds_stay_in_range_and_the_plan_encodes():
+    """seed + i overflowed uint64 at 2**64 - 1 (issue 13); choices now wrap below 2**63, and the plan encodes."""
+    from shared.codec import decode, encode
+    from shared.sampling_params import SEED_LIMIT
+
+    sched = make()
+    sched.add_request("r", 0, [1, 2, 3], SamplingParams(temperature=1.0, max_tokens=2, n=3, seed=SEED_LIMIT - 2))
+    assert [s.params.seed for s in sched.requests["r"].seqs] == [SEED_LIMIT - 2, SEED_LIMIT - 1, 0]
+    for _ in range(3):  # the leader's prefill, then its siblings join
+        plan = sched.schedule()
+        assert decode(encode(plan)).step_id == plan.step_id
+        sched.update(answer(plan))
+    with pytest.raises(InvalidParameter):  # a forged request out of range is refused, not planned
+        sched.add_request("bad", 0, [1, 2, 3], SamplingParams(temperature=1.0, max_tokens=2, n=2, seed=2**64 - 1))
+    assert "bad" not in sched.requests
