@@ -47,6 +47,10 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
 
+    # the inside (issue 13): who may talk to the sockets, and how much
+    max_frame_bytes: int = 64 * 1024 * 1024  # a bigger frame disconnects its sender (ZMQ_MAXMSGSIZE)
+    curve_keys_dir: str = ""  # tcp endpoints: a private (0700) directory with the cluster's CURVE key
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
