@@ -48,6 +48,7 @@ class RunnerService:
         self.session_grace = session_grace
         self.last_own_ping = now
         self.last_step_id = -1  # the newest plan submitted: what a failed flush reports
+        self.stepped = False  # set by the main thread once a plan ran: from then on this rank holds state
         self.plans: queue.Queue[StepPlan] = queue.Queue()  # reader thread -> main thread
 
     # ------------------------------------------------------------------ heartbeat thread
@@ -66,6 +67,10 @@ class RunnerService:
                 if now - self.last_own_ping < self.session_grace:
                     self.log.warning("ignored a ping of session %.12s: session %.12s is alive", msg.session,
                                      self.session)
+                    return None
+                if not self.stepped and self.busy_since is None:  # no plan run: no state to lose (a fresh group)
+                    self.log.info("joined scheduler session %.12s in place of %.12s", msg.session, self.session)
+                    self.session, self.last_own_ping = msg.session, now
                     return None
                 # A new scheduler session: our per-sequence state (and maybe our group) is dead.
                 self.log.warning("scheduler session changed%s; exiting so that a clean runner takes over",
@@ -115,7 +120,7 @@ class RunnerService:
         collective or see the new session."""
         self.busy_since = now
         if plan is not None:
-            self.last_step_id = plan.step_id
+            self.last_step_id, self.stepped = plan.step_id, True
         try:
             result = self.runner.submit(plan) if plan is not None else self.runner.flush()
         except Exception as e:

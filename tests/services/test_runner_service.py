@@ -88,6 +88,7 @@ def test_a_plan_before_the_handshake_is_dropped_and_one_after_it_is_queued():
 def test_a_forged_ping_cannot_end_a_rank_whose_scheduler_still_pings():
     service = RunnerService(FakeRunner(), FakeOutbox(), 0, 1, PEER_TIMEOUT, 0.0, session_grace=1.5)
     service.on_message(SchedulerPing("s1"), now=1.0)
+    service.step(plan(1), now=1.1)  # from now on the rank holds sequences of session s1
     assert service.on_message(SchedulerPing("forged"), now=1.2) is None
     service.on_message(SchedulerPing("s1"), now=1.5)
     assert service.on_message(SchedulerPing("forged"), now=2.9) is None  # s1 was heard 1.4s ago
@@ -190,3 +191,12 @@ def test_an_idle_runner_waits_for_the_next_plan():
     service, _, _ = make(pending=False)
     service.plans.put("plan 1")
     assert service.next_plan() == "plan 1"
+
+
+def test_a_rank_that_ran_no_plan_joins_a_new_session_in_place():
+    """A restarted rank joins the session it hears, the scheduler resets on believing the restart: the rank holds
+    nothing yet, so it moves to the new session instead of exiting into another restart."""
+    service = RunnerService(FakeRunner(), FakeOutbox(), 0, 1, PEER_TIMEOUT, 0.0, session_grace=1.5)
+    service.on_message(SchedulerPing("s1"), now=1.0)
+    assert service.on_message(SchedulerPing("s2"), now=1.2) is None and service.session == "s1"  # s1 alive
+    assert service.on_message(SchedulerPing("s2"), now=2.6) is None and service.session == "s2"
