@@ -228,7 +228,12 @@ class Peers:
     def send(self, key, msg) -> bool:
         sock = self.socks.get(key)
         if sock is None:
-            sock = self.socks[key] = PushSocket(self.ctx, self.address_of(key))
+            try:
+                addr = self.address_of(key)
+            except (ValueError, KeyError, TypeError) as e:  # an id no peer can have (a forged frame's)
+                log.warning("dropped a %s for peer %r: %s", type(msg).__name__, key, e)
+                return False
+            sock = self.socks[key] = PushSocket(self.ctx, addr)
         return sock.send(msg)
 
     def close(self):
