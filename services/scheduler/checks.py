@@ -42,8 +42,6 @@ MAX_TOKENIZERS = 900  # the tcp endpoints' range (shared.sockets): no worker id 
 def heartbeat_is_plausible(beat: Heartbeat, same_host: bool) -> bool:
     """A worker id the gateways can address, and (ipc: every process on this host) a pid that is alive. A live
     pid proves little (any process has one): with ipc only this user can send at all, see the failure model."""
-    if beat.service not in ("tokenizer", "detokenizer"):
-        return False
     if beat.service == "tokenizer" and not 0 <= beat.worker.id < MAX_TOKENIZERS:
         log.warning("dropped a heartbeat from tokenizer %d", beat.worker.id)
         return False
