@@ -44,6 +44,7 @@ def configure(settings) -> None:
     else:
         private_dir(base)
 
+
 # With run_dir = "tcp://HOST:BASE", every endpoint gets a fixed port above BASE.
 _TCP_PORT = {"scheduler": 0, "runner_out": 1, "stats": 2, "detokenizer": 3}
 _TCP_RANGE = {"runner": (10, 90), "tokenizer": (100, 900), "gateway": (1000, 1000)}
