@@ -38,6 +38,7 @@ PENDING_TOKEN = -1  # a plan's input token that the runner takes from its own pr
 # Plans out at once: the next one goes out while the runners still work on the last, so they never wait for
 # this process between steps. More would only schedule further ahead on placeholders.
 MAX_INFLIGHT = 2
+MAX_N = 1 << 16  # choices per request; the detokenizer drops a registration with more (services.detokenizer.service)
 
 
 @dataclass(slots=True)
@@ -92,9 +93,14 @@ class Scheduler:
         # checked again, so that a forged or malformed request is rejected instead of breaking the loop.
         params.validate()  # ranges that the plan's encoding and the sampler rely on (seed, int32, finite floats)
         params.check_length(len(prompt_token_ids), self.max_model_len, self.vocab_size)
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= self.vocab_size:  # an embedding lookup out of range
+            raise InvalidParameter(f"the prompt holds token ids outside the vocabulary (0 to {self.vocab_size - 1})",
+                                   param="prompt")
         params = params.with_max_tokens_for(len(prompt_token_ids), self.max_model_len)  # LLM callers may leave None
         if params.n < 1 or params.max_tokens < 1:
             raise InvalidParameter(f"n and max_tokens must be at least 1, got {params.n} and {params.max_tokens}")
+        if params.n > MAX_N:  # a sequence object each: a forged n of 10**9 must not stall the loop
+            raise InvalidParameter(f"n must be at most {MAX_N}, got {params.n}", param="n")
         need = self.blocks.blocks_for(len(prompt_token_ids) + params.max_tokens)
         if need > self.blocks.num_blocks:
             raise PromptTooLong(f"the request needs {need} KV blocks of {self.block_size} tokens "

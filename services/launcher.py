@@ -6,6 +6,7 @@ answers 503, which is what a developer wants to see. supervisord restarts proces
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,7 +19,9 @@ import time
 import urllib.request
 
 from shared.logs import setup_logging
+from shared.security import UnsafePath
 from shared.settings import load_settings
+from shared.sockets import configure
 
 PR_SET_PDEATHSIG = 1
 
@@ -65,6 +68,15 @@ def serve(argv: list[str]) -> int:
     log = setup_logging("launcher", settings.log_level)
     own_dir = not settings.run_dir
     run_dir = settings.run_dir or tempfile.mkdtemp(prefix="ferry-")
+    own_keys = run_dir.startswith("tcp://") and not settings.curve_keys_dir
+    if own_keys:  # one host: a fresh private key directory that every child reads the same key from
+        settings.curve_keys_dir = tempfile.mkdtemp(prefix="ferry-keys-")
+        argv = [*argv, "--curve-keys-dir", settings.curve_keys_dir]
+    try:
+        configure(dataclasses.replace(settings, run_dir=run_dir))  # refuse an unsafe directory before any child
+    except (UnsafePath, OSError) as e:
+        log.error("refusing to start: %s", e)
+        return 2
     stopping = False
 
     def stop(signum, frame):
@@ -100,6 +112,8 @@ def serve(argv: list[str]) -> int:
         _stop_all(children, log)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if own_keys:
+            shutil.rmtree(settings.curve_keys_dir, ignore_errors=True)
     return 0
 
 

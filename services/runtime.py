@@ -7,7 +7,9 @@ import signal
 import sys
 
 from shared.logs import setup_logging
+from shared.security import UnsafePath
 from shared.settings import Settings, load_settings
+from shared.sockets import configure
 
 # Services that run several instances tag their log lines with the instance: runner.1, tokenizer.0, gateway.2.
 _INSTANCE_FIELD = {"runner": "rank", "tokenizer": "tokenizer_id", "gateway": "gateway_id"}
@@ -19,6 +21,11 @@ def start_service(name: str, argv: list[str] | None = None, signals: bool = True
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     field = _INSTANCE_FIELD.get(name)
     log = setup_logging(name if field is None else f"{name}.{getattr(settings, field)}", settings.log_level)
+    try:
+        configure(settings)  # a run directory others own or can enter: refuse to start
+    except (UnsafePath, OSError) as e:
+        log.error("refusing to start: %s", e)
+        raise SystemExit(f"ferry {name}: refusing to start: {e}") from None
     if signals:
         exit_on_signals()
     return settings, log

@@ -52,6 +52,7 @@ class StepPlan:
     new_block_ids: bytes
     sample_mask: bytes
     finished_seq_ids: bytes  # the runner forgets these (finished, aborted)
+    session: str = ""  # the scheduler session: a runner drops a plan of any other (forged, or from a dead engine)
 
 
 @message(22)
@@ -73,6 +74,10 @@ class StepResult:
     token_ids: bytes
     logprobs: list[SeqLogprobs] = field(default_factory=list)
     error: str | None = None
+    # who answers: the scheduler acts only on results of its own session (a forged error must not reset it)
+    session: str = ""
+    rank: int = 0
+    instance: str = ""
 
 
 # ---------------------------------------------------------------- service pipeline (tags 40-99)

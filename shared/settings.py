@@ -70,6 +70,10 @@ class Settings:
     max_logit_bias: int = 1024  # logit_bias entries
     max_json_depth: int = 32  # nesting of the request body
 
+    # the inside (issue 13): who may talk to the sockets, and how much
+    max_frame_bytes: int = 64 * 1024 * 1024  # a bigger frame disconnects its sender (ZMQ_MAXMSGSIZE)
+    curve_keys_dir: str = ""  # tcp endpoints: a private (0700) directory with the cluster's CURVE key
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name

@@ -17,8 +17,33 @@ import zmq
 import zmq.asyncio
 
 from shared import codec
+from shared.security import UnsafePath, curve_keys, private_dir
 
 log = logging.getLogger("ferry.sockets")
+
+
+class _Guard:
+    """What every socket this process opens gets: a frame size limit and, over tcp, the CURVE keys. Set once by
+    configure() at start-up (services.runtime.start_service)."""
+
+    max_frame_bytes = 64 * 1024 * 1024
+    curve: tuple[bytes, bytes] | None = None  # the cluster's (public, secret) key pair
+    keys_dir = ""
+
+
+def configure(settings) -> None:
+    """Check the run directory (or load the tcp keys) before anything binds; raises UnsafePath."""
+    _Guard.max_frame_bytes = settings.max_frame_bytes
+    base = run_dir(settings)
+    if base.startswith("tcp://"):
+        if not settings.curve_keys_dir:
+            raise UnsafePath("tcp endpoints need --curve-keys-dir (a private directory holding the cluster's "
+                             "CURVE key, made there on first use): unauthenticated tcp would let anyone who "
+                             "reaches the ports drive the server")
+        _Guard.curve, _Guard.keys_dir = curve_keys(settings.curve_keys_dir), settings.curve_keys_dir
+    else:
+        private_dir(base)
+
 
 # With run_dir = "tcp://HOST:BASE", every endpoint gets a fixed port above BASE.
 _TCP_PORT = {"scheduler": 0, "runner_out": 1, "stats": 2, "detokenizer": 3}
@@ -33,23 +58,45 @@ def run_dir(settings) -> str:
 def endpoint(settings, name: str, index: int | None = None) -> str:
     """The address of one named socket: ipc://RUN_DIR/name[.index] or tcp://HOST:BASE+offset."""
     base = run_dir(settings)
+    if index is not None:  # in both modes: a forged id must not make a process open sockets without bound
+        start, size = _TCP_RANGE[name]
+        if not 0 <= index < size:
+            raise ValueError(f"{name} index {index} out of range (0 to {size - 1})")
     if base.startswith("tcp://"):
         host, port = base[len("tcp://"):].rsplit(":", 1)
-        if index is None:
-            offset = _TCP_PORT[name]
-        else:
-            start, size = _TCP_RANGE[name]
-            if not 0 <= index < size:
-                raise ValueError(f"{name} index {index} out of range for tcp endpoints")
-            offset = start + index
+        offset = _TCP_PORT[name] if index is None else _TCP_RANGE[name][0] + index
         return f"tcp://{host}:{int(port) + offset}"
     leaf = name if index is None else f"{name}.{index}"
     return f"ipc://{os.path.join(base, leaf)}"
 
 
+def _secure(sock: zmq.Socket, kind: int, addr: str, bind: bool) -> None:
+    if kind in (zmq.PULL, zmq.SUB):
+        # A peer that sends a bigger frame is disconnected before the frame is buffered whole.
+        sock.setsockopt(zmq.MAXMSGSIZE, _Guard.max_frame_bytes)
+    if addr.startswith("tcp://"):
+        if _Guard.curve is None:
+            raise UnsafePath(f"{addr}: tcp sockets need the CURVE keys (--curve-keys-dir)")
+        public, secret = _Guard.curve
+        if bind:  # the binder is the CURVE server; a client that lacks the key fails the handshake
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+        else:
+            sock.curve_serverkey = public
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    elif addr.startswith("ipc://"):
+        private_dir(os.path.dirname(addr[len("ipc://"):]))  # connecting into someone else's directory is no safer
+
+
 def _open(ctx, kind: int, addr: str, bind: bool, immediate: bool = False) -> zmq.Socket:
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)  # never hang at exit on undelivered messages
+    try:
+        _secure(sock, kind, addr, bind)
+    except BaseException:
+        sock.close(0)
+        raise
     if kind in (zmq.PUSH, zmq.PULL):
         # No high-water mark on the pipeline's data paths: ZeroMQ's default (1000 messages each side) makes a
         # non-blocking send fail once a slow reader (the gateway while a thousand streams open) falls that far
@@ -59,9 +106,9 @@ def _open(ctx, kind: int, addr: str, bind: bool, immediate: bool = False) -> zmq
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if bind:
-        if addr.startswith("ipc://"):
-            os.makedirs(os.path.dirname(addr[len("ipc://"):]), exist_ok=True)
         sock.bind(addr)
+        if addr.startswith("ipc://"):
+            os.chmod(addr[len("ipc://"):], 0o600)  # the directory keeps others out; the file does too
     else:
         sock.connect(addr)
     return sock
@@ -182,7 +229,12 @@ class Peers:
     def send(self, key, msg) -> bool:
         sock = self.socks.get(key)
         if sock is None:
-            sock = self.socks[key] = PushSocket(self.ctx, self.address_of(key))
+            try:
+                addr = self.address_of(key)
+            except (ValueError, KeyError, TypeError) as e:  # an id no peer can have (a forged frame's)
+                log.warning("dropped a %s for peer %r: %s", type(msg).__name__, key, e)
+                return False
+            sock = self.socks[key] = PushSocket(self.ctx, addr)
         return sock.send(msg)
 
     def close(self):

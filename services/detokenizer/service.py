@@ -27,6 +27,7 @@ from shared.messages import (
 )
 
 log = logging.getLogger("ferry.detokenizer")
+MAX_CHOICES = 1 << 16  # choices per request the scheduler sends at most (engine.scheduler.MAX_N); more is forged
 
 
 @dataclass(slots=True)
@@ -49,6 +50,10 @@ class Detokenizer:
         self.requests: dict[str, _Request] = {}
 
     def register(self, reg: DetokRegister) -> None:
+        if reg.request_id in self.requests or not 1 <= reg.n <= MAX_CHOICES:
+            log.warning("dropped a registration of %s (n=%d): already registered, or implausible", reg.request_id,
+                        reg.n)
+            return
         tail = unpack_ids(reg.prompt_tail).tolist()
         choices = [_Choice(IncrementalDecoder(self.tokenizer, tail, reg.skip_special_tokens),
                            StopChecker(reg.stop, reg.include_stop_str_in_output))

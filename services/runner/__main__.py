@@ -101,7 +101,7 @@ def main(argv=None):
     runner = ModelRunner(settings, rank=rank)
     ctx = zmq.Context()
     service = RunnerService(runner, ResultOutbox(settings, ctx), rank, os.getpid(), settings.peer_timeout,
-                            time.monotonic())
+                            time.monotonic(), session_grace=3 * settings.heartbeat_interval)
     Heartbeats(settings, ctx, service).start()
     PlanInbox(settings, ctx, service).start()
     log.info("runner rank %d ready: %d KV blocks", rank, runner.num_kv_blocks)

@@ -32,7 +32,7 @@ class RunnerService:
     """
 
     def __init__(self, runner, out: Outbox, rank: int, pid: int, peer_timeout: float, now: float,
-                 instance: str | None = None):
+                 instance: str | None = None, session_grace: float = 0.0):
         self.runner = runner  # engine.model_runner.ModelRunner, or a fake with the same few members
         self.out = out  # step results; only rank 0 sends them
         self.rank, self.pid = rank, pid
@@ -43,6 +43,12 @@ class RunnerService:
         self.session = ""  # the scheduler session this rank joined; "" until its first ping
         self.busy_since: float | None = None  # set while the main thread executes a plan
         self.last_heard = now
+        # A ping of another session is believed only once our own session has been silent this long: the real
+        # scheduler pings every heartbeat_interval, so a forged ping cannot end a healthy rank.
+        self.session_grace = session_grace
+        self.last_own_ping = now
+        self.last_step_id = -1  # the newest plan submitted: what a failed flush reports
+        self.stepped = False  # set by the main thread once a plan ran: from then on this rank holds state
         self.plans: queue.Queue[StepPlan] = queue.Queue()  # reader thread -> main thread
 
     # ------------------------------------------------------------------ heartbeat thread
@@ -58,13 +64,24 @@ class RunnerService:
         self.last_heard = now
         if isinstance(msg, SchedulerPing):
             if self.session and msg.session != self.session:
+                if now - self.last_own_ping < self.session_grace:
+                    self.log.warning("ignored a ping of session %.12s: session %.12s is alive", msg.session,
+                                     self.session)
+                    return None
+                if not self.stepped and self.busy_since is None:  # no plan run: no state to lose (a fresh group)
+                    self.log.info("joined scheduler session %.12s in place of %.12s", msg.session, self.session)
+                    self.session, self.last_own_ping = msg.session, now
+                    return None
                 # A new scheduler session: our per-sequence state (and maybe our group) is dead.
                 self.log.warning("scheduler session changed%s; exiting so that a clean runner takes over",
                                  " during a step" if self.busy_since is not None else "")
                 return EXIT_SESSION_CHANGED
-            self.session = msg.session
-        elif self.session:  # a plan from before our handshake cannot be ours
+            self.session, self.last_own_ping = msg.session, now
+        elif self.session and msg.session == self.session:  # before our handshake, or another session's: not ours
             self.plans.put(msg)
+        elif self.session:
+            self.log.warning("dropped plan %s of session %.12s (ours is %.12s)", msg.step_id, msg.session,
+                             self.session)
         return None
 
     def on_silence(self, now: float) -> int | None:
@@ -102,18 +119,24 @@ class RunnerService:
         returned ends every rank so that the supervisor restarts it; the other ranks fail their next
         collective or see the new session."""
         self.busy_since = now
+        if plan is not None:
+            self.last_step_id, self.stepped = plan.step_id, True
         try:
             result = self.runner.submit(plan) if plan is not None else self.runner.flush()
         except Exception as e:
-            step_id = plan.step_id if plan is not None else -1
-            self.log.exception("step %d failed", step_id)
+            self.log.exception("step %d failed", self.last_step_id)
             if self.rank == 0:
-                # the scheduler fails the engine on any error result; the oldest outstanding step id is unknown here
-                self.out.to_scheduler(StepResult(step_id, b"", b"", error=f"{type(e).__name__}: {e}"))
+                # the scheduler fails the engine on an error result of its session for a step in flight
+                self.out.to_scheduler(self._signed(StepResult(self.last_step_id, b"", b"",
+                                                              error=f"{type(e).__name__}: {e}")))
             return EXIT_STEP_FAILED
         self.busy_since = None
         if self.rank == 0 and result is not None:
-            self.out.to_scheduler(result)
+            self.out.to_scheduler(self._signed(result))
         while self.runner.finished_runs:
             self.log.info("%s", self.runner.finished_runs.pop(0))
         return None
+
+    def _signed(self, result: StepResult) -> StepResult:
+        result.session, result.rank, result.instance = self.session, self.rank, self.instance
+        return result

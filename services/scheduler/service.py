@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from services.scheduler.checks import heartbeat_is_plausible, result_is_ours
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady
 from shared.messages import (
@@ -69,6 +70,7 @@ class SchedulerService:
         self.last_ping = self.last_stats = -1e9
         self.stats_dirty = False
         self.down_reason = "waiting for the runners"
+        self.same_host = not settings.run_dir.startswith("tcp://")  # ipc: every peer's pid is on this host
 
     # ------------------------------------------------------------------ input
 
@@ -89,6 +91,8 @@ class SchedulerService:
         elif isinstance(msg, RunnerReady):
             self._on_runner(msg, now)
         elif isinstance(msg, Heartbeat):
+            if not heartbeat_is_plausible(msg, self.same_host):
+                return
             peer = _Peer(now, msg.worker)
             if msg.service == "tokenizer" and msg.worker.id >= 0:  # the gateways address workers by this id
                 self.tokenizers[msg.worker.id] = peer
@@ -127,12 +131,16 @@ class SchedulerService:
         return True
 
     def _on_result(self, result: StepResult) -> None:
-        if result.error:
-            if self.sched is not None:
-                self.reset(f"runner failed: {result.error}")
-            return
         if self.sched is None:
             log.warning("dropped a result for step %s (the engine is down)", result.step_id)
+            return
+        if not result_is_ours(result, self.session):
+            return
+        if result.error:
+            if any(step.step_id == result.step_id for step in self.sched.inflight):
+                self.reset(f"runner failed: {result.error}")
+            else:
+                log.warning("dropped an error for step %s, not in flight: %s", result.step_id, result.error)
             return
         num_live = len(self.sched.requests)
         deltas = self.sched.update(result)  # drops a result that does not answer the oldest plan in flight
@@ -147,9 +155,14 @@ class SchedulerService:
             return
         known = self.runners.get(msg.rank)
         if known is not None and known.instance != msg.instance:
+            if msg.session != self.session:
+                # A restarted rank first hears a ping, then echoes it; until then this may be anyone (a forged
+                # frame must not reset a healthy group). Pings go to the rank; a dead old instance goes silent.
+                self.pending_runners[msg.rank] = now
+                return
             del self.runners[msg.rank]
             self.reset(f"runner rank {msg.rank} restarted")
-            known = None
+            return
         if msg.session != self.session:
             # Until it echoes our session it may not hear our plans yet; pings keep going to it.
             self.pending_runners[msg.rank] = now
@@ -212,6 +225,7 @@ class SchedulerService:
                 # flight there is nothing to wait for, so the loop retries at once.
                 self.stalled = bool(self.sched.inflight)
                 break
+            plan.session = self.session  # a runner takes plans of the session it joined only
             for rank in range(self.world):
                 if not self.out.to_runner(rank, plan):
                     self.reset(f"runner rank {rank} is not connected")

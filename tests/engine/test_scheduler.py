@@ -232,6 +232,14 @@ def test_requests_that_never_fit_are_rejected():
         s.add_request("ctx", 0, list(range(40)), params())  # longer than the context
     with pytest.raises(InvalidParameter):
         s.add_request("bad", 0, [1, 2], params(n=0))  # validated at the edge; the engine keeps what it relies on
+    for ids in ([1, 100], [-1, 2], [2 ** 31 - 1]):  # outside the vocabulary (100): an embedding lookup would crash
+        with pytest.raises(InvalidParameter) as e:
+            s.add_request("oov", 0, ids, params(max_tokens=2))
+        assert e.value.param == "prompt"
+    with pytest.raises(InvalidParameter):
+        s.add_request("forged", 0, [1, 2], params(max_tokens=2, top_p=float("nan")))  # params a forger built
+    with pytest.raises(InvalidParameter):
+        s.add_request("wide", 0, [1, 2], params(max_tokens=1, n=10 ** 9))  # would stall the loop building sequences
     assert not s.requests and not s.waiting and not s.has_work()
     s.add_request("fits", 0, list(range(8)), params(max_tokens=8))
     with pytest.raises(InvalidParameter):

@@ -9,8 +9,8 @@ from shared.messages import SchedulerPing, StepPlan, StepResult
 PEER_TIMEOUT = 5.0
 
 
-def plan(step_id):
-    return StepPlan(step_id, [], b"", b"", b"", b"", b"", b"", b"", b"", b"")
+def plan(step_id, session="s1"):
+    return StepPlan(step_id, [], b"", b"", b"", b"", b"", b"", b"", b"", b"", session)
 
 
 class FakeRunner:
@@ -81,6 +81,20 @@ def test_a_plan_before_the_handshake_is_dropped_and_one_after_it_is_queued():
     service.on_message(SchedulerPing("s1"), now=1.1)
     service.on_message(plan(2), now=1.2)
     assert service.plans.get_nowait().step_id == 2
+    service.on_message(plan(3, session="forged"), now=1.3)  # another session's plan: logged and dropped
+    assert service.plans.empty()
+
+
+def test_a_forged_ping_cannot_end_a_rank_whose_scheduler_still_pings():
+    service = RunnerService(FakeRunner(), FakeOutbox(), 0, 1, PEER_TIMEOUT, 0.0, session_grace=1.5)
+    service.on_message(SchedulerPing("s1"), now=1.0)
+    service.step(plan(1), now=1.1)  # from now on the rank holds sequences of session s1
+    assert service.on_message(SchedulerPing("forged"), now=1.2) is None
+    service.on_message(SchedulerPing("s1"), now=1.5)
+    assert service.on_message(SchedulerPing("forged"), now=2.9) is None  # s1 was heard 1.4s ago
+    assert service.ready().session == "s1"
+    # the real scheduler restarted (or reset): s1 falls silent, the new session's pings end the rank
+    assert service.on_message(SchedulerPing("s2"), now=3.0) == EXIT_SESSION_CHANGED
 
 
 def test_a_new_scheduler_session_ends_the_process(caplog):
@@ -143,10 +157,15 @@ def test_a_failed_step_is_reported_by_rank_0_and_ends_every_rank(caplog):
     with caplog.at_level(logging.ERROR, "ferry.runner.0"):
         assert service.step(plan(9), now=1.0) == EXIT_STEP_FAILED == 1
     assert "step 9 failed" in caplog.text
-    assert out.sent == [StepResult(9, b"", b"", error="RuntimeError: peer gone")]
-    service, _, out = make(fail=RuntimeError("peer gone"))
+    # signed with the session, rank and instance: the scheduler believes errors of its own session only
+    assert out.sent == [StepResult(9, b"", b"", error="RuntimeError: peer gone", session="", instance="inst-1")]
+    service, runner, out = make()
+    service.on_message(SchedulerPing("s1"), now=0.5)
+    service.step(plan(4), now=1.0)
+    assert (out.sent[-1].step_id, out.sent[-1].session) == (4, "s1")
+    runner.fail = RuntimeError("peer gone")
     assert service.step(None, now=1.0) == EXIT_STEP_FAILED
-    assert out.sent[0].step_id == -1  # a failed flush: the oldest outstanding step id is unknown here
+    assert out.sent[-1].step_id == 4 and out.sent[-1].error  # a failed flush: the newest step submitted
     service, _, out = make(rank=1, fail=RuntimeError("peer gone"))
     assert service.step(plan(9), now=1.0) == EXIT_STEP_FAILED and out.sent == []
 
@@ -172,3 +191,12 @@ def test_an_idle_runner_waits_for_the_next_plan():
     service, _, _ = make(pending=False)
     service.plans.put("plan 1")
     assert service.next_plan() == "plan 1"
+
+
+def test_a_rank_that_ran_no_plan_joins_a_new_session_in_place():
+    """A restarted rank joins the session it hears, the scheduler resets on believing the restart: the rank holds
+    nothing yet, so it moves to the new session instead of exiting into another restart."""
+    service = RunnerService(FakeRunner(), FakeOutbox(), 0, 1, PEER_TIMEOUT, 0.0, session_grace=1.5)
+    service.on_message(SchedulerPing("s1"), now=1.0)
+    assert service.on_message(SchedulerPing("s2"), now=1.2) is None and service.session == "s1"  # s1 alive
+    assert service.on_message(SchedulerPing("s2"), now=2.6) is None and service.session == "s2"

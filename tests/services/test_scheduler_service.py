@@ -1,4 +1,6 @@
 """The scheduler service with the real engine Scheduler (no model: the tests answer its plans themselves)."""
+import os
+
 import numpy as np
 
 from engine.model_config import ModelConfig
@@ -29,7 +31,7 @@ CONFIG = ModelConfig.from_hf_dict(dict(vocab_size=100, hidden_size=8, intermedia
 def answer(plan: StepPlan, token=11) -> StepResult:
     """Rank 0's result for a plan: `token` for each sampled sequence."""
     ids = unpack_ids(plan.seq_ids)[np.frombuffer(plan.sample_mask, np.uint8).astype(bool)].tolist()
-    return StepResult(plan.step_id, pack_ids(ids), pack_ids([token] * len(ids)))
+    return StepResult(plan.step_id, pack_ids(ids), pack_ids([token] * len(ids)), session=plan.session)
 
 
 def plans(out) -> list[StepPlan]:
@@ -65,7 +67,7 @@ def make(now=0.0):
 
 def bring_up(svc, out, now=0.0):
     svc.on_message(Heartbeat("tokenizer", WorkerStatus(0, 1)), now)
-    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, 2)), now)
+    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, os.getpid())), now)
     svc.on_message(RunnerReady(0, 3, 64, "inst-a"), now)  # no session yet: pinged, not used
     svc.tick(now)
     assert svc.sched is None and any(isinstance(m, SchedulerPing) for _, m in out.runner)
@@ -99,7 +101,7 @@ def test_request_runs_to_completion():
     # the second plan (on a placeholder) goes out while the first runs: two in flight, then the loop may sleep
     p0, p1 = plans(out)
     assert in_flight(svc) == [p0.step_id, p1.step_id] and not svc.busy
-    svc.on_message(StepResult(7, b"", b""), 0.15)  # not the oldest outstanding step: dropped
+    svc.on_message(StepResult(7, b"", b"", session=svc.session), 0.15)  # not the oldest outstanding step: dropped
     assert len(svc.sched.inflight) == 2 and not any(isinstance(m, TokenBatch) for m in out.detok)
     svc.on_message(answer(p0, 11), 0.2)
     assert svc.busy
@@ -148,7 +150,13 @@ def test_error_result_fails_the_engine():
     bring_up(svc, out)
     svc.on_message(request("r1"), 0.1)
     svc.tick(0.1)
-    svc.on_message(StepResult(-1, b"", b"", error="RuntimeError: boom"), 0.2)  # step id unknown to the runner
+    step = svc.sched.inflight[-1].step_id
+    # forged or stale: another session, another rank, a step not in flight: logged and dropped
+    svc.on_message(StepResult(step, b"", b"", error="forged", session="other"), 0.15)
+    svc.on_message(StepResult(step, b"", b"", error="forged", session=svc.session, rank=1), 0.15)
+    svc.on_message(StepResult(step + 5, b"", b"", error="forged", session=svc.session), 0.15)
+    assert svc.sched is not None and len(svc.sched.inflight) == 2
+    svc.on_message(StepResult(step, b"", b"", error="RuntimeError: boom", session=svc.session), 0.2)
     assert svc.sched is None
     err = [m for m in out.detok if isinstance(m, RequestError)][-1]
     assert err.request_id == "r1" and err.status == 503 and "boom" in err.message and err.code == "engine_failure"
@@ -185,7 +193,7 @@ def test_dead_runner_fails_requests_and_restarts_engine():
     bring_up(svc, out)
     svc.on_message(request("r3"), 0.1)
     svc.on_message(Heartbeat("tokenizer", WorkerStatus(0, 1)), 5.9)
-    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, 2)), 5.9)
+    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, os.getpid())), 5.9)
     svc.tick(6.0)  # rank 0 last seen at 0.0
     err = [m for m in out.detok if isinstance(m, RequestError)][-1]
     assert err.request_id == "r3" and err.status == 503
@@ -204,3 +212,24 @@ def test_runner_restart_is_noticed_before_timeout():
     svc.on_message(RunnerReady(0, 10, 64, "inst-new", old), 0.2)
     assert svc.session != old and svc.sched is None
     assert any(isinstance(m, RequestError) and m.request_id == "r4" for m in out.detok)
+
+
+def test_forged_runner_ready_and_heartbeats_are_not_believed():
+    svc, out = make()
+    bring_up(svc, out)
+    svc.on_message(request("r5"), 0.1)
+    session = svc.session
+    # a new instance that never heard this session: maybe anyone; pinged, but the healthy group stays
+    svc.on_message(RunnerReady(0, 10, 64, "forged", "other"), 0.2)
+    svc.on_message(RunnerReady(0, 10, 64, "forged"), 0.2)
+    assert svc.session == session and svc.sched is not None and "r5" in svc.sched.requests
+    # heartbeats naming a process that does not exist, or a worker id no gateway can address
+    svc.on_message(Heartbeat("tokenizer", WorkerStatus(7, 2 ** 22 + 12345)), 0.3)
+    svc.on_message(Heartbeat("tokenizer", WorkerStatus(10 ** 6, 1)), 0.3)
+    svc.on_message(Heartbeat("gateway?", WorkerStatus(0, 1)), 0.3)
+    assert set(svc.tokenizers) == {0}
+    svc.on_message(RunnerReady(0, 3, 64, "inst-a", session), 5.9)
+    svc.on_message(Heartbeat("tokenizer", WorkerStatus(0, 1)), 5.9)
+    svc.tick(6.0)  # the real detokenizer fell silent: a spoofed beat naming a dead pid does not make it ready
+    svc.on_message(Heartbeat("detokenizer", WorkerStatus(0, 2 ** 22 + 12345)), 6.0)
+    assert svc.sched is not None and svc.not_ready_reason(6.0) == "the detokenizer is not running"
