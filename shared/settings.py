@@ -47,6 +47,10 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
 
+    # liveness and drain (issue 13)
+    gateway_timeout: float = 1.2  # a gateway silent this long is dead: the scheduler aborts its requests
+    shutdown_timeout: float = 30.0  # SIGTERM: seconds requests in flight may take to finish before they are ended
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name

@@ -6,20 +6,29 @@ import signal
 
 from aiohttp import web
 
+from services.gateway.drain import drain
 from services.gateway.server import Gateway
-from services.runtime import start_service
+from services.runtime import orphaned, start_service
 
 
 async def serve(settings, log):
-    runner = web.AppRunner(Gateway(settings).app(), handler_cancellation=True, access_log=None)
+    gateway = Gateway(settings)
+    # shutdown_timeout: what aiohttp gives handlers after drain() has ended every request.
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("serving %s on http://%s:%d", settings.resolved_name(), settings.host, settings.port)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal():
+        (hurry if stop.is_set() else stop).set()  # a second signal: stop waiting for requests in flight
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
+    # Our parent gone (supervisord or ferry serve killed): the rest of the pipeline is going too; do not wait.
+    await drain(gateway.client, 0.0 if orphaned() else settings.shutdown_timeout, hurry)
     await runner.cleanup()
 
 
