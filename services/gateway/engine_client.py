@@ -14,6 +14,7 @@ import zmq.asyncio
 from services.gateway.metrics import Metrics
 from services.gateway.tokenizer_pool import TokenizerPool
 from services.heartbeat import start_heartbeat
+from services.scheduler.service import NO_TOKENIZERS
 from shared.errors import NotReady, ServiceUnavailable
 from shared.messages import (
     AbortRequest,
@@ -146,7 +147,8 @@ class EngineClient:
 
         A request fails when the pipeline is not ready AND nothing has come back for any request for
         peer_timeout AND the request itself is that old: a late stats message, or a detokenizer or
-        scheduler late by a little, fails nothing while answers still flow. The scheduler fails its own
+        scheduler late by a little, fails nothing while answers still flow, and no tokenizer worker running
+        strands nothing open (what a dead worker held, TokenizerPool fails). The scheduler fails its own
         requests when it resets the engine (a RequestError each); a dead tokenizer worker fails only what
         it held (TokenizerPool). A round after this loop itself was held up is skipped: the readers first
         catch up with what arrived meanwhile."""
@@ -163,6 +165,8 @@ class EngineClient:
             if reason and was_ready:
                 log.error("pipeline not ready: %s", reason)
             was_ready = reason is None
+            if reason == NO_TOKENIZERS:
+                reason = None  # what is open is past the tokenizers (TokenizerPool fails what a worker held)
             for rid in [r for r in self.watched if r not in self.runs]:
                 del self.watched[rid]
             for rid in self.runs:

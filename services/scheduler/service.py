@@ -30,6 +30,8 @@ from shared.messages import (
 log = logging.getLogger("ferry.scheduler")
 
 PROMPT_TAIL = 8  # prompt tokens the detokenizer decodes before the first output (leading spaces)
+# Not ready for new requests, but nothing in flight needs a tokenizer: the gateways let open requests run on.
+NO_TOKENIZERS = "no tokenizer worker is running"
 
 
 class Outbox(Protocol):
@@ -258,7 +260,7 @@ class SchedulerService:
         if self.detokenizer is None or now - self.detokenizer.last_seen > self.settings.peer_timeout:
             return "the detokenizer is not running"
         if not self.tokenizers:
-            return "no tokenizer worker is running"
+            return NO_TOKENIZERS
         return ""
 
     def _maybe_publish(self, now: float) -> None:

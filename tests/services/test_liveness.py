@@ -12,7 +12,7 @@ from engine.scheduler import Scheduler
 from services.gateway.engine_client import EngineClient
 from services.gateway.metrics import Metrics
 from services.heartbeat import start_heartbeat
-from services.scheduler.service import SchedulerService
+from services.scheduler.service import NO_TOKENIZERS, SchedulerService
 from shared.codec import pack_ids
 from shared.messages import (
     EngineRequest,
@@ -213,6 +213,16 @@ def test_the_watchdog_fails_nothing_while_answers_flow_and_stranded_requests_whe
                 _, err = q.get_nowait()
                 assert isinstance(err, RequestError) and err.status == 503
                 assert "no word from the scheduler" in err.message
+            # no tokenizer worker and no reply for long: what is open is past the tokenizers, it runs on
+            client.stats, client.stats_at = _stats(False, NO_TOKENIZERS), time.monotonic()
+            client.runs["d"] = (asyncio.Queue(), 0)
+            client.last_reply_at = time.monotonic() - 10
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                client.stats_at = time.monotonic()
+                await asyncio.sleep(0.05)
+            assert "d" in client.runs
+            del client.runs["d"]
             # a fresh request on a ready pipeline is left alone, whatever the reply clock says
             client.stats, client.stats_at = _stats(), time.monotonic()
             client.runs["c"] = (asyncio.Queue(), 0)
