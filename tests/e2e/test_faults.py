@@ -141,7 +141,7 @@ def test_killing_a_gateway_aborts_its_requests_and_frees_their_blocks(server):
 
 def test_killing_the_only_tokenizer_worker_spares_the_streams_past_it(server):
     """Last on this server: it leaves no tokenizer (ferry serve does not restart it)."""
-    streams = start_streams(server.port, 8, 64)
+    streams = start_streams(server.port, 8, 48)
     os.kill(child_pids(server.logs())["tokenizer.0"], signal.SIGKILL)
     killed = time.monotonic()
     health = set()
@@ -149,7 +149,7 @@ def test_killing_the_only_tokenizer_worker_spares_the_streams_past_it(server):
         health.add(get(server.url + "/health")[0])
         time.sleep(0.2)
     took = time.monotonic() - killed
-    assert_complete(streams, 64)
+    assert_complete(streams, 48)
     print(f"8 streams finished {took:.1f}s after the kill; /health said {sorted(health)}")
     if took > 3 + 2:  # they outlived the scheduler's notice (peer_timeout): not ready, and not failed for it
         assert 503 in health
@@ -164,18 +164,19 @@ def _scan_children(pids: dict[str, int]) -> list[str]:
 def test_sigterm_to_ferry_serve_drains_the_streams_in_flight_and_exits_0(tmp_path):
     port = free_port()
     s = Server(ferry_command() + ["serve", "--port", str(port), "--run-dir", str(tmp_path / "run"), *COMMON,
-                                  "--shutdown-timeout", "60"], port, str(tmp_path / "ferry.log"))
+                                  "--shutdown-timeout", "150"], port, str(tmp_path / "ferry.log"))
     try:
         s.wait_ready()
         pids = child_pids(s.logs())
-        streams = start_streams(port, 8, 64)
+        streams = start_streams(port, 8, 16)  # short: a 2-core CI machine shared with others runs ~1 step/s
         s.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.3)
-        assert get(s.url + "/health")[0] == 503  # load balancers move on
+        while get(s.url + "/health")[0] != 503:  # load balancers move on
+            assert time.monotonic() - signalled < 5, "/health still 200 after SIGTERM"
+            time.sleep(0.05)
         status, err = post(s.url + "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2}, timeout=10)
         assert status == 503 and "shutting down" in err["error"]["message"]
-        assert_complete(streams, 64)
+        assert_complete(streams, 16, timeout=150)
         assert s.proc.wait(60) == 0
         print(f"drained 8 streams and exited {time.monotonic() - signalled:.1f}s after SIGTERM")
         deadline = time.monotonic() + 5
