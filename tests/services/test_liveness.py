@@ -261,3 +261,21 @@ def test_draining_answers_503_and_ends_what_is_left(tmp_path):
 
     asyncio.run(scenario())
 
+
+
+def test_a_stale_socket_file_from_an_earlier_run_is_replaced(tmp_path):
+    """A run killed hard leaves its ipc files; the next run binds over them and is heard."""
+    from shared.sockets import PushSocket
+
+    (tmp_path / "scheduler").write_bytes(b"stale")
+    ctx = zmq.Context()
+    addr = f"ipc://{tmp_path}/scheduler"
+    inbox = PullSocket(ctx, addr, expect=Heartbeat)
+    out = PushSocket(ctx, addr)
+    try:
+        out.send(Heartbeat("gateway", WorkerStatus(0, 1)))
+        assert inbox.recv(timeout=5.0) == Heartbeat("gateway", WorkerStatus(0, 1))
+    finally:
+        out.close()
+        inbox.close()
+        ctx.term()
