@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from shared.codec import pack_ids, unpack_ids
-from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady
+from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady, ServiceUnavailable
 from shared.messages import (
     AbortRequest,
     DetokRegister,
@@ -185,8 +185,11 @@ class SchedulerService:
         if self.sched is None:
             return
         rids = [rid for rid, req in self.sched.requests.items() if req.gateway_id == gid]
+        # An error each, through the detokenizer: it forgets them, and a gateway that was only slow ends its streams.
+        failure = ServiceUnavailable(f"the engine lost gateway {gid} and aborted the request; retry it")
         for rid in rids:
             self.sched.abort_request(rid)
+            self._error(rid, gid, failure)
         log.warning("%s: aborted its %d requests", why, len(rids))
         self.stats_dirty |= bool(rids)
 

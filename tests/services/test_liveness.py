@@ -124,6 +124,8 @@ def test_a_silent_gateway_loses_its_requests_and_their_blocks():
     svc.tick(1.5)  # gateway 1 silent for 1.5 s > gateway_timeout
     assert set(svc.sched.requests) == {"alive"}
     assert 0 < used_blocks(svc) < before  # the dead gateway's blocks are free at once
+    errors = [m for m in out.detok if isinstance(m, RequestError)]  # the detokenizer forgets them
+    assert sorted((e.request_id, e.gateway_id, e.status) for e in errors) == [("dead-a", 1, 503), ("dead-b", 1, 503)]
     assert svc.stats_dirty or out.stats[-1].num_active_requests == 1
     # what is still on its way for the dead gateway is dropped; it comes back with a beat
     svc.on_message(request("late", 1), 1.6)
