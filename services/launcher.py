@@ -1,4 +1,5 @@
-"""`ferry serve`: start every process for development, stop them all on Ctrl-C or SIGTERM.
+"""`ferry serve`: start every process for development, stop them all on Ctrl-C or SIGTERM (the gateway
+first: it drains what is in flight, up to shutdown_timeout, while the rest still runs).
 
 A child that dies is reported, not restarted: the others notice it (heartbeats) and the gateway
 answers 503, which is what a developer wants to see. supervisord restarts processes in production.
@@ -109,7 +110,7 @@ def serve(argv: list[str]) -> int:
                 log.info("ready: %s as model %r on http://%s:%d", settings.model, settings.resolved_name(),
                          settings.host, settings.port)
     finally:
-        _stop_all(children, log)
+        _stop_all(children, log, settings.shutdown_timeout)
         if own_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         if own_keys:
@@ -125,7 +126,16 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _stop_all(children: dict[str, subprocess.Popen], log: logging.Logger, grace: float = 10.0):
+def _stop_all(children: dict[str, subprocess.Popen], log: logging.Logger, drain_timeout: float,
+              grace: float = 10.0):
+    """The gateways first, and wait while they drain: requests in flight finish (up to drain_timeout) through
+    the processes behind them, which are stopped only then."""
+    gateways = {name: p for name, p in children.items() if name.startswith("gateway")}
+    _terminate(gateways, log, drain_timeout + grace)
+    _terminate({name: p for name, p in children.items() if name not in gateways}, log, grace)
+
+
+def _terminate(children: dict[str, subprocess.Popen], log: logging.Logger, grace: float):
     for p in children.values():
         if p.poll() is None:
             p.terminate()

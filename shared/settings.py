@@ -74,6 +74,10 @@ class Settings:
     max_frame_bytes: int = 64 * 1024 * 1024  # a bigger frame disconnects its sender (ZMQ_MAXMSGSIZE)
     curve_keys_dir: str = ""  # tcp endpoints: a private (0700) directory with the cluster's CURVE key
 
+    # liveness and drain (issue 13)
+    gateway_timeout: float = 1.2  # a gateway silent this long is dead: the scheduler aborts its requests
+    shutdown_timeout: float = 30.0  # SIGTERM: seconds requests in flight may take to finish before they are ended
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name

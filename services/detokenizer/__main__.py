@@ -5,11 +5,11 @@ The logic lives in services.detokenizer.service; this module only wires sockets.
 from __future__ import annotations
 
 import os
-import time
 
 import zmq
 
 from services.detokenizer.service import DetokenizerService
+from services.heartbeat import start_heartbeat
 from services.runtime import start_service
 from shared.messages import DetokRegister, RequestError, TokenBatch
 from shared.sockets import Peers, PullSocket, PushSocket, endpoint
@@ -34,13 +34,13 @@ def main(argv=None):
     tokenizer = load_tokenizer(settings)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "detokenizer"), expect=(DetokRegister, TokenBatch, RequestError))
-    service = DetokenizerService(tokenizer, SocketOutbox(settings, ctx), os.getpid(), settings.heartbeat_interval)
+    service = DetokenizerService(tokenizer, SocketOutbox(settings, ctx), os.getpid())
+    start_heartbeat(ctx, endpoint(settings, "scheduler"), service.heartbeat, settings.heartbeat_interval)
     log.info("detokenizer ready")
     while True:
-        msg = inbox.recv(timeout=settings.heartbeat_interval)
+        msg = inbox.recv(timeout=settings.heartbeat_interval)  # a timeout keeps signals heard
         if msg is not None:
             service.on_message(msg)
-        service.tick(time.monotonic())
 
 
 if __name__ == "__main__":

@@ -125,14 +125,12 @@ class Outbox(Protocol):
 
 
 class DetokenizerService:
-    """The detokenizer process: each message through Detokenizer, what it returns out, a heartbeat now and then."""
+    """The detokenizer process: each message through Detokenizer, what it returns out; what its heartbeat says."""
 
-    def __init__(self, tokenizer, out: Outbox, pid: int, heartbeat_interval: float):
+    def __init__(self, tokenizer, out: Outbox, pid: int):
         self.detok = Detokenizer(tokenizer)
         self.out = out
         self.pid = pid
-        self.heartbeat_interval = heartbeat_interval
-        self.last_beat = 0.0
 
     def on_message(self, msg) -> None:
         try:
@@ -150,9 +148,6 @@ class DetokenizerService:
         except Exception:  # one bad message must not take the process down
             log.exception("dropped a message that could not be handled: %r", type(msg).__name__)
 
-    def tick(self, now: float) -> None:
-        """After every message or receive timeout: a heartbeat every heartbeat_interval."""
-        if now - self.last_beat >= self.heartbeat_interval:
-            self.last_beat = now
-            self.out.to_scheduler(Heartbeat("detokenizer", WorkerStatus(0, self.pid,
-                                                                        requests_open=len(self.detok.requests))))
+    def heartbeat(self) -> Heartbeat:
+        """What the heartbeat thread sends (services/heartbeat.py), also while a long batch decodes."""
+        return Heartbeat("detokenizer", WorkerStatus(0, self.pid, requests_open=len(self.detok.requests)))

@@ -7,8 +7,9 @@ import signal
 from aiohttp import web
 
 from services.gateway.connections import SPARE_FDS, GuardedSite, raise_fd_limit
+from services.gateway.drain import drain
 from services.gateway.server import Gateway
-from services.runtime import start_service
+from services.runtime import orphaned, start_service
 
 
 async def serve(settings, log):
@@ -16,17 +17,24 @@ async def serve(settings, log):
     gateway = Gateway(settings)
     gateway.guard.max_connections = max(1, min(settings.max_connections, fds - SPARE_FDS))
     # aiohttp's own limits on the request head; its keep-alive timer only backs up the guard's read timeout.
-    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None,
+    # shutdown_timeout: what aiohttp gives handlers after drain() has ended every request.
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None, shutdown_timeout=5.0,
                            keepalive_timeout=max(75.0, settings.http_read_timeout),
                            max_line_size=settings.max_header_bytes, max_field_size=settings.max_header_bytes)
     await runner.setup()
     await GuardedSite(runner, gateway.guard, settings.host, settings.port).start()
     log.info("serving %s on http://%s:%d", settings.resolved_name(), settings.host, settings.port)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal():
+        (hurry if stop.is_set() else stop).set()  # a second signal: stop waiting for requests in flight
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
+    # Our parent gone (supervisord or ferry serve killed): the rest of the pipeline is going too; do not wait.
+    await drain(gateway.client, 0.0 if orphaned() else settings.shutdown_timeout, hurry)
     await runner.cleanup()
 
 

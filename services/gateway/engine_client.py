@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import zmq
@@ -12,8 +13,19 @@ import zmq.asyncio
 
 from services.gateway.metrics import Metrics
 from services.gateway.tokenizer_pool import TokenizerPool
+from services.heartbeat import start_heartbeat
+from services.scheduler.service import NO_TOKENIZERS
 from shared.errors import NotReady, ServiceUnavailable
-from shared.messages import AbortRequest, EngineStats, RequestError, RequestOutput, Tokenized, TokenizeRequest
+from shared.messages import (
+    AbortRequest,
+    EngineStats,
+    Heartbeat,
+    RequestError,
+    RequestOutput,
+    Tokenized,
+    TokenizeRequest,
+    WorkerStatus,
+)
 from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 
 log = logging.getLogger("ferry.gateway")
@@ -40,6 +52,10 @@ class EngineClient:
         self.stats_at = 0.0
         self.started_at = time.monotonic()
         self.tasks: list[asyncio.Task] = []
+        self.watched: dict[str, float] = {}  # open request id -> when the watchdog first saw it
+        self.last_reply_at = time.monotonic()  # any reply for any request: the pipeline is moving
+        self.draining = False  # SIGTERM: no new requests (services/gateway/drain.py)
+        self.heartbeat = None
 
     def _worker_socket(self, wid: int) -> AsyncPushSocket:
         sock = self.worker_socks.get(wid)
@@ -50,15 +66,35 @@ class EngineClient:
 
     def start(self):
         self.tasks = [asyncio.create_task(f()) for f in (self._reply_loop, self._stats_loop, self._watchdog)]
+        self._start_heartbeat()
+
+    def _start_heartbeat(self):
+        """The scheduler aborts this gateway's requests when it falls silent (or restarts). The beat runs on its
+        own thread and socket, so a busy event loop does not look like a dead gateway."""
+        beat = Heartbeat("gateway", WorkerStatus(self.settings.gateway_id, os.getpid()))
+        self.heartbeat_ctx = zmq.Context()
+        interval = min(self.settings.heartbeat_interval, self.settings.gateway_timeout / 4)
+        self.heartbeat = start_heartbeat(self.heartbeat_ctx, endpoint(self.settings, "scheduler"), lambda: beat,
+                                         interval)
 
     async def stop(self):
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat.join(1.0)
+            self.heartbeat_ctx.destroy(0)
         self.ctx.destroy(0)
 
     def not_ready_reason(self) -> str | None:
         """None when the pipeline can take requests, else why not (for /health and 503s)."""
+        if self.draining:
+            return "the server is shutting down"
+        return self.pipeline_problem()
+
+    def pipeline_problem(self) -> str | None:
+        """What is wrong with the processes behind this gateway, if anything."""
         if self.stats is None:
             return "waiting for the scheduler"
         age = time.monotonic() - self.stats_at
@@ -93,6 +129,7 @@ class EngineClient:
     async def _reply_loop(self):
         while True:
             msg = await self.replies.recv()
+            self.last_reply_at = time.monotonic()
             self.pool.passed_on(msg.request_id)
             if isinstance(msg, Tokenized):
                 continue
@@ -115,18 +152,43 @@ class EngineClient:
                 log.exception("bad stats message")
 
     async def _watchdog(self):
-        """A dead peer ends every open request with an error instead of leaving clients waiting."""
+        """End the open requests that a dead peer has stranded, and only those.
+
+        A request fails when the pipeline is not ready AND nothing has come back for any request for
+        peer_timeout AND the request itself is that old: a late stats message, or a detokenizer or
+        scheduler late by a little, fails nothing while answers still flow, and no tokenizer worker running
+        strands nothing open (what a dead worker held, TokenizerPool fails). The scheduler fails its own
+        requests when it resets the engine (a RequestError each); a dead tokenizer worker fails only what
+        it held (TokenizerPool). A round after this loop itself was held up is skipped: the readers first
+        catch up with what arrived meanwhile."""
         was_ready = False
+        interval = self.settings.heartbeat_interval / 2
+        timeout = self.settings.peer_timeout
+        woke = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval / 2)
-            reason = self.not_ready_reason()
-            self.metrics.ready.set(0 if reason else 1)
+            await asyncio.sleep(interval)
+            now, late = time.monotonic(), time.monotonic() - woke - interval
+            woke = now
+            reason = self.pipeline_problem()
+            self.metrics.ready.set(0 if self.not_ready_reason() else 1)
             if reason and was_ready:
                 log.error("pipeline not ready: %s", reason)
             was_ready = reason is None
-            if reason and self.runs:
-                for rid in list(self.runs):
+            if reason == NO_TOKENIZERS:
+                reason = None  # what is open is past the tokenizers (TokenizerPool fails what a worker held)
+            for rid in [r for r in self.watched if r not in self.runs]:
+                del self.watched[rid]
+            for rid in self.runs:
+                self.watched.setdefault(rid, now)
+            if not reason or late > interval or now - self.last_reply_at <= timeout:
+                continue
+            for rid, seen in list(self.watched.items()):
+                if now - seen > timeout:
                     self._fail(rid, f"the server failed while answering: {reason}")
+
+    def end(self, rid: str, message: str):
+        """End an open request now (draining at shutdown): a 503 error, aborted in the engine."""
+        self._fail(rid, message)
 
     def _fail(self, rid: str, message: str):
         """End an open request with a 503 and abort it in the engine, should it have got that far."""

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from services.scheduler.checks import heartbeat_is_plausible, result_is_ours
 from shared.codec import pack_ids, unpack_ids
-from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady
+from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady, ServiceUnavailable
 from shared.messages import (
     AbortRequest,
     DetokRegister,
@@ -31,6 +31,8 @@ from shared.messages import (
 log = logging.getLogger("ferry.scheduler")
 
 PROMPT_TAIL = 8  # prompt tokens the detokenizer decodes before the first output (leading spaces)
+# Not ready for new requests, but nothing in flight needs a tokenizer: the gateways let open requests run on.
+NO_TOKENIZERS = "no tokenizer worker is running"
 
 
 class Outbox(Protocol):
@@ -64,6 +66,8 @@ class SchedulerService:
         self.recent_aborts: dict[str, float] = {}  # aborts that may overtake their request
         self.detokenizer: _Peer | None = None
         self.tokenizers: dict[int, _Peer] = {}
+        self.gateways: dict[int, _Peer] = {}  # by gateway id: one that falls silent or restarts loses its requests
+        self.dead_gateways: set[int] = set()  # silent ones: requests still on their way for them are dropped
         self.sched = None
         self.session = uuid.uuid4().hex
         self.stalled = False  # nothing to schedule until a result or a request comes in
@@ -98,11 +102,16 @@ class SchedulerService:
                 self.tokenizers[msg.worker.id] = peer
             elif msg.service == "detokenizer":
                 self.detokenizer = peer
+            elif msg.service == "gateway":
+                self._on_gateway(peer)
 
     def _error(self, rid: str, gateway_id: int, err: FerryError) -> None:
         self.out.to_detokenizer(RequestError.of(rid, gateway_id, err))
 
     def _add(self, req: EngineRequest) -> None:
+        if req.gateway_id in self.dead_gateways:
+            log.info("dropped %s: its gateway %d is gone", req.request_id, req.gateway_id)
+            return
         if self.sched is None:
             self._error(req.request_id, req.gateway_id,
                         NotReady(f"the engine is not ready: {self.down_reason}", code="not_ready"))
@@ -172,6 +181,31 @@ class SchedulerService:
         self.pending_runners.pop(msg.rank, None)
         self.runners[msg.rank] = _Runner(msg.instance, msg.num_kv_blocks, now)
 
+    # ------------------------------------------------------------------ gateways
+
+    def _on_gateway(self, peer: _Peer) -> None:
+        gid = peer.status.id
+        known = self.gateways.get(gid)
+        if known is not None and known.status.pid != peer.status.pid:
+            self._abort_gateway(gid, f"gateway {gid} restarted (pid {known.status.pid} -> {peer.status.pid})")
+        elif known is None:
+            log.info("gateway %d up (pid %d)", gid, peer.status.pid)
+        self.dead_gateways.discard(gid)
+        self.gateways[gid] = peer
+
+    def _abort_gateway(self, gid: int, why: str) -> None:
+        """Nobody reads a dead gateway's answers: end its requests and free their KV blocks now."""
+        if self.sched is None:
+            return
+        rids = [rid for rid, req in self.sched.requests.items() if req.gateway_id == gid]
+        # An error each, through the detokenizer: it forgets them, and a gateway that was only slow ends its streams.
+        failure = ServiceUnavailable(f"the engine lost gateway {gid} and aborted the request; retry it")
+        for rid in rids:
+            self.sched.abort_request(rid)
+            self._error(rid, gid, failure)
+        log.warning("%s: aborted its %d requests", why, len(rids))
+        self.stats_dirty |= bool(rids)
+
     # ------------------------------------------------------------------ failure
 
     def reset(self, reason: str) -> None:
@@ -202,6 +236,11 @@ class SchedulerService:
                 log.warning("tokenizer %d silent for %.1fs", wid, now - t.last_seen)
                 del self.tokenizers[wid]
                 self.stats_dirty = True
+        for gid, g in list(self.gateways.items()):
+            if now - g.last_seen > self.settings.gateway_timeout:
+                del self.gateways[gid]
+                self.dead_gateways.add(gid)
+                self._abort_gateway(gid, f"gateway {gid} silent for {now - g.last_seen:.1f}s")
         for rid, t in list(self.recent_aborts.items()):
             if now - t > 60:
                 del self.recent_aborts[rid]
@@ -238,7 +277,7 @@ class SchedulerService:
         if self.detokenizer is None or now - self.detokenizer.last_seen > self.settings.peer_timeout:
             return "the detokenizer is not running"
         if not self.tokenizers:
-            return "no tokenizer worker is running"
+            return NO_TOKENIZERS
         return ""
 
     def _maybe_publish(self, now: float) -> None:

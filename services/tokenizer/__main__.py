@@ -9,6 +9,7 @@ import time
 
 import zmq
 
+from services.heartbeat import start_heartbeat
 from services.runtime import start_service
 from services.tokenizer.prompts import PromptBuilder
 from services.tokenizer.service import TokenizerService
@@ -38,7 +39,8 @@ def main(argv=None):
     builder = PromptBuilder(load_tokenizer(settings), config.max_model_len, config.vocab_size)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "tokenizer", wid), expect=TokenizeRequest)
-    service = TokenizerService(builder, SocketOutbox(settings, ctx), wid, os.getpid(), settings.heartbeat_interval)
+    service = TokenizerService(builder, SocketOutbox(settings, ctx), wid, os.getpid())
+    start_heartbeat(ctx, endpoint(settings, "scheduler"), service.heartbeat, settings.heartbeat_interval)
     log.info("tokenizer worker %d ready (max_model_len %d)", wid, config.max_model_len)
     while True:
         req = inbox.recv(timeout=settings.heartbeat_interval)

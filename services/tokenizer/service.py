@@ -1,5 +1,5 @@
 """A tokenizer worker's logic: each TokenizeRequest becomes an EngineRequest for the scheduler plus a
-Tokenized ack for its gateway, or a RequestError for its gateway; heartbeats and a load report.
+Tokenized ack for its gateway, or a RequestError for its gateway; what its heartbeat says, and a load report.
 
 No sockets here: requests come in through on_request(), everything leaves through the Outbox, and time
 is passed in to tick(), so tests drive it with a fake tokenizer and a fake outbox.
@@ -21,14 +21,13 @@ class Outbox(Protocol):
 
 
 class TokenizerService:
-    def __init__(self, builder, out: Outbox, worker_id: int, pid: int, heartbeat_interval: float):
+    def __init__(self, builder, out: Outbox, worker_id: int, pid: int):
         self.builder = builder  # services.tokenizer.prompts.PromptBuilder: prepare(req) -> EngineRequest
         self.out = out
         self.worker_id, self.pid = worker_id, pid
-        self.heartbeat_interval = heartbeat_interval
         self.log = logging.getLogger(f"ferry.tokenizer.{worker_id}")
         self.handled = self.errors = 0
-        self.last_beat = self.last_report = 0.0
+        self.last_report = 0.0
 
     def on_request(self, req: TokenizeRequest) -> None:
         self.handled += 1
@@ -44,12 +43,12 @@ class TokenizerService:
             self.out.to_gateway(req.gateway_id, RequestError.of(
                 req.request_id, req.gateway_id, InvalidParameter(f"could not tokenize the request: {e}")))
 
+    def heartbeat(self) -> Heartbeat:
+        """What the heartbeat thread sends (services/heartbeat.py): beats go on while a request renders."""
+        return Heartbeat("tokenizer", WorkerStatus(self.worker_id, self.pid, self.handled, self.errors))
+
     def tick(self, now: float) -> None:
-        """After every request or receive timeout: a heartbeat every heartbeat_interval, a load line now and then."""
-        if now - self.last_beat >= self.heartbeat_interval:
-            self.last_beat = now
-            self.out.to_scheduler(Heartbeat("tokenizer", WorkerStatus(self.worker_id, self.pid, self.handled,
-                                                                      self.errors)))
+        """After every request or receive timeout: a load line now and then."""
         if now - self.last_report >= LOAD_REPORT_INTERVAL and self.handled:
             self.last_report = now
             self.log.info("load: %d requests handled, %d rejected", self.handled, self.errors)

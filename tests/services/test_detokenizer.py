@@ -139,7 +139,7 @@ class FakeOutbox:
 
 def test_service_routes_outputs_aborts_and_errors(tokenizer):
     out = FakeOutbox()
-    service = DetokenizerService(tokenizer, out, pid=9, heartbeat_interval=1.0)
+    service = DetokenizerService(tokenizer, out, pid=9)
     service.on_message(_register("r1", stop=[" Paris"]))
     ids = tokenizer.encode("It is Paris")
     service.on_message(TokenBatch([SeqDelta("r1", 7, 0, pack_ids(ids), None, [], 3, len(ids), 0)]))
@@ -154,7 +154,7 @@ def test_service_routes_outputs_aborts_and_errors(tokenizer):
 
 def test_service_drops_a_message_it_cannot_handle_and_lives_on(tokenizer, caplog):
     out = FakeOutbox()
-    service = DetokenizerService(tokenizer, out, pid=9, heartbeat_interval=1.0)
+    service = DetokenizerService(tokenizer, out, pid=9)
     bad = _register("r1")
     bad.prompt_tail = b"\x01"  # not whole int32s
     with caplog.at_level(logging.ERROR, "ferry.detokenizer"):
@@ -164,12 +164,8 @@ def test_service_drops_a_message_it_cannot_handle_and_lives_on(tokenizer, caplog
     assert list(service.detok.requests) == ["r2"]
 
 
-def test_service_heartbeats_every_interval(tokenizer):
+def test_service_heartbeat_counts_open_requests(tokenizer):
     out = FakeOutbox()
-    service = DetokenizerService(tokenizer, out, pid=9, heartbeat_interval=1.0)
+    service = DetokenizerService(tokenizer, out, pid=9)
     service.on_message(_register("r1"))
-    service.tick(now=5.0)
-    service.tick(now=5.5)
-    assert out.scheduler == [Heartbeat("detokenizer", WorkerStatus(0, 9, requests_open=1))]
-    service.tick(now=6.0)
-    assert len(out.scheduler) == 2
+    assert service.heartbeat() == Heartbeat("detokenizer", WorkerStatus(0, 9, requests_open=1))
