@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from services.scheduler.checks import heartbeat_is_plausible, result_is_ours
+from services.scheduler.checks import heartbeat_is_plausible, pid_alive, result_is_ours
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady, ServiceUnavailable
 from shared.messages import (
@@ -187,6 +187,11 @@ class SchedulerService:
         gid = peer.status.id
         known = self.gateways.get(gid)
         if known is not None and known.status.pid != peer.status.pid:
+            if self.same_host and pid_alive(known.status.pid):
+                # Its process is still there: this beat is not from a restarted gateway but forged or stale.
+                log.warning("dropped a beat for gateway %d naming pid %d: pid %d still runs it", gid,
+                            peer.status.pid, known.status.pid)
+                return
             self._abort_gateway(gid, f"gateway {gid} restarted (pid {known.status.pid} -> {peer.status.pid})")
         elif known is None:
             log.info("gateway %d up (pid %d)", gid, peer.status.pid)

@@ -3,6 +3,7 @@ step that is not a dead runner, the gateway's watchdog failing only stranded req
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import zmq
@@ -146,6 +147,18 @@ def test_a_restarted_gateway_loses_what_its_old_self_asked():
     assert "old" not in svc.sched.requests and used_blocks(svc) == 0
     svc.on_message(request("new", 0), 0.3)
     assert "new" in svc.sched.requests
+
+
+def test_a_beat_naming_another_pid_while_the_gateway_still_runs_is_dropped():
+    """A forged (or stale) gateway beat must not pass for a restart while the real gateway's process lives."""
+    svc, _ = ready_scheduler()
+    svc.same_host = True
+    live, other = os.getpid(), os.getppid()
+    beat(svc, 0.0, gateways=[(0, live)])
+    svc.on_message(request("kept", 0), 0.0)
+    svc.tick(0.0)
+    beat(svc, 0.3, gateways=[(0, other)])  # both pids alive: not a restart
+    assert "kept" in svc.sched.requests and svc.gateways[0].status.pid == live
 
 
 def test_a_gateway_never_heard_from_is_not_judged():
