@@ -11,20 +11,9 @@ import zmq
 from services.detokenizer.service import DetokenizerService
 from services.heartbeat import start_heartbeat
 from services.runtime import start_service
+from services.worker_outbox import WorkerOutbox
 from shared.messages import DetokRegister, RequestError, TokenBatch
-from shared.sockets import Peers, PullSocket, PushSocket, endpoint
-
-
-class SocketOutbox:
-    def __init__(self, settings, ctx):
-        self.scheduler = PushSocket(ctx, endpoint(settings, "scheduler"))
-        self.gateways = Peers(ctx, lambda gid: endpoint(settings, "gateway", gid))
-
-    def to_scheduler(self, msg):
-        self.scheduler.send(msg)
-
-    def to_gateway(self, gateway_id, msg):
-        self.gateways.send(gateway_id, msg)
+from shared.sockets import PullSocket, endpoint
 
 
 def main(argv=None):
@@ -34,7 +23,7 @@ def main(argv=None):
     tokenizer = load_tokenizer(settings)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "detokenizer"), expect=(DetokRegister, TokenBatch, RequestError))
-    service = DetokenizerService(tokenizer, SocketOutbox(settings, ctx), os.getpid())
+    service = DetokenizerService(tokenizer, WorkerOutbox(settings, ctx), os.getpid())
     start_heartbeat(ctx, endpoint(settings, "scheduler"), service.heartbeat, settings.heartbeat_interval)
     log.info("detokenizer ready")
     while True:

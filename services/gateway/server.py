@@ -68,6 +68,7 @@ class Gateway:
     def __init__(self, settings):
         self.settings = settings
         self.model = settings.resolved_name()
+        self.limits = RequestLimits.of(settings)  # once: the caps every request is parsed against
         self.metrics = Metrics(settings.gateway_id)
         self.client = EngineClient(settings, self.metrics)
         self.created = int(time.time())
@@ -148,7 +149,7 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(error.status)).inc()
             return error
         try:
-            parsed = parse_request(body, chat, self.model, RequestLimits.of(self.settings))
+            parsed = parse_request(body, chat, self.model, self.limits)
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise

@@ -13,20 +13,9 @@ from services.heartbeat import start_heartbeat
 from services.runtime import start_service
 from services.tokenizer.prompts import PromptBuilder
 from services.tokenizer.service import TokenizerService
+from services.worker_outbox import WorkerOutbox
 from shared.messages import TokenizeRequest
-from shared.sockets import Peers, PullSocket, PushSocket, endpoint
-
-
-class SocketOutbox:
-    def __init__(self, settings, ctx):
-        self.scheduler = PushSocket(ctx, endpoint(settings, "scheduler"))
-        self.gateways = Peers(ctx, lambda gid: endpoint(settings, "gateway", gid))
-
-    def to_scheduler(self, msg):
-        self.scheduler.send(msg)
-
-    def to_gateway(self, gateway_id, msg):
-        self.gateways.send(gateway_id, msg)
+from shared.sockets import PullSocket, endpoint
 
 
 def main(argv=None):
@@ -39,7 +28,7 @@ def main(argv=None):
     builder = PromptBuilder(load_tokenizer(settings), config.max_model_len, config.vocab_size)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "tokenizer", wid), expect=TokenizeRequest)
-    service = TokenizerService(builder, SocketOutbox(settings, ctx), wid, os.getpid())
+    service = TokenizerService(builder, WorkerOutbox(settings, ctx), wid, os.getpid())
     start_heartbeat(ctx, endpoint(settings, "scheduler"), service.heartbeat, settings.heartbeat_interval)
     log.info("tokenizer worker %d ready (max_model_len %d)", wid, config.max_model_len)
     while True:
