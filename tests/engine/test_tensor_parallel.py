@@ -53,6 +53,12 @@ def _rank_main(rank: int, settings: Settings, port: int, plans, results, params:
     else:
         while (frame := plans.get()) is not None:
             assert runner.execute(decode(frame)) is None  # only rank 0 answers
+    # Leave the group together: a rank that exits with gloo's threads still up can die in the C++ runtime's
+    # teardown ("terminate called without an active exception") and fail the exit-code check at random.
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def generate_tp2(settings: Settings, params: SamplingParams = GREEDY) -> list[list[int]]:
