@@ -8,6 +8,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from engine.hub import resolve_hub_model
+from shared.hub_names import is_hub_id
 from shared.knobs import Knobs, read_knobs
 from shared.settings import DEFAULT_MODEL, Settings
 
@@ -95,12 +97,15 @@ def default_model_path() -> str:
     return files[0]
 
 
-def resolve_model_path(model: str) -> str:
+def resolve_model_path(model: str, allow_download: bool = True) -> str:
+    """A local path for --model: the default model's name, a path, or org/name from a cache or the hub."""
     if model == DEFAULT_MODEL:
         return default_model_path()
+    if is_hub_id(model):
+        return resolve_hub_model(model, allow_download)
     if not os.path.exists(model):
         raise FileNotFoundError(f"model path {model!r} does not exist "
-                                "(no hub access: give a local directory or .gguf file)")
+                                "(give a local directory, a .gguf file, or a hub name org/name)")
     return model
 
 
@@ -173,7 +178,7 @@ def load_model_config(settings: Settings, knobs: Knobs | None = None) -> ModelCo
         with open(settings.hf_config) as fh:
             cfg, path = json.load(fh), ""
     else:
-        path = resolve_model_path(settings.model)
+        path = resolve_model_path(settings.model, settings.download)
         if path.endswith(".gguf"):
             cfg = cached_gguf_config(path, knobs)
             fmt = "gguf" if fmt == "auto" else fmt

@@ -53,7 +53,7 @@ def load_tokenizer(settings: Settings):
         return DummyTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(settings.model)
+    path = resolve_model_path(settings.model, settings.download)
     if not path.endswith(".gguf"):
         return AutoTokenizer.from_pretrained(path)
     cache = cache_dir("tokenizers", path)

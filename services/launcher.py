@@ -19,7 +19,11 @@ import tempfile
 import time
 import urllib.request
 
+from engine.model_config import resolve_model_path
+from shared.errors import FerryError
+from shared.hub_names import is_hub_id
 from shared.logs import setup_logging
+from shared.model_groups import model_groups
 from shared.security import UnsafePath
 from shared.settings import load_settings
 from shared.sockets import configure
@@ -35,33 +39,61 @@ def _die_with_parent():
         pass
 
 
-def plan_processes(settings, argv: list[str], run_dir: str) -> list[tuple[str, list[str]]]:
-    """(name, command) for every process, in start order: runners load weights the longest."""
+def plan_processes(settings, argv: list[str], run_dir: str,
+                   environ=os.environ) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(name, command, environment) for every process, in start order: runners load weights the longest.
+    Several models (shared/model_groups.py): each group's processes, named MODEL/runner.0 ..., with
+    --model-group I; then the one gateway, which serves them all."""
     py = [sys.executable, "-m"]
     common = [*argv, "--run-dir", run_dir]
-    procs = [(f"runner.{r}", py + ["services.runner", *common, "--rank", str(r)])
-             for r in range(settings.tensor_parallel_size)]
-    procs.append(("scheduler", py + ["services.scheduler", *common]))
-    procs.append(("detokenizer", py + ["services.detokenizer", *common]))
-    procs += [(f"tokenizer.{i}", py + ["services.tokenizer", *common, "--tokenizer-id", str(i)])
-              for i in range(settings.num_tokenizers)]
-    procs.append(("gateway", py + ["services.gateway", *common]))
+    several = bool(settings.models or settings.models_file)
+    procs = []
+    for group in model_groups(dataclasses.replace(settings, run_dir=run_dir)):
+        gs, tag = group.settings, f"{group.name}/" if several else ""
+        mine = [*common, "--model-group", str(group.index)] if several else common
+        env = group_env(gs, environ, group.index, group.gpus)
+        procs += [(f"{tag}runner.{r}", py + ["services.runner", *mine, "--rank", str(r)], env)
+                  for r in range(gs.tensor_parallel_size)]
+        procs.append((f"{tag}scheduler", py + ["services.scheduler", *mine], env))
+        procs.append((f"{tag}detokenizer", py + ["services.detokenizer", *mine], env))
+        procs += [(f"{tag}tokenizer.{i}", py + ["services.tokenizer", *mine, "--tokenizer-id", str(i)], env)
+                  for i in range(gs.num_tokenizers)]
+    procs.append(("gateway", py + ["services.gateway", *common], dict(environ)))
     return procs
 
 
-def group_env(settings, environ=os.environ) -> dict[str, str]:
-    """The children's environment: with several runner ranks, one rendezvous address for the group.
+def group_env(settings, environ=os.environ, index: int = 0, gpus: str = "") -> dict[str, str]:
+    """A model group's environment: its GPUs (CUDA_VISIBLE_DEVICES) and, with several runner ranks, one
+    rendezvous address for the group.
 
-    A MASTER_PORT given by the user is kept; otherwise a free port, so that two servers on one host
-    (or two test runs) never join each other's group."""
+    A MASTER_PORT given by the user is kept (plus the group's index, with several models); otherwise a free
+    port, so that two servers on one host (or two test runs, or two groups) never join each other's group."""
     env = dict(environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
     if settings.tensor_parallel_size > 1:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in env:
+        if "MASTER_PORT" in environ:
+            env["MASTER_PORT"] = str(int(environ["MASTER_PORT"]) + index)
+        else:
             with socket.socket() as s:
                 s.bind((env["MASTER_ADDR"], 0))
                 env["MASTER_PORT"] = str(s.getsockname()[1])
     return env
+
+
+def fetch_hub_models(settings, log: logging.Logger) -> bool:
+    """Models given as org/name: found in a local cache or downloaded once, here, before any child starts (they
+    then find them in the cache). False, after saying why, when one cannot be had."""
+    for group in model_groups(settings):
+        if is_hub_id(group.settings.model):
+            try:
+                log.info("%s: %s", group.settings.model, resolve_model_path(group.settings.model,
+                                                                          group.settings.download))
+            except FerryError as e:
+                log.error("%s", e.message)
+                return False
+    return True
 
 
 def serve(argv: list[str]) -> int:
@@ -87,10 +119,11 @@ def serve(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     children: dict[str, subprocess.Popen] = {}
-    env = group_env(settings)
-    if settings.tensor_parallel_size > 1:
-        log.info("%d runner ranks meet at %s:%s", settings.tensor_parallel_size, env["MASTER_ADDR"], env["MASTER_PORT"])
-    for name, cmd in plan_processes(settings, argv, run_dir):
+    if not fetch_hub_models(settings, log):
+        return 1
+    for name, cmd, env in plan_processes(settings, argv, run_dir):
+        if name.endswith("runner.1"):  # a group of several ranks
+            log.info("%s: runner ranks meet at %s:%s", name, env["MASTER_ADDR"], env["MASTER_PORT"])
         children[name] = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
         log.info("started %s (pid %d)", name, children[name].pid)
     url = f"http://{settings.host}:{settings.port}/health"
@@ -107,8 +140,8 @@ def serve(argv: list[str]) -> int:
                 return 1
             if not announced and _healthy(url):
                 announced = True
-                log.info("ready: %s as model %r on http://%s:%d", settings.model, settings.resolved_name(),
-                         settings.host, settings.port)
+                names = ", ".join(repr(g.name) for g in model_groups(settings))
+                log.info("ready: %s on http://%s:%d", names, settings.host, settings.port)
     finally:
         _stop_all(children, log, settings.shutdown_timeout)
         if own_dir:

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from shared.logs import setup_logging
+from shared.model_groups import group_settings
 from shared.security import UnsafePath
 from shared.settings import Settings, load_settings
 from shared.sockets import configure
@@ -23,9 +24,12 @@ def start_service(name: str, argv: list[str] | None = None, signals: bool = True
     """Parse the settings flags (argv, default sys.argv[1:]), set up logging as `name[.instance]`, and,
     unless signals is False (the gateway's event loop handles them itself), install exit_on_signals().
     Every service also ends with its parent (die_with_parent)."""
-    settings = load_settings(sys.argv[1:] if argv is None else argv)
+    settings = group_settings(load_settings(sys.argv[1:] if argv is None else argv))  # --model-group: its own
     field = _INSTANCE_FIELD.get(name)
-    log = setup_logging(name if field is None else f"{name}.{getattr(settings, field)}", settings.log_level)
+    tag = name if field is None else f"{name}.{getattr(settings, field)}"
+    if settings.model_group >= 0:  # one of several models: say which
+        tag = f"{tag}@{settings.resolved_name()}"
+    log = setup_logging(tag, settings.log_level)
     try:
         configure(settings)  # a run directory others own or can enter: refuse to start
     except (UnsafePath, OSError) as e:

@@ -121,3 +121,23 @@ class RequestTimeout(FerryError):
     status = 504
     type = "timeout"
     code = "request_timeout"
+
+
+# ---------------------------------------------------------------- models by name (issue 19b)
+
+
+class ModelNotAvailable(FerryError):
+    """A model named org/name that is in neither local cache and cannot be downloaded now (offline, downloads
+    off, or the hub refused): the message says which and what to do."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "model_not_available"
+
+
+class PullNotAllowed(FerryError):
+    """POST /api/pull on a server started without --allow-pull (it would let clients fill this host's disk)."""
+
+    status = 403
+    type = "permission_error"
+    code = "pull_not_allowed"

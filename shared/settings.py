@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 
 import tomllib
 
+from shared.hub_names import is_hub_id
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -78,9 +80,19 @@ class Settings:
     gateway_timeout: float = 1.2  # a gateway silent this long is dead: the scheduler aborts its requests
     shutdown_timeout: float = 30.0  # SIGTERM: seconds requests in flight may take to finish before they are ended
 
+    # several models in one server, models by name (issue 19b): shared/model_groups.py, engine/hub.py
+    models: str = ""  # several models, comma-separated (what a repeated --model builds); each gets its own group
+    models_file: str = ""  # several models from a .toml ([[models]] tables) or .json (a list) file
+    model_group: int = -1  # the group this process serves (set by ferry serve / ferry supervisord-conf); -1: none
+    model_aliases: str = ""  # comma-separated other names the (single) model answers to
+    download: bool = True  # --model org/name missing from the caches is downloaded (unless HF_HUB_OFFLINE=1)
+    allow_pull: bool = False  # POST /api/pull may download models into this host's Hugging Face cache
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
+        if is_hub_id(self.model):  # org/name: served under the hub's name, as vLLM does
+            return self.model
         base = os.path.basename(self.model.rstrip("/"))
         return base.removesuffix(".gguf").split(".Q")[0] if base.endswith(".gguf") else base
 
@@ -106,6 +118,8 @@ def load_settings(argv: list[str] | None = None, **overrides) -> Settings:
         flag = "--" + f.name.replace("_", "-")
         if _kind(f) is bool:
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+        elif f.name == "model":  # repeatable: --model A --model B serves both (the `models` setting)
+            parser.add_argument(flag, dest=f.name, default=None, action="append")
         else:
             parser.add_argument(flag, dest=f.name, default=None, type=_kind(f))
     args = parser.parse_args(argv if argv is not None else [])
@@ -120,6 +134,10 @@ def load_settings(argv: list[str] | None = None, **overrides) -> Settings:
         cli = getattr(args, f.name)
         if cli is not None:
             values[f.name] = cli
+    if args.model:  # one --model is the model; several are the models setting, each served by its own group
+        values["model"] = args.model[0]
+        if len(args.model) > 1:
+            values["models"] = ",".join(args.model)
     values.update(overrides)
     known = {f.name: f for f in fields(Settings)}
     unknown = set(values) - set(known)

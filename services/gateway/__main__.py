@@ -23,7 +23,8 @@ async def serve(settings, log):
                            max_line_size=settings.max_header_bytes, max_field_size=settings.max_header_bytes)
     await runner.setup()
     await GuardedSite(runner, gateway.guard, settings.host, settings.port).start()
-    log.info("serving %s on http://%s:%d", settings.resolved_name(), settings.host, settings.port)
+    log.info("serving %s on http://%s:%d", ", ".join(s.name for s in gateway.router.served), settings.host,
+             settings.port)
     stop, hurry = asyncio.Event(), asyncio.Event()
 
     def on_signal():
@@ -34,7 +35,8 @@ async def serve(settings, log):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
     # Our parent gone (supervisord or ferry serve killed): the rest of the pipeline is going too; do not wait.
-    await drain(gateway.client, 0.0 if orphaned() else settings.shutdown_timeout, hurry)
+    timeout = 0.0 if orphaned() else settings.shutdown_timeout
+    await asyncio.gather(*(drain(client, timeout, hurry) for client in gateway.router.clients))
     await runner.cleanup()
 
 

@@ -38,18 +38,23 @@ class Bucket:
 
 
 class Admission:
-    def __init__(self, settings, client):
+    def __init__(self, settings, client, others=()):
         self.max_waiting = settings.max_waiting_requests
         self.rpm, self.tpm = settings.rate_limit_rpm, settings.rate_limit_tpm
         self.client = client
+        self.others = tuple(others)  # the other models' clients (several models): waiting is counted over all
         self.requests: dict[str, Bucket] = {}
         self.tokens: dict[str, Bucket] = {}
         self.rejected = 0
 
     def num_waiting(self) -> int:
-        stats = self.client.stats
+        return sum(self._waiting(c) for c in (self.client, *self.others))
+
+    @staticmethod
+    def _waiting(client) -> int:
+        stats = client.stats
         engine = stats.engine.num_waiting if stats is not None and stats.engine is not None else 0
-        return max(self.client.num_pending(), engine)
+        return max(client.num_pending(), engine)
 
     def overloaded_reason(self) -> str | None:
         if self.max_waiting <= 0:

@@ -14,10 +14,11 @@ from services.gateway.auth import API_KEY, api_key_middleware, load_keys, open_p
 from services.gateway.body_checks import load_json
 from services.gateway.connections import ConnectionGuard
 from services.gateway.cors import Cors
-from services.gateway.engine_client import EngineClient
 from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
+from services.gateway.model_router import ModelRouter
 from services.gateway.protocol import ParsedRequest, parse_request
+from services.gateway.pull_route import add_pull_route
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
 
@@ -67,12 +68,13 @@ async def read_json(request: web.Request, max_bytes: int):
 class Gateway:
     def __init__(self, settings):
         self.settings = settings
-        self.model = settings.resolved_name()
         self.limits = RequestLimits.of(settings)  # once: the caps every request is parsed against
         self.metrics = Metrics(settings.gateway_id)
-        self.client = EngineClient(settings, self.metrics)
+        self.router = ModelRouter(settings, self.metrics)  # the models served: name or alias -> group and client
+        self.client = self.router.default.client  # the first model's (the only one, unless --models-file ...)
+        self.model = self.router.default.name
         self.created = int(time.time())
-        self.admission = Admission(settings, self.client)
+        self.admission = Admission(settings, self.client, self.router.clients[1:])
         self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
         self.cors = Cors(settings.allowed_origins)
         self.api_keys = load_keys(settings)
@@ -89,39 +91,43 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/version", self.version)
+        add_pull_route(app, self)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
 
     async def _start(self, app):
-        self.client.start()
+        self.router.start()
         self.guard.start()
 
     async def _stop(self, app):
         await self.guard.stop()
-        await self.client.stop()
+        await self.router.stop()
 
     # ------------------------------------------------------------------ small routes
 
     async def models(self, request):
-        stats = self.client.stats
-        card = {"id": self.model, "object": "model", "created": self.created, "owned_by": "ferry",
-                "root": self.settings.model}
-        if stats is not None:
-            card["max_model_len"] = stats.max_model_len
-        return web.json_response({"object": "list", "data": [card]})
+        return web.json_response({"object": "list", "data": [s.card(self.created) for s in self.router.served]})
 
     async def health(self, request):
-        reason = self.client.not_ready_reason()
-        if reason:
+        """503 when no model can answer (the one model, or the one ?model=NAME asks about); with several, 200
+        while any can, and the body says which are down."""
+        only = request.query.get("model")
+        served = [self.router.find(only)] if only else self.router.served
+        down = {s.name: reason for s in served if (reason := s.client.not_ready_reason())}
+        if len(down) == len(served):
+            reason = "; ".join(down.values()) if len(down) == 1 else "; ".join(f"{n}: {r}" for n, r in down.items())
             return error_response(NotReady(reason, code="not_ready"))
         reason = self.admission.overloaded_reason()
         if reason:  # 503 so that load balancers send new requests elsewhere
             return error_response(NotReady(reason, code="overloaded"))
-        return web.json_response({"status": "ok"})
+        if len(self.router.served) == 1:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "degraded" if down else "ok",
+                                  "models": {s.name: down.get(s.name, "ok") for s in served}})
 
     async def prometheus(self, request):
-        self.metrics.in_flight.set(len(self.client.runs))
+        self.metrics.in_flight.set(self.router.in_flight())
         return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 
@@ -149,12 +155,13 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(error.status)).inc()
             return error
         try:
-            parsed = parse_request(body, chat, self.model, self.limits)
+            served = self.router.route(body)  # the model asked for (404 for one not served), aliases resolved
+            parsed = parse_request(body, chat, served.name, self.limits)
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        run = Run(self, rid, parsed, key)
+        run = Run(self, rid, parsed, key, served.client)
         try:
             run.submit()
             response = await run.answer(request)
@@ -170,8 +177,9 @@ class Gateway:
 class Run:
     """One HTTP generation request in flight: its sub-requests (one per prompt), outputs, answer."""
 
-    def __init__(self, gw: Gateway, rid: str, parsed: ParsedRequest, key: str = ""):
+    def __init__(self, gw: Gateway, rid: str, parsed: ParsedRequest, key: str = "", client=None):
         self.gw, self.rid, self.p, self.key = gw, rid, parsed, key
+        self.client = client or gw.client  # its model's group (services.gateway.model_router.ModelRouter.route)
         self.deadline: asyncio.TimerHandle | None = None
         self.n = parsed.params.n
         num_prompts = 1 if parsed.chat else len(parsed.prompts)
@@ -194,7 +202,7 @@ class Run:
             else:
                 req.prompt_token_ids = self.p.prompts[i]
             try:
-                self.gw.client.submit(req, self.queue, i)
+                self.client.submit(req, self.queue, i)
             except (ValueError, TypeError, OverflowError) as e:  # the parser's checks should make this unreachable
                 raise InvalidParameter(f"the request cannot be encoded: {e}", code="unencodable") from None
         timeout = self.gw.settings.request_timeout
@@ -210,7 +218,7 @@ class Run:
         if self.deadline is not None:
             self.deadline.cancel()
         for sub in self.sub_ids:
-            self.gw.client.release(sub, abort=not self.collector.done)
+            self.client.release(sub, abort=not self.collector.done)
 
     async def next(self):
         """(prompt index, RequestOutput) or raises the request's error (a FerryError)."""

@@ -1,0 +1,82 @@
+"""The gateway's one place that knows which models it serves (shared/model_groups.py): a request's `model`, a
+name or an alias, picks its group, and each group has its own EngineClient: its own sockets to its own
+tokenizer workers, scheduler and detokenizer. /v1/models, /health (and the Ollama routes) list from here.
+
+With one model there is one group, the gateway's own settings, and routing is one dict lookup per request."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.gateway.engine_client import EngineClient
+from services.gateway.metrics import Metrics
+from shared.errors import ModelNotFound
+from shared.model_groups import ModelGroup, model_groups
+
+
+@dataclass(slots=True)
+class Served:
+    """One model this gateway serves: its group and the client that talks to the group's processes."""
+
+    group: ModelGroup
+    client: EngineClient
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    def card(self, created: int) -> dict:
+        """Its OpenAI model object (GET /v1/models)."""
+        card = {"id": self.name, "object": "model", "created": created, "owned_by": "ferry",
+                "root": self.group.settings.model}
+        stats = self.client.stats
+        if stats is not None:
+            card["max_model_len"] = stats.max_model_len
+        return card
+
+
+class ModelRouter:
+    def __init__(self, settings, metrics: Metrics):
+        # The first group's engine gauges are the gateway's /metrics; the others' go to registries of their own
+        # (one Prometheus registry cannot hold two values for one unlabelled gauge).
+        self.served = [Served(g, EngineClient(g.settings, metrics if g.index == 0 else Metrics(settings.gateway_id)))
+                       for g in model_groups(settings)]
+        self.by_name = {name: s for s in self.served for name in s.group.names}
+        self.default = self.served[0]  # answers requests that name no model
+
+    @property
+    def clients(self) -> list[EngineClient]:
+        return [s.client for s in self.served]
+
+    def find(self, name: str) -> Served:
+        """The model of that name or alias; ModelNotFound (an OpenAI 404) for any other."""
+        served = self.by_name.get(name)
+        if served is None:
+            raise ModelNotFound(name)
+        return served
+
+    def route(self, body) -> Served:
+        """The model a request body asks for. An alias is rewritten to the served name, so the request is parsed
+        (services.gateway.protocol.parse_request) and answered under it; a body without a usable `model` goes to
+        the first model, and the parser judges the rest."""
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model:
+            return self.default
+        served = self.find(model)
+        if model != served.name:
+            body["model"] = served.name
+        return served
+
+    def down(self) -> dict[str, str]:
+        """name -> why, for each model that cannot take requests now."""
+        return {s.name: reason for s in self.served if (reason := s.client.not_ready_reason())}
+
+    def in_flight(self) -> int:
+        return sum(len(c.runs) for c in self.clients)
+
+    def start(self):
+        for c in self.clients:
+            c.start()
+
+    async def stop(self):
+        for c in self.clients:
+            await c.stop()
