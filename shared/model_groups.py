@@ -17,7 +17,7 @@ import re
 
 import tomllib
 
-from shared.settings import Settings
+from shared.settings import DEFAULT_MODEL, Settings
 from shared.sockets import run_dir
 
 # What an entry of a models file may set besides name, model (or path), aliases and gpus: what the model's
@@ -73,12 +73,12 @@ def _load_file(path: str) -> list[dict]:
 
 
 def _entries(settings: Settings) -> tuple[str, list[dict]]:
-    if settings.models_file and settings.models:
-        _fail("settings", "give either --models-file or several --model, not both")
+    if settings.models_file and (settings.models or settings.model != DEFAULT_MODEL):
+        _fail("settings", "give either --models-file or --model, not both (the file lists every model)")
+    if settings.served_model_name or settings.model_aliases:
+        _fail("settings", "with several models, name them (and their aliases) in a --models-file")
     if settings.models_file:
         return f"models file {settings.models_file}", _load_file(settings.models_file)
-    if settings.served_model_name or settings.model_aliases:
-        _fail("settings", "with several --model, name them (and their aliases) in a --models-file")
     return "--model", [{"model": m} for m in _split(settings.models)]
 
 

@@ -93,9 +93,13 @@ def test_bad_models_files_say_what_is_wrong(tmp_path, entries, message):
     assert message in str(e.value)
 
 
-def test_names_need_a_models_file():
+def test_names_need_a_models_file(models_file):
     with pytest.raises(SystemExit, match="name them"):
         model_groups(load_settings(["--model", "/a/x", "--model", "/b/y", "--served-model-name", "z"]))
+    with pytest.raises(SystemExit, match="name them"):
+        model_groups(load_settings(["--models-file", models_file, "--model-aliases", "z"]))
+    with pytest.raises(SystemExit, match="not both"):  # a --model beside the file would go unserved
+        model_groups(load_settings(["--models-file", models_file, "--model", "/a/x"]))
 
 
 def test_tcp_groups_get_port_ranges_of_their_own():
