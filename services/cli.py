@@ -3,6 +3,7 @@
     ferry serve [flags]          every process, for development (Ctrl-C stops them all)
     ferry gateway|tokenizer|scheduler|runner|detokenizer [flags]   one process
     ferry bench [--num-requests N] [--request-rate R] [--out FILE] ...   load a running server (--help)
+    ferry estimate --model X [--max-model-len N --tensor-parallel-size N --gpu-memory GiB ...]   memory plan (--help)
 Flags are the settings' names (--model, --served-model-name, --port, --num-tokenizers, ...).
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None):
         from services.bench.__main__ import main as bench
 
         return bench(rest)
+    if command == "estimate":
+        from services.estimate import main as estimate
+
+        return estimate(rest)
     if command in SERVICES:
         return importlib.import_module(f"services.{command}.__main__").main(rest)
     print(f"ferry: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
