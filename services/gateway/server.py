@@ -17,6 +17,7 @@ from services.gateway.cors import Cors
 from services.gateway.engine_client import EngineClient
 from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
+from services.gateway.ollama import OllamaRoutes, ollama_error_shape
 from services.gateway.protocol import ParsedRequest, parse_request
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
@@ -80,6 +81,7 @@ class Gateway:
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
         edge = [self.guard.middleware] + ([self.cors.middleware] if self.cors.enabled else [])
+        edge.append(ollama_error_shape)  # /api/ errors as {"error": "..."}, the auth check's too
         edge.append(api_key_middleware(self.api_keys, open_paths(self.settings)))
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[*edge, openai_errors])
         self.cors.install(app)
@@ -89,6 +91,7 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/version", self.version)
+        OllamaRoutes(self).install(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -136,8 +139,9 @@ class Gateway:
     async def completions(self, request):
         return await self._generate(request, chat=False)
 
-    async def _generate(self, request: web.Request, chat: bool):
-        endpoint = "chat" if chat else "completions"
+    async def _generate(self, request: web.Request, chat: bool, call=None):
+        """call: a request of another API that ferry translates (services.gateway.ollama.OllamaCall); None: OpenAI."""
+        endpoint = call.endpoint if call else "chat" if chat else "completions"
         key = request.get(API_KEY, "")
         try:
             self.admission.admit(key)  # before the body is read: an overloaded server says so at once
@@ -149,15 +153,18 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(error.status)).inc()
             return error
         try:
-            parsed = parse_request(body, chat, self.model, self.limits)
+            parsed = call.parse(body) if call else parse_request(body, chat, self.model, self.limits)
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        if isinstance(parsed, web.StreamResponse):  # answered without the engine (Ollama's "load the model")
+            self.metrics.requests.labels(endpoint, str(parsed.status)).inc()
+            return parsed
+        rid = ("chatcmpl-" if parsed.chat else "cmpl-") + uuid.uuid4().hex
         run = Run(self, rid, parsed, key)
         try:
             run.submit()
-            response = await run.answer(request)
+            response = await (call.answer(run, request) if call else run.answer(request))
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
