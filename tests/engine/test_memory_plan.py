@@ -39,11 +39,26 @@ def test_gpu_pool_rule_is_free_less_reserve():
 
 
 def _estimate(*args: str) -> tuple[int, dict | str]:
+    """`ferry estimate ARGS` in a subprocess: (exit status, the JSON plan with --json, else the text; stderr on
+    a bad argument)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "services.cli", "estimate", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
-    out = proc.stdout if proc.returncode in (0, 1) and "--json" not in args else None
-    return proc.returncode, out if out is not None else (json.loads(proc.stdout) if proc.stdout else proc.stderr)
+    if proc.returncode == 2:
+        return 2, proc.stderr
+    return proc.returncode, json.loads(proc.stdout) if "--json" in args else proc.stdout
+
+
+@pytest.fixture
+def estimate(capsys):
+    """The same command's entry point in this process (no torch import per call)."""
+    from services.cli import main
+
+    def run(*args: str):
+        rc = main(["estimate", *args])
+        out, err = capsys.readouterr()
+        return rc, err if rc == 2 else json.loads(out) if "--json" in args else out
+    return run
 
 
 def test_estimate_agrees_with_the_runner_for_the_default_model():
@@ -64,30 +79,30 @@ def test_estimate_agrees_with_the_runner_for_the_default_model():
     assert runner.model_config.max_model_len == est["max_model_len"] == 2048
 
 
-def test_estimate_prints_a_plan_and_says_whether_it_fits():
-    rc, text = _estimate("--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--max-model-len", "4096",
+def test_estimate_prints_a_plan_and_says_whether_it_fits(estimate):
+    rc, text = estimate("--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--max-model-len", "4096",
                          "--gpu-memory", "139.8", "--max-num-seqs", "256")
     assert rc == 0, text
     for row in ("weights per GPU", "KV cache per token", "KV pool", "activation peak", "CUDA graph pool"):
         assert row in text
     assert "128.0 KiB" in text  # 2 x 32 layers x 8 KV heads x 128 x bf16
     assert "fits" in text
-    rc, text = _estimate("--load-format", "dummy", "--hf-config", "llama-3-70b", "--gpu-memory", "80")
+    rc, text = estimate("--load-format", "dummy", "--hf-config", "llama-3-70b", "--gpu-memory", "80")
     assert rc == 1 and "does not fit" in text, text
-    rc, text = _estimate("--load-format", "dummy", "--hf-config", "llama-3-70b", "--gpu-memory", "80",
+    rc, text = estimate("--load-format", "dummy", "--hf-config", "llama-3-70b", "--gpu-memory", "80",
                          "--tensor-parallel-size", "4")
     assert rc == 0 and "fits" in text, text
 
 
-def test_estimate_rejects_unknown_quantization_and_missing_models(tmp_path):
-    rc, err = _estimate("--quantization", "awq")
+def test_estimate_rejects_unknown_quantization_and_missing_models(estimate, tmp_path):
+    rc, err = estimate("--quantization", "awq")
     assert rc == 2 and "quantization 'awq' is not supported" in err
-    rc, err = _estimate("--model", str(tmp_path / "nowhere"), "--gpu-memory", "80")
+    rc, err = estimate("--model", str(tmp_path / "nowhere"), "--gpu-memory", "80")
     assert rc == 2 and "does not exist" in err
 
 
-def test_estimate_reads_only_config_json(tmp_path):
+def test_estimate_reads_only_config_json(estimate, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIGS["qwen3"]().to_dict()))
-    rc, est = _estimate("--model", str(tmp_path), "--gpu-memory", "4", "--json")
+    rc, est = estimate("--model", str(tmp_path), "--gpu-memory", "4", "--json")
     assert rc == 0, est
     assert est["ranks"][0]["parameters"] == parameter_count(ModelConfig.from_hf_dict(TINY_CONFIGS["qwen3"]().to_dict()))
