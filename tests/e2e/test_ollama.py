@@ -15,7 +15,8 @@ from _checks import client as openai_client
 from _pipeline import MODEL, Server, child_pids, ferry_command, free_port, get, post
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-GREEDY = {"temperature": 0, "num_predict": 16}
+GREEDY = {"temperature": 0, "num_predict": 12}
+SHORT = {"temperature": 0, "num_predict": 6}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,17 @@ def oc(server):
 @pytest.fixture(scope="module")
 def openai(server):
     return openai_client(server)
+
+
+@pytest.fixture(scope="module")
+def reference(openai):
+    """The OpenAI route's greedy answer to QUESTION: what the Ollama routes must say too."""
+    return openai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def greedy(oc):
+    return oc.chat(MODEL, messages=QUESTION, options=GREEDY)
 
 
 def _check_final(r, prompt_tokens: int, completion_tokens: int):
@@ -65,58 +77,55 @@ def test_list_show_ps_version(server, oc):
     assert status == 200 and json.loads(body)["version"]
 
 
-def test_chat_equals_the_openai_route(oc, openai):
-    r = oc.chat(MODEL, messages=QUESTION, options=GREEDY)
-    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=16)
+def test_chat_equals_the_openai_route(greedy, reference):
+    r, ref = greedy, reference
     assert r.message.role == "assistant"
     assert r.message.content == ref.choices[0].message.content and "Paris" in r.message.content
     assert r.done_reason == ref.choices[0].finish_reason
     _check_final(r, ref.usage.prompt_tokens, ref.usage.completion_tokens)
 
 
-def test_chat_streams_ndjson(oc, openai):
+def test_chat_streams_ndjson(oc, greedy):
     parts = list(oc.chat(MODEL, messages=QUESTION, options=GREEDY, stream=True))
     assert len(parts) > 2 and all(not p.done for p in parts[:-1]) and parts[-1].done
-    text = "".join(p.message.content for p in parts)
-    assert text == oc.chat(MODEL, messages=QUESTION, options=GREEDY).message.content
+    assert "".join(p.message.content for p in parts) == greedy.message.content
     assert parts[-1].message.content == "" and parts[-1].eval_count > 0
 
 
-def test_generate_templated_raw_and_streaming(oc, openai):
+def test_generate_templated_raw_and_streaming(oc, openai, greedy, reference):
     prompt = QUESTION[0]["content"]
     r = oc.generate(MODEL, prompt, options=GREEDY)  # the chat template applied, as Ollama does
-    assert r.response == oc.chat(MODEL, messages=QUESTION, options=GREEDY).message.content
-    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=16)
-    _check_final(r, ref.usage.prompt_tokens, ref.usage.completion_tokens)
-    raw = oc.generate(MODEL, "The capital of France is", raw=True, options=GREEDY)
-    ref = openai.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=16)
+    assert r.response == greedy.message.content
+    _check_final(r, reference.usage.prompt_tokens, reference.usage.completion_tokens)
+    raw = oc.generate(MODEL, "The capital of France is", raw=True, options=SHORT)
+    ref = openai.completions.create(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=6)
     assert raw.response == ref.choices[0].text
     _check_final(raw, ref.usage.prompt_tokens, ref.usage.completion_tokens)
-    parts = list(oc.generate(MODEL, "The capital of France is", raw=True, options=GREEDY, stream=True))
+    parts = list(oc.generate(MODEL, "The capital of France is", raw=True, options=SHORT, stream=True))
     assert "".join(p.response for p in parts) == raw.response and parts[-1].done
-    with_system = oc.generate(MODEL, prompt, system="Answer in one word.", options=GREEDY)
-    ref = openai.chat.completions.create(model=MODEL, temperature=0, max_tokens=16,
+    with_system = oc.generate(MODEL, prompt, system="Answer in one word.", options=SHORT)
+    ref = openai.chat.completions.create(model=MODEL, temperature=0, max_tokens=6,
                                          messages=[{"role": "system", "content": "Answer in one word."}, *QUESTION])
     assert with_system.response == ref.choices[0].message.content
     loaded = oc.generate(MODEL)  # no prompt: Ollama's "load the model"
     assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
 
 
-def test_options_mean_what_they_mean_in_ollama(oc, openai):
+def test_options_mean_what_they_mean_in_ollama(oc, openai, greedy):
     short = oc.chat(MODEL, messages=QUESTION, options={"temperature": 0, "num_predict": 3})
     assert short.eval_count == 3 and short.done_reason == "length"
-    full = oc.chat(MODEL, messages=QUESTION, options=GREEDY).message.content
+    full = greedy.message.content
     stop = full.split()[2]
     stopped = oc.chat(MODEL, messages=QUESTION, options={**GREEDY, "stop": [stop]}).message.content
     assert stopped == full[:full.index(stop)] and stopped != full
     # Ollama's defaults (temperature 0.8, top_k 40, top_p 0.9) with a seed: the OpenAI route with the same values
-    seeded = oc.chat(MODEL, messages=QUESTION, options={"seed": 7, "num_predict": 24}).message.content
-    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, seed=7, temperature=0.8,
+    seeded = oc.chat(MODEL, messages=QUESTION, options={"seed": 7, "num_predict": 10}).message.content
+    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=10, seed=7, temperature=0.8,
                                          top_p=0.9, extra_body={"top_k": 40})
     assert seeded == ref.choices[0].message.content
-    penalized = oc.chat(MODEL, messages=QUESTION, options={**GREEDY, "repeat_penalty": 1.5, "top_k": 0,
+    penalized = oc.chat(MODEL, messages=QUESTION, options={**SHORT, "repeat_penalty": 1.5, "top_k": 0,
                                                            "top_p": 1.0, "num_ctx": 2048}, keep_alive="5m")
-    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=16,
+    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=6,
                                          extra_body={"repetition_penalty": 1.5})
     assert penalized.message.content == ref.choices[0].message.content
 
@@ -153,11 +162,11 @@ def test_bad_generate_requests_and_the_error_shape(server):
     assert get(server.url + "/health")[0] == 200
 
 
-def test_langchain_chat_ollama(server, openai):
+def test_langchain_chat_ollama(server, reference):
     from langchain_ollama import ChatOllama
 
-    llm = ChatOllama(model=MODEL, base_url=server.url, temperature=0, num_predict=16, client_kwargs={"timeout": 120})
-    ref = openai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=16)
+    llm = ChatOllama(model=MODEL, base_url=server.url, temperature=0, num_predict=12, client_kwargs={"timeout": 120})
+    ref = reference
     answer = llm.invoke(QUESTION[0]["content"])
     assert answer.content == ref.choices[0].message.content
     assert answer.usage_metadata["output_tokens"] == ref.usage.completion_tokens
