@@ -15,6 +15,7 @@ import torch
 from engine.gpu_idle import GpuIdleMeter
 from engine.layers.attention import Attention, AttentionMetadata, attention_context, torch_backend_indices
 from engine.loader import load_weights
+from engine.memory_plan import kv_bytes_per_block, kv_pool_blocks
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
 from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
@@ -115,15 +116,10 @@ class ModelRunner:
         cfg, s = self.model_config, self.settings
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         kv_heads = layers[0].num_kv_heads
-        bytes_per_block = 2 * len(layers) * s.block_size * kv_heads * cfg.head_dim * self.dtype.itemsize
-        if s.num_kv_blocks > 0:
-            num_blocks = s.num_kv_blocks
-        elif self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            reserve = total * (1 - s.gpu_memory_utilization) + 512 * 2**20  # activations, graphs, sampler
-            num_blocks = int(max(0, free - reserve) // bytes_per_block)
-        else:
-            num_blocks = s.kv_cache_bytes // bytes_per_block
+        bytes_per_block = kv_bytes_per_block(len(layers), kv_heads, cfg.head_dim, s.block_size, self.dtype.itemsize)
+        # the one sizing rule, shared with `ferry estimate` (engine/memory_plan.py)
+        free, total = torch.cuda.mem_get_info(self.device) if self.device.type == "cuda" else (0, 0)
+        num_blocks = kv_pool_blocks(s, bytes_per_block, self.device.type, free, total)
         # enough for one max_model_len sequence, else requests would be rejected needlessly
         if num_blocks < 1:
             raise RuntimeError("no memory left for the KV cache")

@@ -5,6 +5,7 @@
     ferry bench [--num-requests N] [--request-rate R] [--out FILE] ...   load a running server (--help)
     ferry pull org/name          fetch a model into the local Hugging Face cache
     ferry supervisord-conf [--out FILE] [flags]   supervisord's configuration for these models
+    ferry estimate --model X [--max-model-len N --tensor-parallel-size N --gpu-memory GiB ...]   memory plan (--help)
 Several models: --model A --model B (repeatable), or --models-file models.toml (name, model, aliases, gpus, limits).
 Flags are the settings' names (--model, --served-model-name, --port, --num-tokenizers, ...).
 """
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None):
         from services.supervisord_conf import main as supervisord_conf
 
         return supervisord_conf(rest)
+    if command == "estimate":
+        from services.estimate import main as estimate
+
+        return estimate(rest)
     if command in SERVICES:
         return importlib.import_module(f"services.{command}.__main__").main(rest)
     print(f"ferry: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)

@@ -17,6 +17,7 @@ from services.gateway.cors import Cors
 from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
 from services.gateway.model_router import ModelRouter
+from services.gateway.ollama import OllamaRoutes, ollama_error_shape
 from services.gateway.protocol import ParsedRequest, parse_request
 from services.gateway.pull_route import add_pull_route
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
@@ -82,6 +83,7 @@ class Gateway:
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
         edge = [self.guard.middleware] + ([self.cors.middleware] if self.cors.enabled else [])
+        edge.append(ollama_error_shape)  # /api/ errors as {"error": "..."}, the auth check's too
         edge.append(api_key_middleware(self.api_keys, open_paths(self.settings)))
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[*edge, openai_errors])
         self.cors.install(app)
@@ -92,6 +94,7 @@ class Gateway:
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/version", self.version)
         add_pull_route(app, self)
+        OllamaRoutes(self).install(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -142,8 +145,9 @@ class Gateway:
     async def completions(self, request):
         return await self._generate(request, chat=False)
 
-    async def _generate(self, request: web.Request, chat: bool):
-        endpoint = "chat" if chat else "completions"
+    async def _generate(self, request: web.Request, chat: bool, call=None):
+        """call: a request of another API that ferry translates (services.gateway.ollama.OllamaCall); None: OpenAI."""
+        endpoint = call.endpoint if call else "chat" if chat else "completions"
         key = request.get(API_KEY, "")
         try:
             self.admission.admit(key)  # before the body is read: an overloaded server says so at once
@@ -155,16 +159,23 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(error.status)).inc()
             return error
         try:
-            served = self.router.route(body)  # the model asked for (404 for one not served), aliases resolved
-            parsed = parse_request(body, chat, served.name, self.limits)
+            if call:  # another API's body (Ollama's): it resolves its model through the router itself
+                parsed = call.parse(body)
+                served = call.served
+            else:
+                served = self.router.route(body)  # the model asked for (404 for one not served), aliases resolved
+                parsed = parse_request(body, chat, served.name, self.limits)
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        if isinstance(parsed, web.StreamResponse):  # answered without the engine (Ollama's "load the model")
+            self.metrics.requests.labels(endpoint, str(parsed.status)).inc()
+            return parsed
+        rid = ("chatcmpl-" if parsed.chat else "cmpl-") + uuid.uuid4().hex
         run = Run(self, rid, parsed, key, served.client)
         try:
             run.submit()
-            response = await run.answer(request)
+            response = await (call.answer(run, request) if call else run.answer(request))
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
