@@ -78,6 +78,9 @@ class Settings:
     gateway_timeout: float = 1.2  # a gateway silent this long is dead: the scheduler aborts its requests
     shutdown_timeout: float = 30.0  # SIGTERM: seconds requests in flight may take to finish before they are ended
 
+    # scheduling for latency (issue 17): decodes always run; prompt tokens fill what is left of a step
+    max_prefill_tokens: int = 0  # prompt tokens one step may carry beside its decodes; 0: max_num_batched_tokens
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
