@@ -81,7 +81,7 @@ bench() {
   PYTHONPATH=$FERRY_PY timeout $(( $(left) - 5 )) python3 -m services.cli bench --url "$url" --no-progress \
       --hf-config "$SHAPE" "${out[@]}" "$@" > "$R/$side.bench.log" 2>&1
   local rc=$?
-  if [ "$file" != "-" ]; then cat "$R/$side.bench.log"; else tail -2 "$R/$side.bench.log"; fi
+  if [ "$file" != "-" ]; then cat "$R/$side.bench.log"; else echo "$side warm-up: $(grep '^==' "$R/$side.bench.log")"; fi
   [ $rc -eq 124 ] && echo "TIMED OUT: $side $file"
   return 0
 }
