@@ -1,9 +1,10 @@
 """Continuous batching: which sequences run in the next step, and with how many tokens each.
 
-Every step: running sequences first (oldest first: a decode token, or the next prefill chunk), then
-waiting ones while the token budget (max_num_batched_tokens) and max_num_seqs allow. When blocks
-run out, the newest running sequence is preempted (its blocks freed, recomputed later) and goes back
-to the front of the queue. The step goes out as a StepPlan that carries only deltas.
+Every step (Scheduler.schedule): every running decode first, whatever the token budget; then prompt
+chunks (running sequences' next chunks, oldest first, then waiting prompts while max_num_seqs allows)
+into the room left by max_num_batched_tokens and max_prefill_tokens. When blocks run out, the newest
+running sequence is preempted (its blocks freed, recomputed later) and goes back to the front of the
+queue. The step goes out as a StepPlan that carries only deltas.
 
 Steps may overlap: the next plan can be scheduled while the last one runs, so that the GPU never
 waits for the host. A sequence whose sampled token is still on its way (num_pending) is scheduled
@@ -64,6 +65,7 @@ class Scheduler:
         self.block_size = settings.block_size
         self.max_num_seqs = settings.max_num_seqs
         self.max_num_batched_tokens = settings.max_num_batched_tokens
+        self.max_prefill_tokens = settings.max_prefill_tokens  # 0: no bound beyond max_num_batched_tokens
         self.max_model_len = min(model_config.max_model_len, settings.max_model_len or model_config.max_model_len)
         self.vocab_size = model_config.vocab_size
         self.eos_token_ids = list(model_config.eos_token_ids)
@@ -151,35 +153,69 @@ class Scheduler:
     # ------------------------------------------------------------------ one step
 
     def schedule(self) -> StepPlan | None:
-        """The next plan, or None when nothing can run (or max_inflight plans are out already)."""
+        """The next plan, or None when nothing can run (or max_inflight plans are out already).
+
+        Decodes first, all of them: every running sequence with one token to run (a decode, or a prompt's
+        last token) is in the step, whatever the token budget, so no decode ever waits behind a prompt. Then
+        prompt chunks into the room that is left: max_num_batched_tokens minus the decodes, and at most
+        max_prefill_tokens (when set), so that a step's time stays bounded however many prompts wait.
+        Running sequences' next chunks go first (oldest first), then waiting prompts in arrival order,
+        each cut to the room left."""
         if len(self.inflight) >= self.max_inflight:
             return None
-        budget = self.max_num_batched_tokens
         scheduled: list[tuple[Sequence, int]] = []
+        prefilling: list[Sequence] = []
         preempted = False
         for seq in list(self.running):  # oldest first
-            if budget <= 0:
-                break
             if seq.status is not SeqStatus.RUNNING:
                 continue  # preempted to make room for an older one
-            num_new = min(self._unscheduled(seq), budget)
+            num_new = self._unscheduled(seq)
             if num_new <= 0 or self._done_when_pending_arrive(seq):
                 continue
-            while not self.blocks.allocate_slots(seq, num_new):
+            if num_new > 1:
+                prefilling.append(seq)
+                continue
+            # Every sequence visited so far is older, so the newest running one is never scheduled yet.
+            while not self.blocks.allocate_slots(seq, 1):
                 victim, _ = self.running.popitem()  # the newest goes first
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
             if seq.status is SeqStatus.RUNNING:
+                scheduled.append((seq, 1))
+        room = self.max_num_batched_tokens - len(scheduled)
+        if self.max_prefill_tokens:
+            room = min(room, self.max_prefill_tokens)
+        for seq in prefilling:
+            if room <= 0:
+                break
+            if seq.status is not SeqStatus.RUNNING:
+                continue
+            num_new = min(self._unscheduled(seq), room)
+            preempted |= self._make_room(seq, num_new, scheduled)
+            if seq.status is SeqStatus.RUNNING:
                 scheduled.append((seq, num_new))
-                budget -= num_new
+                room -= num_new
         # Blocks are short: let the preempted catch up before admitting more, unless nothing runs at all.
         if not preempted or not scheduled:
-            budget = self._admit_waiting(scheduled, budget)
+            self._admit_waiting(scheduled, room)
         if not scheduled and not self._forget_on_runner:
             return None
         return self._build_plan(scheduled)
+
+    def _make_room(self, seq: Sequence, num_new: int, scheduled: list[tuple[Sequence, int]]) -> bool:
+        """Blocks for a prompt chunk of a running sequence, preempting the newest running sequences not in this
+        step (seq itself last: then it waits); True when something was preempted."""
+        if self.blocks.allocate_slots(seq, num_new):
+            return False
+        taken = {s for s, _ in scheduled}
+        while True:
+            victim = next(s for s in reversed(self.running) if s not in taken)
+            del self.running[victim]
+            self._preempt(victim)
+            if victim is seq or self.blocks.allocate_slots(seq, num_new):
+                return True
 
     @staticmethod
     def _unscheduled(seq: Sequence) -> int:
@@ -192,7 +228,7 @@ class Scheduler:
         return (seq.num_output_tokens + seq.num_pending >= seq.params.max_tokens
                 or seq.num_tokens + seq.num_pending >= self.max_model_len)
 
-    def _admit_waiting(self, scheduled: list[tuple[Sequence, int]], budget: int) -> int:
+    def _admit_waiting(self, scheduled: list[tuple[Sequence, int]], budget: int) -> None:
         held_back = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = next(iter(self.waiting))
@@ -220,7 +256,6 @@ class Scheduler:
             budget -= num_new
         for seq in reversed(held_back):
             self._to_queue_front(seq)
-        return budget
 
     def _to_queue_front(self, seq: Sequence) -> None:
         self.waiting[seq] = None

@@ -87,6 +87,8 @@ class Settings:
     model_aliases: str = ""  # comma-separated other names the (single) model answers to
     download: bool = True  # --model org/name missing from the caches is downloaded (unless HF_HUB_OFFLINE=1)
     allow_pull: bool = False  # POST /api/pull may download models into this host's Hugging Face cache
+    # scheduling for latency (issue 17): decodes always run; prompt tokens fill what is left of a step
+    max_prefill_tokens: int = 0  # prompt tokens one step may carry beside its decodes; 0: max_num_batched_tokens
 
     def resolved_name(self) -> str:
         if self.served_model_name:

@@ -62,8 +62,11 @@ async def one_request(session: aiohttp.ClientSession, url: str, model: str, req:
 
 
 async def run_load(base_url: str, requests: list[BenchRequest], send_times: list[float],
-                   progress=None, timeout: float = 6 * 3600) -> tuple[list[RequestRecord], float, str]:
-    """Send each request at its time (seconds after the start); returns (records, wall seconds, model)."""
+                   progress=None, timeout: float = 6 * 3600,
+                   max_concurrency: int = 0) -> tuple[list[RequestRecord], float, str]:
+    """Send each request at its time (seconds after the start); returns (records, wall seconds, model).
+    max_concurrency > 0: a request due while that many are open waits for one to end (closed-loop load, as
+    vLLM's --max-concurrency); its TTFT counts from when it is sent, not from when it was due."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     tmo = aiohttp.ClientTimeout(total=timeout, sock_connect=60)
     async with aiohttp.ClientSession(connector=connector, timeout=tmo, read_bufsize=2**16) as session:
@@ -71,12 +74,17 @@ async def run_load(base_url: str, requests: list[BenchRequest], send_times: list
         url = base_url + "/v1/completions"
         records = [RequestRecord(len(r.prompt), r.output_len) for r in requests]
         t0 = time.perf_counter()
+        gate = asyncio.Semaphore(max_concurrency) if max_concurrency > 0 else None
 
         async def fire(i: int):
             delay = send_times[i] - (time.perf_counter() - t0)
             if delay > 0:
                 await asyncio.sleep(delay)
-            await one_request(session, url, model, requests[i], records[i], t0)
+            if gate is None:
+                await one_request(session, url, model, requests[i], records[i], t0)
+            else:
+                async with gate:
+                    await one_request(session, url, model, requests[i], records[i], t0)
             if progress is not None:
                 progress.update(1)
 

@@ -39,12 +39,29 @@ def percentiles(values, ps=PERCENTILES) -> dict[str, float]:
     return {"mean": float(arr.mean()), **{f"p{p}": float(np.percentile(arr, p)) for p in ps}}
 
 
-def summarize(records: list[RequestRecord], duration: float) -> dict:
+def meets_slo(r: RequestRecord, slo_ttft_ms: float = 0.0, slo_tpot_ms: float = 0.0) -> bool:
+    """Completed within both bounds (0: no bound); a one-token answer has no TPOT and meets any TPOT bound."""
+    if not r.ok or (slo_ttft_ms and r.ttft * 1e3 > slo_ttft_ms):
+        return False
+    return not slo_tpot_ms or r.tpot is None or r.tpot * 1e3 <= slo_tpot_ms
+
+
+def goodput(records: list[RequestRecord], duration: float, slo_ttft_ms: float, slo_tpot_ms: float) -> dict:
+    """Requests per second that met both SLOs (vLLM's --goodput ttft:X tpot:Y), and their share of all sent."""
+    good = sum(meets_slo(r, slo_ttft_ms, slo_tpot_ms) for r in records)
+    return {"slo_ttft_ms": slo_ttft_ms, "slo_tpot_ms": slo_tpot_ms, "good_requests": good,
+            "requests_per_s": good / duration if duration else 0.0,
+            "fraction": good / len(records) if records else 0.0}
+
+
+def summarize(records: list[RequestRecord], duration: float, slo_ttft_ms: float = 0.0,
+              slo_tpot_ms: float = 0.0) -> dict:
+    """Throughput and latency percentiles; with an SLO (ms, 0: none) also "goodput"."""
     ok = [r for r in records if r.ok]
     inp = sum(r.prompt_len for r in ok)
     out = sum(r.output_tokens for r in ok)
     ms = lambda xs: {k: v * 1e3 for k, v in percentiles(xs).items()}  # noqa: E731
-    return {
+    summary = {
         "completed": len(ok), "failed": len(records) - len(ok), "duration_s": duration,
         "input_tokens": inp, "output_tokens": out,
         "request_throughput": len(ok) / duration if duration else 0.0,
@@ -57,6 +74,9 @@ def summarize(records: list[RequestRecord], duration: float) -> dict:
         "max_concurrency": max_concurrency(ok),
         "errors": sorted({r.error for r in records if r.error})[:5],
     }
+    if slo_ttft_ms or slo_tpot_ms:
+        summary["goodput"] = goodput(records, duration, slo_ttft_ms, slo_tpot_ms)
+    return summary
 
 
 def max_concurrency(records: list[RequestRecord]) -> int:
@@ -85,6 +105,10 @@ def format_summary(name: str, s: dict) -> str:
         p = s[key]
         lines.append(f"{key[:-3].upper():5s} ms  mean {p['mean']:8.2f}  p50 {p['p50']:8.2f}  p90 {p['p90']:8.2f}  "
                      f"p99 {p['p99']:8.2f}")
+    if "goodput" in s:
+        g = s["goodput"]
+        lines.append(f"goodput {g['requests_per_s']:.2f} req/s ({g['good_requests']} of {s['completed'] + s['failed']}"
+                     f" within TTFT {g['slo_ttft_ms'] or '-'} ms, TPOT {g['slo_tpot_ms'] or '-'} ms)")
     if s["errors"]:
         lines.append(f"errors: {s['errors']}")
     return "\n".join(lines)

@@ -15,12 +15,17 @@ class BenchRequest:
     output_len: int  # max_tokens, with ignore_eos: exactly this many tokens come back
 
 
-def sharegpt_synth(num_requests: int = SHAREGPT_SYNTH_SIZE, vocab_size: int = 128256) -> list[BenchRequest]:
+def sharegpt_synth(num_requests: int = SHAREGPT_SYNTH_SIZE, vocab_size: int = 128256,
+                   prompt_seed: int = 0) -> list[BenchRequest]:
     """The same requests in every run, bit for bit: lengths of all 1000 requests first, then each prompt's
-    random ids from the same generator, in order (so the first N requests of any run are the same)."""
+    random ids from the same generator, in order (so the first N requests of any run are the same).
+    prompt_seed k > 0 keeps every length and draws other ids (from a generator of its own), so that runs on
+    one server do not find each other's prompts in its prefix cache."""
     rng = np.random.default_rng(0)
     inp = np.clip(np.round(rng.lognormal(4.92, 1.0, SHAREGPT_SYNTH_SIZE)), 4, 1024).astype(np.int64)
     out = np.clip(np.round(rng.lognormal(4.70, 1.0, SHAREGPT_SYNTH_SIZE)), 4, 2048 - inp).astype(np.int64)
+    if prompt_seed:
+        rng = np.random.default_rng([0, prompt_seed])
     reqs = []
     for i in range(num_requests):
         if i == SHAREGPT_SYNTH_SIZE:
