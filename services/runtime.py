@@ -25,7 +25,8 @@ def start_service(name: str, argv: list[str] | None = None, signals: bool = True
     Every service also ends with its parent (die_with_parent)."""
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     field = _INSTANCE_FIELD.get(name)
-    log = setup_logging(name if field is None else f"{name}.{getattr(settings, field)}", settings.log_level)
+    log = setup_logging(name if field is None else f"{name}.{getattr(settings, field)}", settings.log_level,
+                        settings.log_format)
     try:
         configure(settings)  # a run directory others own or can enter: refuse to start
     except (UnsafePath, OSError) as e:

@@ -78,6 +78,9 @@ class Settings:
     gateway_timeout: float = 1.2  # a gateway silent this long is dead: the scheduler aborts its requests
     shutdown_timeout: float = 30.0  # SIGTERM: seconds requests in flight may take to finish before they are ended
 
+    # observability (issue 16)
+    log_format: str = "text"  # text | json: every process's log lines (the gateway's request lines included)
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from aiohttp import web
 
@@ -17,7 +16,9 @@ from services.gateway.cors import Cors
 from services.gateway.engine_client import EngineClient
 from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
+from services.gateway.metrics_requests import RequestObserver
 from services.gateway.protocol import ParsedRequest, parse_request
+from services.gateway.request_log import OBSERVER, RequestLog, engine_request_id
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
 
@@ -69,7 +70,8 @@ class Gateway:
         self.settings = settings
         self.model = settings.resolved_name()
         self.limits = RequestLimits.of(settings)  # once: the caps every request is parsed against
-        self.metrics = Metrics(settings.gateway_id)
+        self.metrics = Metrics(settings.gateway_id, self.model, settings.max_model_len, settings.peer_timeout)
+        self.request_log = RequestLog(self.model, self.metrics.request_series)
         self.client = EngineClient(settings, self.metrics)
         self.created = int(time.time())
         self.admission = Admission(settings, self.client)
@@ -79,10 +81,12 @@ class Gateway:
 
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
-        edge = [self.guard.middleware] + ([self.cors.middleware] if self.cors.enabled else [])
+        edge = [self.guard.middleware, self.request_log.middleware] + ([self.cors.middleware] if self.cors.enabled
+                                                                       else [])
         edge.append(api_key_middleware(self.api_keys, open_paths(self.settings)))
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[*edge, openai_errors])
         self.cors.install(app)
+        self.request_log.install(app)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -153,8 +157,9 @@ class Gateway:
         except FerryError as e:
             self.metrics.requests.labels(endpoint, str(e.status)).inc()
             raise
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        rid = engine_request_id(request, "chatcmpl-" if chat else "cmpl-")
         run = Run(self, rid, parsed, key)
+        request[OBSERVER] = run.obs
         try:
             run.submit()
             response = await run.answer(request)
@@ -180,7 +185,8 @@ class Run:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.created = int(time.time())
         self.start = time.monotonic()
-        self.first_at: float | None = None
+        self.obs = RequestObserver(gw.metrics.request_series.series(gw.model), num_prompts, self.n,
+                                   parsed.params.max_tokens)
 
     def submit(self):
         for i, sub in enumerate(self.sub_ids):
@@ -211,13 +217,12 @@ class Run:
             self.deadline.cancel()
         for sub in self.sub_ids:
             self.gw.client.release(sub, abort=not self.collector.done)
+        self.obs.finish(self.collector)
 
     async def next(self):
         """(prompt index, RequestOutput) or raises the request's error (a FerryError)."""
         index, msg = await self.queue.get()
-        if self.first_at is None:
-            self.first_at = time.monotonic()
-            self.gw.metrics.ttft.observe(self.first_at - self.start)
+        self.obs.output(index, msg)
         if isinstance(msg, RequestError):
             raise msg.to_exception()
         return index, msg
@@ -236,8 +241,6 @@ class Run:
     def _finished(self):
         usage = self.collector.usage()
         m = self.gw.metrics
-        m.prompt_tokens.inc(usage["prompt_tokens"])
-        m.generation_tokens.inc(usage["completion_tokens"])
         m.latency.observe(time.monotonic() - self.start)
         self.gw.admission.charge_tokens(self.key, usage["prompt_tokens"] + usage["completion_tokens"])
 
