@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
+
 # vLLM's (vllm/v1/metrics/loggers.py), so that dashboards ported from vLLM read the same quantiles.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -41,18 +43,24 @@ def step_token_buckets(max_batched_tokens: int) -> tuple[int, ...]:
 
 
 class BucketHistogram:
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "total", "_array")
 
     def __init__(self, bounds):
         self.bounds = tuple(float(b) for b in bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
         self.total = 0.0
+        self._array = np.asarray(self.bounds, np.float64)
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def observe_many(self, values) -> None:
+        if len(values) > 32:  # a long request's gaps: one numpy pass instead of a bisect each
+            array = np.asarray(values, np.float64)
+            found = np.bincount(np.searchsorted(self._array, array, side="left"), minlength=len(self.counts))
+            self.add(found.tolist(), float(array.sum()))
+            return
         counts, bounds, find = self.counts, self.bounds, bisect.bisect_left
         for v in values:
             counts[find(bounds, v)] += 1
