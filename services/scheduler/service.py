@@ -104,11 +104,12 @@ class SchedulerService:
             if not heartbeat_is_plausible(msg, self.same_host):
                 return
             peer = _Peer(now, msg.worker)
-            self.health.heard(msg.service, msg.worker.id, msg.worker.pid, now)
             if msg.service == "tokenizer" and msg.worker.id >= 0:  # the gateways address workers by this id
                 self.tokenizers[msg.worker.id] = peer
+                self.health.heard("tokenizer", msg.worker.id, msg.worker.pid, now)
             elif msg.service == "detokenizer":
                 self.detokenizer = peer
+                self.health.heard("detokenizer", 0, msg.worker.pid, now)
             elif msg.service == "gateway":
                 self._on_gateway(peer)
 
@@ -210,6 +211,7 @@ class SchedulerService:
             log.info("gateway %d up (pid %d)", gid, peer.status.pid)
         self.dead_gateways.discard(gid)
         self.gateways[gid] = peer
+        self.health.heard("gateway", gid, peer.status.pid, peer.last_seen)
 
     def _abort_gateway(self, gid: int, why: str) -> None:
         """Nobody reads a dead gateway's answers: end its requests and free their KV blocks now."""

@@ -16,13 +16,18 @@ from shared.messages import (
     BucketCounts,
     ChoiceDelta,
     EngineStats,
+    Heartbeat,
     ProcessHealth,
     RequestError,
     RequestOutput,
+    RunnerReady,
     RunnerStatus,
     SchedulerCounters,
+    WorkerStatus,
 )
 from tests.engine.test_scheduler import make, params, step
+from tests.services.test_scheduler_service import bring_up
+from tests.services.test_scheduler_service import make as make_service
 
 
 def samples(*collectors) -> dict:
@@ -146,3 +151,20 @@ def test_request_observer_counts_per_prompt_and_per_output():
     failed.output(0, RequestError("r2", 0, 400, "bad", "invalid_request_error"))
     failed.finish(Collector(1, 1))
     assert samples(metrics)[("ferry_time_to_first_token_seconds_count", m)] == 2  # an error is no first token
+
+
+def test_the_scheduler_publishes_health_runner_status_and_names_the_lowest_live_gateway():
+    svc, out = make_service()
+    bring_up(svc, out)
+    pid = subprocess.os.getpid()
+    for gid in (2, 1):
+        svc.on_message(Heartbeat("gateway", WorkerStatus(gid, pid)), 0.2)
+    svc.on_message(RunnerReady(0, pid, 64, "inst-a", svc.session, RunnerStatus(0, "cpu", 9, 0.5, 0.25)), 0.2)
+    svc.tick(1.5)
+    stats = out.stats[-1]
+    assert stats.reporter_gateway == 1 and stats.scheduler_pid == pid
+    assert stats.runners == [RunnerStatus(0, "cpu", 9, 0.5, 0.25)]
+    health = {(h.service, h.id): h for h in stats.processes}
+    assert {("gateway", 1), ("gateway", 2), ("tokenizer", 0), ("detokenizer", 0), ("runner", 0)} <= set(health)
+    assert health["runner", 0].up and health["gateway", 1].up
+    assert {h.name for h in stats.histograms} >= {"request_queue_time_seconds", "iteration_tokens"}
