@@ -303,7 +303,7 @@ class EngineStats:
     processes: list[ProcessHealth] = field(default_factory=list)
     runners: list[RunnerStatus] = field(default_factory=list)
     reporter_gateway: int = -1  # the one gateway that exports engine-wide series (the lowest live id)
-    scheduler_pid: int = 0
+    scheduler_pid: int = 0  # 0: these stats carry no metrics (the fields above are empty), keep the last ones
 
 
 # ---------------------------------------------------------------- metrics (issue 16, tags 90-94)

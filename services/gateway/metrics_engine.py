@@ -18,22 +18,26 @@ from shared.messages import EngineStats, SchedulerCounters
 class EngineCollector:
     def __init__(self, gateway_id: int, model: str, peer_timeout: float = 5.0):
         self.gateway_id, self.model, self.peer_timeout = gateway_id, model, peer_timeout
-        self.stats: EngineStats | None = None
-        self.stats_at = 0.0
+        self.stats: EngineStats | None = None  # the last that carried metrics (scheduler_pid set)
+        self.stats_at = 0.0  # when any stats last came: the scheduler's own health
         self.counters = SchedulerCounters()  # the last engine's: kept while none runs
         self.scheduler_pid = 0
         self.scheduler_restarts = 0
 
     def update(self, stats: EngineStats, now: float | None = None) -> None:
-        if self.scheduler_pid and stats.scheduler_pid and stats.scheduler_pid != self.scheduler_pid:
-            self.scheduler_restarts += 1
-        self.scheduler_pid = stats.scheduler_pid or self.scheduler_pid
-        self.stats, self.stats_at = stats, time.monotonic() if now is None else now
+        self.stats_at = time.monotonic() if now is None else now
         if stats.engine is not None:
             self.counters = stats.engine
+        if not stats.scheduler_pid:
+            return  # counters only (right after a request ended): histograms and health come once a second
+        if self.scheduler_pid and stats.scheduler_pid != self.scheduler_pid:
+            self.scheduler_restarts += 1
+        self.scheduler_pid, self.stats = stats.scheduler_pid, stats
 
     def reporting(self) -> bool:
-        return self.stats is not None and self.stats.reporter_gateway in (-1, self.gateway_id)
+        """Stats came, and this gateway is the one named to export them (or none is named yet)."""
+        reporter = self.stats.reporter_gateway if self.stats is not None else -1
+        return self.stats_at > 0 and reporter in (-1, self.gateway_id)
 
     def collect(self):
         if not self.reporting():
@@ -50,6 +54,8 @@ class EngineCollector:
                     ("num_preemptions", "Sequences preempted (recomputed later)", c.num_preemptions)]
         for name, doc, value in counters:
             yield _last(CounterMetricFamily, name, doc, m, value)
+        if stats is None:
+            return
         for h in stats.histograms:
             family = HistogramMetricFamily("ferry_" + h.name, "Engine-side, per sequence (steps: per step)",
                                            labels=["model_name"])

@@ -81,6 +81,7 @@ class SchedulerService:
                     + [("runner", r) for r in range(self.world)])
         self.health = ProcessBook(settings.peer_timeout, self.same_host, expected)  # for /metrics (issue 16)
         self.runner_status: dict[int, object] = {}  # rank -> its last RunnerStatus
+        self.last_metrics = -1e9
 
     # ------------------------------------------------------------------ input
 
@@ -316,7 +317,11 @@ class SchedulerService:
             self.out.publish(stats)
 
     def _add_metrics(self, stats: EngineStats, now: float) -> None:
-        """What /metrics shows beyond the counters (issue 16): built once a second, never per token."""
+        """What /metrics shows beyond the counters (issue 16): at most once a second (the stats that go out
+        right after a request ends carry none: scheduler_pid 0), never per token."""
+        if now - self.last_metrics < min(1.0, self.settings.heartbeat_interval):
+            return
+        self.last_metrics = now
         if self.sched is not None:
             stats.histograms = self.sched.timings.snapshot()
         stats.processes = self.health.snapshot(now)

@@ -122,6 +122,12 @@ def test_only_the_reporting_gateway_exports_engine_wide_series():
     assert s[("ferry_process_up", (("id", "0"), ("model_name", "m"), ("service", "scheduler")))] == 1
     rank = (("device", "cpu"), ("model_name", "m"), ("rank", "0"))
     assert s[("ferry_runner_gpu_idle_share", rank)] == 0.5 and s[("ferry_runner_steps_total", rank)] == 5
+    # stats right after a request ends carry counters only: the last histograms and health stay
+    mine.update(EngineStats(True, "", SchedulerCounters(num_running=1, num_total_blocks=100, num_free_blocks=100),
+                            [], 1.1))
+    s = samples(mine)
+    assert s[("ferry_num_requests_running", m)] == 1 and s[("ferry_request_queue_time_seconds_count", m)] == 2
+    assert samples(other) == {}
     stats.scheduler_pid = 8  # a restarted scheduler
     mine.update(stats)
     assert samples(mine)[("ferry_process_restarts_total", (("id", "0"), ("model_name", "m"),
