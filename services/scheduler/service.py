@@ -174,9 +174,6 @@ class SchedulerService:
         if not 0 <= msg.rank < self.world:
             log.warning("ignoring runner rank %d (tensor_parallel_size is %d)", msg.rank, self.world)
             return
-        self.health.heard("runner", msg.rank, msg.pid, now, msg.instance)
-        if msg.status is not None:
-            self.runner_status[msg.rank] = msg.status
         known = self.runners.get(msg.rank)
         if known is not None and known.instance != msg.instance:
             if msg.session != self.session:
@@ -195,6 +192,10 @@ class SchedulerService:
             log.info("runner rank %d up (pid %d, %d KV blocks)", msg.rank, msg.pid, msg.num_kv_blocks)
         self.pending_runners.pop(msg.rank, None)
         self.runners[msg.rank] = _Runner(msg.instance, msg.num_kv_blocks, now)
+        # health from the beats believed only (of this session): a forged one counts no restart
+        self.health.heard("runner", msg.rank, msg.pid, now, msg.instance)
+        if msg.status is not None:
+            self.runner_status[msg.rank] = msg.status
 
     # ------------------------------------------------------------------ gateways
 
