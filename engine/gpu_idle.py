@@ -34,6 +34,7 @@ class GpuIdleMeter:
         self.pause_ms, self.min_steps = pause_ms, min_steps
         self.run = IdleRun()
         self._prev_end = None
+        self.busy_ms_total = 0.0  # every step's device time since the start: /metrics' idle share
 
     def step_done(self, start, end) -> IdleRun | None:
         """Account a finished step (its events have completed); returns a run that just ended, if one of at
@@ -47,7 +48,9 @@ class GpuIdleMeter:
                 gap = max(0.0, gap)
                 self.run.idle_ms += gap
                 self.run.max_gap_ms = max(self.run.max_gap_ms, gap)
-        self.run.busy_ms += start.elapsed_time(end)
+        busy = start.elapsed_time(end)
+        self.run.busy_ms += busy
+        self.busy_ms_total += busy
         self.run.steps += 1
         self._prev_end = end
         return ended if ended is not None and ended.steps >= self.min_steps else None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
 from engine.model_config import ModelConfig
+from engine.request_timings import RequestTimings
 from engine.sequence import SeqStatus, Sequence
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
@@ -84,6 +85,9 @@ class Scheduler:
         self.prefix_queried_tokens = 0
         self.prefix_hit_tokens = 0
         self.num_finished = 0
+        self.timings = RequestTimings(settings.max_num_batched_tokens)
+        # admitted, first token not back yet: the only sequences update() looks at for first-token times
+        self.prefilling: dict[Sequence, None] = {}
 
     # ------------------------------------------------------------------ requests in and out
 
@@ -249,6 +253,9 @@ class Scheduler:
             if fresh and seq.num_output_tokens == 0:
                 self.prefix_queried_tokens += seq.num_prompt_tokens
                 self.prefix_hit_tokens += seq.num_cached_tokens
+                if not seq.scheduled_at:
+                    seq.scheduled_at = time.monotonic()
+                    self.prefilling[seq] = None
             del self.waiting[seq]
             seq.status = SeqStatus.RUNNING
             self.running[seq] = None
@@ -297,6 +304,7 @@ class Scheduler:
             seq.num_pending += samples
         step_id = self._next_step_id
         self._next_step_id += 1
+        self.timings.step_tokens.observe(len(token_ids))
         self.inflight.append(InflightStep(step_id, scheduled))
         forget, self._forget_on_runner = self._forget_on_runner, []
         return StepPlan(step_id, new_seqs, pack_ids(seq_ids), pack_ids(num_tokens), pack_ids(starts),
@@ -315,6 +323,8 @@ class Scheduler:
         sampled = dict(zip(unpack_ids(result.seq_ids).tolist(), unpack_ids(result.token_ids).tolist()))
         logprobs = {lp.seq_id: lp for lp in result.logprobs}
         deltas, self._aborted = self._aborted, []
+        if self.prefilling:
+            self._first_tokens(sampled)
         for seq, n in step.scheduled:
             if seq.status is SeqStatus.FINISHED:
                 continue  # aborted (or finished by an earlier step) while the step ran
@@ -333,6 +343,13 @@ class Scheduler:
             deltas.append(self._delta(seq, [token], [lp] if lp is not None else []))
         return deltas
 
+    def _first_tokens(self, sampled: dict[int, int]) -> None:
+        """Stamp the sequences whose first token this step brought (per step, over the prefilling only)."""
+        now = time.monotonic()
+        for seq in [s for s in self.prefilling if s.seq_id in sampled]:
+            seq.first_token_at = now
+            del self.prefilling[seq]
+
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
         if seq.num_output_tokens > p.min_tokens:
@@ -349,6 +366,8 @@ class Scheduler:
             del self.waiting[seq]
         self.blocks.free(seq)
         seq.status, seq.finish_reason = SeqStatus.FINISHED, reason
+        self.prefilling.pop(seq, None)
+        self.timings.finished(seq, time.monotonic())
         if seq.known_to_runner:
             self._forget_on_runner.append(seq.seq_id)
         self.num_finished += 1

@@ -35,6 +35,8 @@ class Sequence:
     known_to_runner: bool = False
     leader: "Sequence | None" = None  # n > 1: wait until the leader's prompt is cached, then share it
     finish_reason: str | None = None
+    scheduled_at: float = 0.0  # first admitted to a step (metrics: queue and prefill time)
+    first_token_at: float = 0.0  # its first sampled token came back
 
     @property
     def num_tokens(self) -> int:

@@ -98,7 +98,7 @@ def fetch_hub_models(settings, log: logging.Logger) -> bool:
 
 def serve(argv: list[str]) -> int:
     settings = load_settings(argv)  # fail on bad flags here, before starting anything
-    log = setup_logging("launcher", settings.log_level)
+    log = setup_logging("launcher", settings.log_level, settings.log_format)
     own_dir = not settings.run_dir
     run_dir = settings.run_dir or tempfile.mkdtemp(prefix="ferry-")
     own_keys = run_dir.startswith("tcp://") and not settings.curve_keys_dir

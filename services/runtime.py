@@ -29,7 +29,7 @@ def start_service(name: str, argv: list[str] | None = None, signals: bool = True
     tag = name if field is None else f"{name}.{getattr(settings, field)}"
     if settings.model_group >= 0:  # one of several models: say which
         tag = f"{tag}@{settings.resolved_name()}"
-    log = setup_logging(tag, settings.log_level)
+    log = setup_logging(tag, settings.log_level, settings.log_format)
     try:
         configure(settings)  # a run directory others own or can enter: refuse to start
     except (UnsafePath, OSError) as e:

@@ -154,6 +154,7 @@ class RunnerReady:
     num_kv_blocks: int
     instance: str  # new on every start: a restarted runner is told apart from the old one
     session: str = ""  # the scheduler session it last heard: proves the plan socket is connected
+    status: RunnerStatus | None = None  # issue 16: step time, device busy time, GPU memory
 
 
 @message(45)
@@ -297,3 +298,50 @@ class EngineStats:
     max_model_len: int = 0
     num_active_requests: int = 0  # requests the scheduler process holds (not finished, not aborted)
     steps_in_flight: int = 0  # plans sent to the runners and not answered yet
+    # issue 16 (metrics): engine-side histograms, every process's health, every runner rank's status
+    histograms: list[BucketCounts] = field(default_factory=list)
+    processes: list[ProcessHealth] = field(default_factory=list)
+    runners: list[RunnerStatus] = field(default_factory=list)
+    reporter_gateway: int = -1  # the one gateway that exports engine-wide series (the lowest live id)
+    scheduler_pid: int = 0  # 0: these stats carry no metrics (the fields above are empty), keep the last ones
+
+
+# ---------------------------------------------------------------- metrics (issue 16, tags 90-94)
+
+
+@message(90)
+@dataclass(slots=True)
+class BucketCounts:
+    """One histogram as shared.buckets.BucketHistogram holds it: counts per bucket (+Inf last), and the sum."""
+
+    name: str  # exported as ferry_<name>
+    bounds: list[float]
+    counts: list[int]
+    total: float
+
+
+@message(91)
+@dataclass(slots=True)
+class ProcessHealth:
+    """The scheduler's view of one process it hears heartbeats from (also dead ones: up is False)."""
+
+    service: str  # gateway | tokenizer | detokenizer | runner
+    id: int  # gateway id, tokenizer id, runner rank; 0 for the detokenizer
+    pid: int
+    up: bool
+    seconds_since_heartbeat: float  # -1: never heard from
+    restarts: int  # new pids (runners: new instances) seen under this id
+
+
+@message(92)
+@dataclass(slots=True)
+class RunnerStatus:
+    """A runner rank's own numbers, sent with every RunnerReady."""
+
+    rank: int
+    device: str  # cuda | cpu
+    steps: int  # steps run since the process started
+    step_seconds: float  # host time spent in those steps
+    idle_share: float  # over the last heartbeat interval: device idle (CUDA events) or no step running (CPU)
+    gpu_memory_used_bytes: int = 0  # 0 on the CPU
+    gpu_memory_total_bytes: int = 0

@@ -89,6 +89,8 @@ class Settings:
     allow_pull: bool = False  # POST /api/pull may download models into this host's Hugging Face cache
     # scheduling for latency (issue 17): decodes always run; prompt tokens fill what is left of a step
     max_prefill_tokens: int = 0  # prompt tokens one step may carry beside its decodes; 0: max_num_batched_tokens
+    # observability (issue 16)
+    log_format: str = "text"  # text | json: every process's log lines (the gateway's request lines included)
 
     def resolved_name(self) -> str:
         if self.served_model_name:

@@ -59,6 +59,7 @@ class Detokenizer:
                            StopChecker(reg.stop, reg.include_stop_str_in_output))
                    for _ in range(max(1, reg.n))]
         self.requests[reg.request_id] = _Request(reg, choices)
+        log.debug("%s registered for gateway %d (n=%d)", reg.request_id, reg.gateway_id, reg.n)
 
     def fail(self, err: RequestError) -> list[tuple[int, object]]:
         """An error from upstream: forget the request and pass the error on to its gateway."""
@@ -84,6 +85,7 @@ class Detokenizer:
             # whole request once this was its last choice; earlier stopped siblings were aborted one by one).
             if all(c.finished for c in req.choices):
                 del self.requests[d.request_id]
+                log.debug("%s done", d.request_id)
                 if choice.stopped_here:
                     aborts.append((d.request_id, -1))
             elif choice.stopped_here:

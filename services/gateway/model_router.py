@@ -35,11 +35,13 @@ class Served:
 
 
 class ModelRouter:
-    def __init__(self, settings, metrics: Metrics):
-        # The first group's engine gauges are the gateway's /metrics; the others' go to registries of their own
-        # (one Prometheus registry cannot hold two values for one unlabelled gauge).
-        self.served = [Served(g, EngineClient(g.settings, metrics if g.index == 0 else Metrics(settings.gateway_id)))
-                       for g in model_groups(settings)]
+    def __init__(self, settings, metrics: Metrics, groups: list[ModelGroup] | None = None):
+        # The first group's engine series are the gateway's /metrics; the others' go to registries of their own
+        # (their collectors would emit the same metric families twice in one exposition). Request series are
+        # keyed by model in the gateway's one registry.
+        self.served = [Served(g, EngineClient(g.settings, metrics if g.index == 0 else Metrics(
+            settings.gateway_id, g.name, g.settings.max_model_len, settings.peer_timeout)))
+            for g in (groups or model_groups(settings))]
         self.by_name = {name: s for s in self.served for name in s.group.names}
         self.default = self.served[0]  # answers requests that name no model
 

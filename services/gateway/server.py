@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from aiohttp import web
 
@@ -16,12 +15,15 @@ from services.gateway.connections import ConnectionGuard
 from services.gateway.cors import Cors
 from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
+from services.gateway.metrics_requests import RequestObserver
 from services.gateway.model_router import ModelRouter
 from services.gateway.ollama import OllamaRoutes, ollama_error_shape
 from services.gateway.protocol import ParsedRequest, parse_request
 from services.gateway.pull_route import add_pull_route
+from services.gateway.request_log import OBSERVER, RequestLog, engine_request_id
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
+from shared.model_groups import model_groups
 
 log = logging.getLogger("ferry.gateway")
 VERSION = "0.1.0"
@@ -70,10 +72,13 @@ class Gateway:
     def __init__(self, settings):
         self.settings = settings
         self.limits = RequestLimits.of(settings)  # once: the caps every request is parsed against
-        self.metrics = Metrics(settings.gateway_id)
-        self.router = ModelRouter(settings, self.metrics)  # the models served: name or alias -> group and client
+        groups = model_groups(settings)  # one, unless several models are served (shared/model_groups.py)
+        first = groups[0]
+        self.metrics = Metrics(settings.gateway_id, first.name, first.settings.max_model_len, settings.peer_timeout)
+        self.router = ModelRouter(settings, self.metrics, groups)  # the models served: name or alias -> group, client
         self.client = self.router.default.client  # the first model's (the only one, unless --models-file ...)
         self.model = self.router.default.name
+        self.request_log = RequestLog(self.model, self.metrics.request_series)
         self.created = int(time.time())
         self.admission = Admission(settings, self.client, self.router.clients[1:])
         self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
@@ -82,11 +87,13 @@ class Gateway:
 
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
-        edge = [self.guard.middleware] + ([self.cors.middleware] if self.cors.enabled else [])
+        edge = [self.guard.middleware, self.request_log.middleware] + ([self.cors.middleware] if self.cors.enabled
+                                                                       else [])
         edge.append(ollama_error_shape)  # /api/ errors as {"error": "..."}, the auth check's too
         edge.append(api_key_middleware(self.api_keys, open_paths(self.settings)))
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[*edge, openai_errors])
         self.cors.install(app)
+        self.request_log.install(app)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -171,8 +178,9 @@ class Gateway:
         if isinstance(parsed, web.StreamResponse):  # answered without the engine (Ollama's "load the model")
             self.metrics.requests.labels(endpoint, str(parsed.status)).inc()
             return parsed
-        rid = ("chatcmpl-" if parsed.chat else "cmpl-") + uuid.uuid4().hex
+        rid = engine_request_id(request, "chatcmpl-" if parsed.chat else "cmpl-")
         run = Run(self, rid, parsed, key, served.client)
+        request[OBSERVER] = run.obs
         try:
             run.submit()
             response = await (call.answer(run, request) if call else run.answer(request))
@@ -199,7 +207,8 @@ class Run:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.created = int(time.time())
         self.start = time.monotonic()
-        self.first_at: float | None = None
+        self.obs = RequestObserver(gw.metrics.request_series.series(parsed.model), num_prompts, self.n,
+                                   parsed.params.max_tokens)
 
     def submit(self):
         for i, sub in enumerate(self.sub_ids):
@@ -230,13 +239,12 @@ class Run:
             self.deadline.cancel()
         for sub in self.sub_ids:
             self.client.release(sub, abort=not self.collector.done)
+        self.obs.finish(self.collector)
 
     async def next(self):
         """(prompt index, RequestOutput) or raises the request's error (a FerryError)."""
         index, msg = await self.queue.get()
-        if self.first_at is None:
-            self.first_at = time.monotonic()
-            self.gw.metrics.ttft.observe(self.first_at - self.start)
+        self.obs.output(index, msg)
         if isinstance(msg, RequestError):
             raise msg.to_exception()
         return index, msg
@@ -255,8 +263,6 @@ class Run:
     def _finished(self):
         usage = self.collector.usage()
         m = self.gw.metrics
-        m.prompt_tokens.inc(usage["prompt_tokens"])
-        m.generation_tokens.inc(usage["completion_tokens"])
         m.latency.observe(time.monotonic() - self.start)
         self.gw.admission.charge_tokens(self.key, usage["prompt_tokens"] + usage["completion_tokens"])
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 import uuid
 from typing import Protocol
 
+from services.runner.runner_status import RunnerMeter
 from shared.messages import RunnerReady, SchedulerPing, StepPlan, StepResult
 
 EXIT_STEP_FAILED = 1
@@ -50,12 +52,13 @@ class RunnerService:
         self.last_step_id = -1  # the newest plan submitted: what a failed flush reports
         self.stepped = False  # set by the main thread once a plan ran: from then on this rank holds state
         self.plans: queue.Queue[StepPlan] = queue.Queue()  # reader thread -> main thread
+        self.meter = RunnerMeter(rank, runner)  # steps, step time, idle share for /metrics (issue 16)
 
     # ------------------------------------------------------------------ heartbeat thread
 
     def ready(self) -> RunnerReady:
         """What the heartbeat says: KV capacity, and the session heard last (proves the plan socket works)."""
-        return RunnerReady(self.rank, self.pid, self.num_kv_blocks, self.instance, self.session)
+        return RunnerReady(self.rank, self.pid, self.num_kv_blocks, self.instance, self.session, self.meter.status())
 
     # ------------------------------------------------------------------ plan reader thread
 
@@ -118,7 +121,7 @@ class RunnerService:
         state is suspect (a peer may be gone): rank 0 reports the error to the scheduler, and the exit code
         returned ends every rank so that the supervisor restarts it; the other ranks fail their next
         collective or see the new session."""
-        self.busy_since = now
+        self.busy_since, started = now, time.monotonic()
         if plan is not None:
             self.last_step_id, self.stepped = plan.step_id, True
         try:
@@ -131,6 +134,7 @@ class RunnerService:
                                                               error=f"{type(e).__name__}: {e}")))
             return EXIT_STEP_FAILED
         self.busy_since = None
+        self.meter.step_done(time.monotonic() - started)
         if self.rank == 0 and result is not None:
             self.out.to_scheduler(self._signed(result))
         while self.runner.finished_runs:

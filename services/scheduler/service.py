@@ -7,11 +7,13 @@ everything leaves through the Outbox, and time is passed in, so tests drive it w
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from services.scheduler.checks import heartbeat_is_plausible, pid_alive, result_is_ours
+from services.scheduler.process_health import ProcessBook
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady, ServiceUnavailable
 from shared.messages import (
@@ -75,6 +77,11 @@ class SchedulerService:
         self.stats_dirty = False
         self.down_reason = "waiting for the runners"
         self.same_host = not settings.run_dir.startswith("tcp://")  # ipc: every peer's pid is on this host
+        expected = ([("tokenizer", t) for t in range(settings.num_tokenizers)] + [("detokenizer", 0)]
+                    + [("runner", r) for r in range(self.world)])
+        self.health = ProcessBook(settings.peer_timeout, self.same_host, expected)  # for /metrics (issue 16)
+        self.runner_status: dict[int, object] = {}  # rank -> its last RunnerStatus
+        self.last_metrics = -1e9
 
     # ------------------------------------------------------------------ input
 
@@ -100,8 +107,10 @@ class SchedulerService:
             peer = _Peer(now, msg.worker)
             if msg.service == "tokenizer" and msg.worker.id >= 0:  # the gateways address workers by this id
                 self.tokenizers[msg.worker.id] = peer
+                self.health.heard("tokenizer", msg.worker.id, msg.worker.pid, now)
             elif msg.service == "detokenizer":
                 self.detokenizer = peer
+                self.health.heard("detokenizer", 0, msg.worker.pid, now)
             elif msg.service == "gateway":
                 self._on_gateway(peer)
 
@@ -127,6 +136,8 @@ class SchedulerService:
             self._error(req.request_id, req.gateway_id, InvalidParameter(f"the engine rejected the request: {e}"))
             return
         p = req.params
+        log.debug("%s admitted from gateway %d: %d prompt tokens, n=%d", req.request_id, req.gateway_id, len(ids),
+                  p.n)
         # Sent on the same socket as the tokens, so it always arrives first.
         self.out.to_detokenizer(DetokRegister(req.request_id, req.gateway_id, p.n, pack_ids(ids[-PROMPT_TAIL:]),
                                               p.stop, p.include_stop_str_in_output, p.skip_special_tokens,
@@ -136,6 +147,7 @@ class SchedulerService:
         """False when the request is not (or no longer) here: it may still be on its way."""
         if self.sched is None or not self.sched.abort_request(rid):
             return False
+        log.debug("%s aborted", rid)
         self.stats_dirty = True
         return True
 
@@ -180,6 +192,10 @@ class SchedulerService:
             log.info("runner rank %d up (pid %d, %d KV blocks)", msg.rank, msg.pid, msg.num_kv_blocks)
         self.pending_runners.pop(msg.rank, None)
         self.runners[msg.rank] = _Runner(msg.instance, msg.num_kv_blocks, now)
+        # health from the beats believed only (of this session): a forged one counts no restart
+        self.health.heard("runner", msg.rank, msg.pid, now, msg.instance)
+        if msg.status is not None:
+            self.runner_status[msg.rank] = msg.status
 
     # ------------------------------------------------------------------ gateways
 
@@ -197,6 +213,7 @@ class SchedulerService:
             log.info("gateway %d up (pid %d)", gid, peer.status.pid)
         self.dead_gateways.discard(gid)
         self.gateways[gid] = peer
+        self.health.heard("gateway", gid, peer.status.pid, peer.last_seen)
 
     def _abort_gateway(self, gid: int, why: str) -> None:
         """Nobody reads a dead gateway's answers: end its requests and free their KV blocks now."""
@@ -295,8 +312,24 @@ class SchedulerService:
             tokenizers = [p.status for p in self.tokenizers.values()]
             active = len(self.sched.requests) if self.sched is not None else 0
             in_flight = len(self.sched.inflight) if self.sched is not None else 0
-            self.out.publish(EngineStats(not reason, reason, engine, tokenizers, now, self.model_config.max_model_len,
-                                         active, in_flight))
+            stats = EngineStats(not reason, reason, engine, tokenizers, now, self.model_config.max_model_len,
+                                active, in_flight)
+            self._add_metrics(stats, now)
+            self.out.publish(stats)
+
+    def _add_metrics(self, stats: EngineStats, now: float) -> None:
+        """What /metrics shows beyond the counters (issue 16): at most once a second (the stats that go out
+        right after a request ends carry none: scheduler_pid 0), never per token."""
+        if now - self.last_metrics < min(1.0, self.settings.heartbeat_interval):
+            return
+        self.last_metrics = now
+        if self.sched is not None:
+            stats.histograms = self.sched.timings.snapshot()
+        stats.processes = self.health.snapshot(now)
+        stats.runners = [self.runner_status[r] for r in sorted(self.runner_status)]
+        live = [h.id for h in stats.processes if h.service == "gateway" and h.up]
+        stats.reporter_gateway = min(live) if live else -1
+        stats.scheduler_pid = os.getpid()
 
     @property
     def busy(self) -> bool:

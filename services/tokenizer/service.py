@@ -32,7 +32,9 @@ class TokenizerService:
     def on_request(self, req: TokenizeRequest) -> None:
         self.handled += 1
         try:
-            self.out.to_scheduler(self.builder.prepare(req))
+            prepared = self.builder.prepare(req)
+            self.log.debug("%s: %d prompt tokens", req.request_id, len(prepared.prompt_token_ids) // 4)
+            self.out.to_scheduler(prepared)
             self.out.to_gateway(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
         except FerryError as e:
             self.errors += 1

@@ -93,9 +93,11 @@ def post(url: str, body: bytes | dict, timeout: float = 60.0) -> tuple[int, dict
 
 
 def metric(text: str, name: str, labels: str = "") -> float | None:
+    """The value of name{labels}; with no labels given, of the first series of that name (whatever its labels:
+    the vLLM-shaped series carry model_name)."""
     key = f"{name}{{{labels}}}" if labels else name
     for line in text.splitlines():
-        if line.startswith(key + " "):
+        if line.startswith(key + " ") or (not labels and line.startswith(name + "{")):
             return float(line.split()[-1])
     return None
 

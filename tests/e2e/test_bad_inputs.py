@@ -164,7 +164,7 @@ async def wait_idle(url, timeout=15.0):
     deadline = time.monotonic() + timeout
     while True:
         text = get(url + "/metrics")[1]
-        free, total = metric(text, "ferry_kv_blocks_free"), metric(text, "ferry_kv_blocks_total")
+        free, total = metric(text, "ferry_kv_blocks_free"), metric(text, "ferry_kv_blocks_capacity")
         running, waiting = metric(text, "ferry_num_requests_running"), metric(text, "ferry_num_requests_waiting")
         if free is not None and free == total and running == 0 and waiting == 0:
             return

@@ -5,7 +5,7 @@ from shared.messages import EngineStats, SchedulerCounters, WorkerStatus
 
 def gauge(metrics: Metrics, line_start: str) -> float:
     for line in metrics.exposition().decode().splitlines():
-        if line.startswith(line_start + " "):
+        if line.startswith(line_start + " ") or ("{" not in line_start and line.startswith(line_start + "{")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{line_start} not exposed")
 
