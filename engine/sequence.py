@@ -35,6 +35,7 @@ class Sequence:
     known_to_runner: bool = False
     leader: "Sequence | None" = None  # n > 1: wait until the leader's prompt is cached, then share it
     finish_reason: str | None = None
+    prompt_scores: object | None = None  # engine.prompt_logprobs.PromptScores when the request asks (issue 14)
 
     @property
     def num_tokens(self) -> int:
