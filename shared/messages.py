@@ -185,6 +185,7 @@ class DetokRegister:
     logprobs: int | None = None
     prompt_logprobs: int | None = None  # issue 14; with echo or this, prompt_tail is the whole prompt
     echo: bool = False  # the first output carries the prompt's text
+    logprobs_follow_text: bool = False  # chat: no logprob for text the answer leaves out (a stop string, EOS)
 
 
 @message(47)

@@ -50,6 +50,9 @@ class SamplingParams:
     # for this request only (it skips the prefix cache for it). max_tokens 0 is allowed then: score, not generate.
     prompt_logprobs: int | None = None
     echo: bool = False  # completions: the detokenizer sends the prompt's text back first
+    # chat: a token's logprob only with its text, none for a stop string or EOS the text leaves out (completions
+    # keep one per generated token, as vLLM's do: lm-eval counts on it)
+    logprobs_follow_text: bool = False
 
     @property
     def greedy(self) -> bool:
