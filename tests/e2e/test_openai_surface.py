@@ -129,9 +129,10 @@ def _task(name: str) -> dict:
 def _lm_eval(model: str, model_args: str, task: dict, **kw) -> dict:
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
 
     return simple_evaluate(model=model, model_args=model_args, tasks=[task], log_samples=True, limit=20,
-                           bootstrap_iters=0, **kw)
+                           bootstrap_iters=0, task_manager=TaskManager(include_defaults=False), **kw)
 
 
 def _pairs(sample) -> list[tuple[str, str]]:
