@@ -290,7 +290,7 @@ class Scheduler:
         for seq, n in step.scheduled:
             if seq.status is SeqStatus.FINISHED:
                 continue  # aborted (or finished by an earlier step) while the step ran
-            if seq.prompt_scores is not None and seq.seq_id in scores:
+            if scores and seq.prompt_scores is not None and seq.seq_id in scores:  # a step without: one test
                 seq.prompt_scores.add(scores[seq.seq_id])
             token = sampled.get(seq.seq_id)
             if token is not None:
