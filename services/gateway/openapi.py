@@ -122,7 +122,7 @@ ROUTES = [
 def _operation(summary: str, bodies: list[str], kind: str, path: str) -> dict:
     content = {"application/json": {"schema": OBJ}}
     if kind == "json+sse":
-        content["text/event-stream"] = {"schema": STR}
+        content["text/event-stream"] = {"schema": {"description": "data: lines of JSON chunks, then data: [DONE]"}}
     elif kind == "text":
         content = {"text/plain": {"schema": STR}}
     op = {"summary": summary, "responses": {
