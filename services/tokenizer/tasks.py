@@ -34,7 +34,10 @@ def answer(builder, req: TokenizeRequest) -> TokenizeReply:
         reply.token_ids = pack_ids(ids)
         reply.token_strs = [str(t) for t in tok.convert_ids_to_tokens(ids)] if ids else []
     elif req.task == "detokenize":
-        ids = builder.prompt_ids(req)  # checks the vocabulary
+        try:
+            ids = builder.prompt_ids(req)  # checks the vocabulary
+        except InvalidParameter as e:
+            raise InvalidParameter(e.message, param="tokens") from None
         reply.text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     elif req.task == "tokenizer_info":
         reply.info = tokenizer_info(tok, builder.max_model_len)
