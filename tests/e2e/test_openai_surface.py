@@ -13,7 +13,7 @@ import openai
 import pytest
 import torch
 import yaml
-from _pipeline import MODEL, REPO, Server, ferry_command, free_port, get, post
+from _pipeline import MODEL, Server, ferry_command, free_port, get, post
 
 TASKS = os.path.join(os.path.dirname(__file__), "lm_eval_tasks")
 PROMPT = "The capital of France is"
@@ -290,6 +290,6 @@ def test_schemathesis_finds_no_5xx_and_only_openai_errors(server, tmp_path):
            "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
            "--max-examples", "4", "--phases", "fuzzing", "--seed", "14", "--request-timeout", "120",
            "--no-shrink", "--generation-deterministic", "--suppress-health-check", "all"]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180,
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180,  # its cache: not the repo
                           env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
