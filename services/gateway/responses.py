@@ -88,7 +88,9 @@ class Collector:
         keep = []
         for p in range(num_prompts):
             group = range(p * best_of, (p + 1) * best_of)
-            keep += sorted(group, key=lambda i: -sum(lp.logprob for lp in self.logprobs[i]))[:n]
+            # an echoed prompt's first token has no logprob (NaN), and the same prompt before every sample
+            keep += sorted(group, key=lambda i: -sum(lp.logprob for lp in self.logprobs[i]
+                                                     if not math.isnan(lp.logprob)))[:n]
         self.texts = [self.texts[i] for i in keep]
         self.finish = [self.finish[i] for i in keep]
         self.logprobs = [self.logprobs[i] for i in keep]
