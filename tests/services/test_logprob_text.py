@@ -67,3 +67,14 @@ def test_tokenize_task_gives_the_ids_generation_sends(tokenizer):
     assert tokenizer.decode(ids).endswith("Hello! How")  # continued: the turn is left open
     info = tasks.answer(builder, TokenizeRequest("i", 0, SamplingParams(), task="tokenizer_info")).info
     assert info["eos_token"] and "{%" in info["chat_template"]
+
+
+def test_best_of_keeps_the_most_likely_samples_and_counts_all():
+    from services.gateway.responses import Collector
+    from shared.messages import ChoiceDelta, TokenLogprob
+
+    c = Collector(3, 1)
+    for i, v in enumerate([-3.0, -1.0, -2.0]):  # an echoed prompt's first token (NaN) before each
+        c.add(0, i, ChoiceDelta(0, f"t{i}", "stop", 1, [TokenLogprob("a", float("nan")), TokenLogprob("b", v)]), 1, 0)
+    c.keep_best(1, 3, 2)
+    assert c.texts == ["t1", "t2"] and c.usage()["completion_tokens"] == 3
