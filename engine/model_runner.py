@@ -19,6 +19,7 @@ from engine.memory_plan import kv_bytes_per_block, kv_pool_blocks
 from engine.model_config import ModelConfig, load_model_config
 from engine.models import MODELS
 from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
+from engine.prompt_logprobs import prompt_targets, score_prompt_rows
 from engine.sampler import Sampler, SamplingState
 from engine.step_inputs import StepInputs, build_step_inputs
 from engine.transfer import to_device
@@ -75,6 +76,7 @@ class ModelRunner:
         self.sampler = Sampler(self.device, settings.seed)
         self.block_tables: dict[int, list[int]] = {}
         self.states: dict[int, SamplingState] = {}
+        self.prompt_scored: dict[int, list[int]] = {}  # seq id -> prompt ids, for sequences asking prompt logprobs
         self._pending: _Step | None = None  # submitted, not finished
         self._last_tokens: torch.Tensor | None = None  # the last sampled step's tokens, on the device
         self._last_rows: dict[int, int] = {}  # seq id -> row of _last_tokens
@@ -144,9 +146,12 @@ class ModelRunner:
             self.states[ns.seq_id] = SamplingState.create(
                 ns.seq_id, ns.params, unpack_ids(ns.prompt_token_ids).tolist(),
                 unpack_ids(ns.eos_token_ids).tolist(), self.device)
+            if ns.params.prompt_logprobs is not None:
+                self.prompt_scored[ns.seq_id] = self.states[ns.seq_id].prompt_token_ids
         for sid in unpack_ids(plan.finished_seq_ids).tolist():
             self.block_tables.pop(sid, None)
             self.states.pop(sid, None)
+            self.prompt_scored.pop(sid, None)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult | None:
@@ -194,11 +199,22 @@ class ModelRunner:
                                      inputs.block_tables, fill_pending)
         else:
             hidden = self._run_eager(inputs, token_ids, fill_pending)
+        prompt_scores = self._score_prompts(inputs, hidden) if self.prompt_scored else []
         sampled, rows = inputs.sampled_rows()
         if rows is not None:  # some rows are prompt chunks or not last tokens
             hidden = hidden[to_device(rows, self.device)]
         logits = self.model.compute_logits(hidden)  # every rank joins the vocab all-gather
-        return _Step(plan.step_id, sampled, [self.states[sid] for sid in sampled.tolist()], logits, started=started)
+        return _Step(plan.step_id, sampled, [self.states[sid] for sid in sampled.tolist()], logits, started=started,
+                     prompt_logprobs=prompt_scores)
+
+    def _score_prompts(self, inputs: StepInputs, hidden: torch.Tensor) -> list:
+        """Prompt logprobs of this step's rows whose sequences ask for them (issue 14; engine/prompt_logprobs.py)."""
+        found = prompt_targets(inputs.positions, inputs.cu_seqlens, inputs.seq_ids, self.prompt_scored)
+        if found is None:
+            return []
+        rows, targets, spans = found
+        top_k = {sid: self.states[sid].params.prompt_logprobs for sid, _, _ in spans}
+        return score_prompt_rows(self.model.compute_logits, hidden, rows, targets, spans, top_k)
 
     def _run_eager(self, inputs: StepInputs, token_ids: np.ndarray, fill_pending) -> torch.Tensor:
         dev = self.device
@@ -268,7 +284,8 @@ class ModelRunner:
         logprobs = self.sampler.finish(tokens, step.states, step.raw_logprobs)
         if self.rank != 0:
             return None
-        return StepResult(step.step_id, pack_ids(step.seq_ids), pack_ids(tokens), logprobs)
+        return StepResult(step.step_id, pack_ids(step.seq_ids), pack_ids(tokens), logprobs,
+                          prompt_logprobs=step.prompt_logprobs or [])
 
 
 @dataclass(slots=True, eq=False)
@@ -283,3 +300,4 @@ class _Step:
     host_tokens: torch.Tensor | None = None  # pinned, filled once event has passed
     event: "torch.cuda.Event | None" = None
     started: "torch.cuda.Event | None" = None  # timing: just before the step's first device work
+    prompt_logprobs: list | None = None  # PromptLogprobs of the rows that asked (issue 14)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
 from engine.model_config import ModelConfig
+from engine.prompt_logprobs import PromptScores
 from engine.request_timings import RequestTimings
 from engine.sequence import SeqStatus, Sequence
 from shared.codec import pack_ids, unpack_ids
@@ -103,7 +104,7 @@ class Scheduler:
             raise InvalidParameter(f"the prompt holds token ids outside the vocabulary (0 to {self.vocab_size - 1})",
                                    param="prompt")
         params = params.with_max_tokens_for(len(prompt_token_ids), self.max_model_len)  # LLM callers may leave None
-        if params.n < 1 or params.max_tokens < 1:
+        if params.n < 1 or params.max_tokens < (0 if params.prompt_logprobs is not None else 1):
             raise InvalidParameter(f"n and max_tokens must be at least 1, got {params.n} and {params.max_tokens}")
         if params.n > MAX_N:  # a sequence object each: a forged n of 10**9 must not stall the loop
             raise InvalidParameter(f"n must be at most {MAX_N}, got {params.n}", param="n")
@@ -115,8 +116,12 @@ class Scheduler:
         for i in range(params.n):
             p = params if i == 0 or params.seed is None else dataclasses.replace(params,
                                                                                  seed=choice_seed(params.seed, i))
+            if i > 0 and p.prompt_logprobs is not None:  # the prompt is scored once, by the first choice
+                p = dataclasses.replace(p, prompt_logprobs=None)
             seq = Sequence(self._next_seq_id, request_id, gateway_id, i, p, list(prompt_token_ids),
                            len(prompt_token_ids), arrival=time.monotonic(), leader=seqs[0] if seqs else None)
+            if p.prompt_logprobs is not None:
+                seq.prompt_scores = PromptScores(len(prompt_token_ids))
             self._next_seq_id += 1
             seqs.append(seq)
             self.waiting[seq] = None
@@ -243,7 +248,8 @@ class Scheduler:
                 held_back.append(seq)  # share the leader's prompt blocks once cached
                 continue
             fresh = not seq.block_table
-            if fresh:
+            # a prompt still to be scored is computed whole: the prefix cache has K/V, not logprobs
+            if fresh and (seq.prompt_scores is None or seq.prompt_scores.complete):
                 self.blocks.attach_cached_prefix(seq)
             num_new = min(self._unscheduled(seq), budget)
             if not self.blocks.allocate_slots(seq, num_new):
@@ -298,7 +304,7 @@ class Scheduler:
             num_new_blocks.append(len(added))
             new_blocks.extend(added)
             seq.blocks_on_runner = len(seq.block_table)
-            samples = start + n == seq.num_tokens + seq.num_pending
+            samples = start + n == seq.num_tokens + seq.num_pending and seq.params.max_tokens > 0
             sample.append(samples)
             seq.num_computed_tokens = start + n
             seq.num_pending += samples
@@ -322,12 +328,15 @@ class Scheduler:
         self.inflight.popleft()
         sampled = dict(zip(unpack_ids(result.seq_ids).tolist(), unpack_ids(result.token_ids).tolist()))
         logprobs = {lp.seq_id: lp for lp in result.logprobs}
+        scores = {p.seq_id: p for p in result.prompt_logprobs}
         deltas, self._aborted = self._aborted, []
         if self.prefilling:
             self._first_tokens(sampled)
         for seq, n in step.scheduled:
             if seq.status is SeqStatus.FINISHED:
                 continue  # aborted (or finished by an earlier step) while the step ran
+            if scores and seq.prompt_scores is not None and seq.seq_id in scores:  # a step without: one test
+                seq.prompt_scores.add(scores[seq.seq_id])
             token = sampled.get(seq.seq_id)
             if token is not None:
                 seq.token_ids.append(token)
@@ -335,6 +344,9 @@ class Scheduler:
             if seq.status is SeqStatus.RUNNING:  # not preempted meanwhile
                 self.blocks.commit_full_blocks(seq)
             if token is None:
+                if seq.params.max_tokens == 0 and seq.prompt_scores.complete:  # scored: nothing to generate
+                    self._finish(seq, "length")
+                    deltas.append(self._delta(seq, []))
                 continue
             reason = self._finish_reason(seq, token)
             if reason:
@@ -378,8 +390,13 @@ class Scheduler:
 
     @staticmethod
     def _delta(seq: Sequence, tokens: list[int], logprobs: list[SeqLogprobs] = ()) -> SeqDelta:
-        return SeqDelta(seq.request_id, seq.gateway_id, seq.index, pack_ids(tokens), seq.finish_reason,
-                        list(logprobs), seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+        delta = SeqDelta(seq.request_id, seq.gateway_id, seq.index, pack_ids(tokens), seq.finish_reason,
+                         list(logprobs), seq.num_prompt_tokens, seq.num_output_tokens, seq.num_cached_tokens)
+        scores = seq.prompt_scores
+        if scores is not None and not scores.sent and scores.complete:  # with the first token: once
+            delta.prompt_logprobs = scores.merged(seq.seq_id)
+            scores.sent, scores.parts = True, []
+        return delta
 
     def stats(self) -> SchedulerCounters:
         return SchedulerCounters(num_running=len(self.running), num_waiting=len(self.waiting),

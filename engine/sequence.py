@@ -37,6 +37,7 @@ class Sequence:
     finish_reason: str | None = None
     scheduled_at: float = 0.0  # first admitted to a step (metrics: queue and prefill time)
     first_token_at: float = 0.0  # its first sampled token came back
+    prompt_scores: object | None = None  # engine.prompt_logprobs.PromptScores when the request asks (issue 14)
 
     @property
     def num_tokens(self) -> int:

@@ -78,6 +78,7 @@ class StepResult:
     session: str = ""
     rank: int = 0
     instance: str = ""
+    prompt_logprobs: list["PromptLogprobs"] = field(default_factory=list)  # issue 14: requests that ask only
 
 
 # ---------------------------------------------------------------- service pipeline (tags 40-99)
@@ -97,6 +98,10 @@ class TokenizeRequest:
     prompt_token_ids: bytes | None = None  # int32
     add_generation_prompt: bool = True
     chat_template_kwargs: dict = field(default_factory=dict)
+    # issue 14: "" generate; "tokenize" / "detokenize" / "tokenizer_info" answer the gateway with a TokenizeReply
+    task: str = ""
+    continue_final_message: bool = False
+    add_special_tokens: bool | None = None  # prompts: None as for generation (the tokenizer's default)
 
 
 @message(41)
@@ -179,6 +184,9 @@ class DetokRegister:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None
+    prompt_logprobs: int | None = None  # issue 14; with echo or this, prompt_tail is the whole prompt
+    echo: bool = False  # the first output carries the prompt's text
+    logprobs_follow_text: bool = False  # chat: no logprob for text the answer leaves out (a stop string, EOS)
 
 
 @message(47)
@@ -195,6 +203,7 @@ class SeqDelta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    prompt_logprobs: "PromptLogprobs | None" = None  # issue 14: the whole prompt's, on the first delta of choice 0
 
 
 @message(48)
@@ -235,6 +244,8 @@ class TokenLogprob:
     logprob: float
     top_tokens: list[str] = field(default_factory=list)
     top_logprobs: list[float] = field(default_factory=list)
+    rank: int = 0  # issue 14 (prompt logprobs): 1 + how many tokens were likelier; 0: not known
+    top_token_ids: bytes = b""  # int32, beside top_tokens (prompt logprobs only)
 
 
 @message(51)
@@ -258,6 +269,11 @@ class RequestOutput:
     choices: list[ChoiceDelta]
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    # issue 14, on a request's first output only: its prompt's text (echo), and its prompt tokens with their
+    # logprobs (entry 0, the first token, has none: its logprob is NaN here and null in answers)
+    prompt_text: str | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_token_ids: bytes = b""  # int32
 
 
 @message(54)
@@ -345,3 +361,35 @@ class RunnerStatus:
     idle_share: float  # over the last heartbeat interval: device idle (CUDA events) or no step running (CPU)
     gpu_memory_used_bytes: int = 0  # 0 on the CPU
     gpu_memory_total_bytes: int = 0
+
+
+# ---------------------------------------------------------------- issue 14: prompt logprobs, tokenize routes
+
+
+@message(80)
+@dataclass(slots=True)
+class PromptLogprobs:
+    """Logprobs of a sequence's prompt tokens first_target, first_target+1, ... (each given what precedes it),
+    from the runner's rank 0; k = len(top_token_ids) // count entries of the top per position, flat."""
+
+    seq_id: int
+    first_target: int  # prompt index of the first token scored (>= 1: token 0 has no logprob)
+    token_logprobs: bytes  # float32 [count]
+    ranks: bytes  # int32 [count]
+    top_token_ids: bytes  # int32 [count * k]
+    top_logprobs: bytes  # float32 [count * k]
+
+
+@message(81)
+@dataclass(slots=True)
+class TokenizeReply:
+    """tokenizer worker -> gateway: the answer to a TokenizeRequest with a task (/tokenize, /detokenize,
+    /tokenizer_info): the ids exactly as a generation request would send them to the engine."""
+
+    request_id: str
+    gateway_id: int
+    token_ids: bytes = b""  # int32
+    token_strs: list[str] = field(default_factory=list)
+    text: str = ""
+    info: dict = field(default_factory=dict)
+    max_model_len: int = 0

@@ -23,7 +23,7 @@ def choice_seed(seed: int, index: int) -> int:
 
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
-_INTS = ("max_tokens", "top_k", "n", "logprobs", "min_tokens")
+_INTS = ("max_tokens", "top_k", "n", "logprobs", "min_tokens", "prompt_logprobs")
 
 
 @dataclass(slots=True)
@@ -46,6 +46,13 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings, applied by the detokenizer
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # issue 14: None: none; k: each prompt token's logprob (from position 1) plus the top k, computed by the runner
+    # for this request only (it skips the prefix cache for it). max_tokens 0 is allowed then: score, not generate.
+    prompt_logprobs: int | None = None
+    echo: bool = False  # completions: the detokenizer sends the prompt's text back first
+    # chat: a token's logprob only with its text, none for a stop string or EOS the text leaves out (completions
+    # keep one per generated token, as vLLM's do: lm-eval counts on it)
+    logprobs_follow_text: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -68,8 +75,8 @@ class SamplingParams:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or abs(value) > INT32_MAX):
                 bad(name, f"must be an integer of at most {INT32_MAX} in size, got {value!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
+        if self.max_tokens is not None and self.max_tokens < (0 if self.prompt_logprobs is not None else 1):
+            bad("max_tokens", f"must be at least 1 (0 only with echo or prompt_logprobs), got {self.max_tokens}")
         if self.temperature < 0:
             bad("temperature", f"must be non-negative, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -88,6 +95,10 @@ class SamplingParams:
             bad("n", f"must be at least 1, got {self.n}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             bad("logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            bad("prompt_logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}")
+        if self.max_tokens == 0 and self.n != 1:
+            bad("n", f"must be 1 when max_tokens is 0 (the prompt is scored, not sampled), got {self.n}")
         if self.min_tokens < 0:
             bad("min_tokens", f"must be non-negative, got {self.min_tokens}")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.detokenizer.incremental import IncrementalDecoder, StopChecker
+from services.detokenizer.logprob_text import AlignedLogprobs, prompt_token_logprobs
 from shared.codec import pack_ids, unpack_f32, unpack_ids
 from shared.messages import (
     AbortRequest,
@@ -36,12 +37,15 @@ class _Choice:
     stopper: StopChecker
     finished: bool = False
     stopped_here: bool = False  # ended by a stop string: the engine does not know yet
+    aligned: AlignedLogprobs | None = None  # choices that ask for logprobs
 
 
 @dataclass(slots=True)
 class _Request:
     reg: DetokRegister
     choices: list[_Choice] = field(default_factory=list)
+    prompt_ids: list[int] | None = None  # echo or prompt logprobs: the whole prompt (issue 14)
+    echo_sent: bool = False
 
 
 class Detokenizer:
@@ -56,9 +60,11 @@ class Detokenizer:
             return
         tail = unpack_ids(reg.prompt_tail).tolist()
         choices = [_Choice(IncrementalDecoder(self.tokenizer, tail, reg.skip_special_tokens),
-                           StopChecker(reg.stop, reg.include_stop_str_in_output))
+                           StopChecker(reg.stop, reg.include_stop_str_in_output),
+                           aligned=AlignedLogprobs() if reg.logprobs is not None and reg.logprobs_follow_text else None)
                    for _ in range(max(1, reg.n))]
-        self.requests[reg.request_id] = _Request(reg, choices)
+        whole = reg.echo or reg.prompt_logprobs is not None
+        self.requests[reg.request_id] = _Request(reg, choices, tail if whole else None)
         log.debug("%s registered for gateway %d (n=%d)", reg.request_id, reg.gateway_id, reg.n)
 
     def fail(self, err: RequestError) -> list[tuple[int, object]]:
@@ -80,6 +86,11 @@ class Detokenizer:
             if out is None:
                 out = by_request[d.request_id] = RequestOutput(
                     d.request_id, req.reg.gateway_id, [], d.prompt_tokens, d.cached_tokens)
+                if req.prompt_ids is not None:
+                    self._prompt_info(req, out)
+            if d.prompt_logprobs is not None and req.prompt_ids:
+                out.prompt_logprobs = prompt_token_logprobs(self._piece, req.prompt_ids, d.prompt_logprobs)
+                out.prompt_token_ids = pack_ids(req.prompt_ids)
             out.choices.append(self._step(req, choice, d))
             # Ended here by a stop string: the engine does not know, and must stop generating for it (the
             # whole request once this was its last choice; earlier stopped siblings were aborted one by one).
@@ -97,6 +108,7 @@ class Detokenizer:
         text = choice.decoder.push(ids)
         if d.finish_reason is not None:
             text += choice.decoder.flush()
+        decoded = text
         text, stopped = choice.stopper.push(text)
         finish = d.finish_reason
         if stopped:
@@ -106,7 +118,17 @@ class Detokenizer:
             text += choice.stopper.flush()
         choice.finished = finish is not None
         logprobs = self._logprobs(d, ids) if req.reg.logprobs is not None else []
+        if choice.aligned is not None:  # chat: each token's logprob goes out with its text (and not without it)
+            choice.aligned.decoded_text(logprobs, decoded)
+            logprobs = choice.aligned.released_text(text, choice.finished)
         return ChoiceDelta(d.index, text, finish, d.completion_tokens, logprobs, pack_ids(ids))
+
+    def _prompt_info(self, req: _Request, out: RequestOutput) -> None:
+        """The request's first output carries its prompt's text when it asked for echo."""
+        if req.reg.echo and not req.echo_sent:
+            req.echo_sent = True
+            out.prompt_text = self.tokenizer.decode(req.prompt_ids, skip_special_tokens=req.reg.skip_special_tokens,
+                                                    clean_up_tokenization_spaces=False)
 
     def _logprobs(self, d: SeqDelta, ids: list[int]) -> list[TokenLogprob]:
         out = []

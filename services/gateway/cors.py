@@ -7,11 +7,21 @@ response is prepared, since a stream's headers leave before its handler returns)
 """
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
 MAX_AGE = "600"
+# A preflight's requested headers are allowed back when they are plain header names: browser SDKs send their own
+# (the openai package's x-stainless-*), and a fixed list would fail their preflight.
+HEADER_LIST = re.compile(r"^[A-Za-z0-9-]{1,64}(\s*,\s*[A-Za-z0-9-]{1,64}){0,31}$")
+
+
+def allowed_headers(requested: str | None) -> str:
+    requested = (requested or "").strip()
+    return f"{ALLOW_HEADERS}, {requested}" if requested and HEADER_LIST.match(requested) else ALLOW_HEADERS
 
 
 class Cors:
@@ -39,7 +49,7 @@ class Cors:
                 and "Access-Control-Request-Method" in request.headers):
             return web.Response(status=204, headers={
                 "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Allow-Headers": allowed_headers(request.headers.get("Access-Control-Request-Headers")),
                 "Access-Control-Max-Age": MAX_AGE,
             })  # Access-Control-Allow-Origin is added by on_prepare, as for every answer
         return await handler(request)

@@ -23,6 +23,7 @@ from shared.messages import (
     RequestError,
     RequestOutput,
     Tokenized,
+    TokenizeReply,
     TokenizeRequest,
     WorkerStatus,
 )
@@ -38,7 +39,7 @@ class EngineClient:
         self.ctx = zmq.asyncio.Context()
         gid = settings.gateway_id
         self.replies = AsyncPullSocket(self.ctx, endpoint(settings, "gateway", gid),
-                                       (RequestOutput, RequestError, Tokenized))
+                                       (RequestOutput, RequestError, Tokenized, TokenizeReply))
         self.stats_in = AsyncPullSocket(self.ctx, endpoint(settings, "stats"), EngineStats, bind=False, kind=zmq.SUB)
         # One socket per worker, IMMEDIATE: a worker that is not up takes nothing (the pool tries the next one).
         self.worker_socks: dict[int, AsyncPushSocket] = {}

@@ -88,7 +88,7 @@ class OllamaCall:
 
     def _final(self, run, text: str) -> dict:
         end = time.monotonic()
-        first = run.first_at or end
+        first = min((t for t in run.obs.first if t), default=end)  # the first output (metrics_requests)
         usage = run.collector.usage()
         reason = run.collector.finish[0]
         return self._chunk(text, done=True, done_reason=reason, total_duration=_ns(end - self.arrived),

@@ -4,6 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.gateway.body_checks import check_values, param_name
+from services.gateway.completions_protocol import (
+    EXTRA_CHAT_FIELDS,
+    EXTRA_COMPLETION_FIELDS,
+    Extras,
+    apply_extras,
+    chat_echo_text,
+    parse_extras,
+)
 from services.gateway.limits import RequestLimits
 from shared.codec import pack_ids
 from shared.errors import InvalidParameter, ModelNotFound
@@ -17,9 +25,9 @@ COMMON_FIELDS = frozenset((
     "logprobs", "min_tokens", "ignore_eos", "stop_token_ids", "stop", "include_stop_str_in_output",
     "skip_special_tokens", "user",  # user: OpenAI's end-user id, for the caller's own records
     "response_format"))
-CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt",
-                               "chat_template_kwargs"}
-COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "suffix"}
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs"} \
+    | EXTRA_CHAT_FIELDS
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"} | EXTRA_COMPLETION_FIELDS
 
 
 @dataclass(slots=True)
@@ -34,6 +42,7 @@ class ParsedRequest:
     add_generation_prompt: bool = True
     chat_template_kwargs: dict = field(default_factory=dict)
     top_logprobs: int = 0
+    extras: Extras = field(default_factory=Extras)  # issue 14: echo, prompt logprobs, best_of, chat flags
 
 
 def _bad(param: str, msg: str):
@@ -113,14 +122,10 @@ def _logit_bias(body: dict, limits: RequestLimits) -> dict[int, float]:
     return out
 
 
-def _best_of(body: dict, n: int) -> None:
-    best_of = _get(body, "best_of", int)
-    if best_of is not None and best_of != n:
-        _bad("best_of", f"is not supported (it may only equal n, {n}), got {best_of}")
-
-
-def parse_sampling(body: dict, chat: bool, limits: RequestLimits = RequestLimits()) -> tuple[SamplingParams, int]:
+def parse_sampling(body: dict, chat: bool, limits: RequestLimits = RequestLimits(),
+                   extras: Extras | None = None) -> tuple[SamplingParams, int]:
     """SamplingParams under their OpenAI (and vLLM extra) names; also returns top_logprobs."""
+    extras = extras or parse_extras(body, chat, limits.max_n)
     if chat:
         max_tokens = _get(body, "max_completion_tokens", int)
         if max_tokens is None:
@@ -137,8 +142,9 @@ def parse_sampling(body: dict, chat: bool, limits: RequestLimits = RequestLimits
         logprobs = _get(body, "logprobs", int)
         top = logprobs or 0
     source = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    if max_tokens is not None and not 1 <= max_tokens <= INT32_MAX:  # named as the client sent it
-        _bad(source, f"must be from 1 to {INT32_MAX}, got {max_tokens}")
+    low = extras.min_max_tokens
+    if max_tokens is not None and not low <= max_tokens <= INT32_MAX:  # named as the client sent it
+        _bad(source, f"must be from {low} to {INT32_MAX}, got {max_tokens}" + ("" if low else " (0: with echo)"))
     temperature = _get(body, "temperature", float, 1.0)
     params = SamplingParams(
         max_tokens=max_tokens,
@@ -162,10 +168,10 @@ def parse_sampling(body: dict, chat: bool, limits: RequestLimits = RequestLimits
     )
     if params.top_k == 0:
         params.top_k = -1  # vLLM treats 0 as "disabled" too
-    params.validate()
     if params.n > limits.max_n:
         _bad("n", f"must be at most {limits.max_n}, got {params.n}")
-    _best_of(body, params.n)
+    apply_extras(extras, params, chat, _get(body, "stream", bool, False))
+    params.validate()
     return params, top or 0
 
 
@@ -199,10 +205,6 @@ def _check_fields(body: dict, chat: bool) -> None:
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         _bad("response_format", 'is not supported (only {"type": "text"})')
-    if body.get("suffix"):
-        _bad("suffix", "is not supported")
-    if body.get("echo"):
-        _bad("echo", "is not supported")
 
 
 def _stream_options(body: dict) -> bool:
@@ -232,10 +234,11 @@ def parse_request(body, chat: bool, served_name: str, limits: RequestLimits = Re
         _bad("model", "must be a string")
     if model and model != served_name:
         raise ModelNotFound(model)
-    params, top = parse_sampling(body, chat, limits)
+    extras = parse_extras(body, chat, limits.max_n)
+    params, top = parse_sampling(body, chat, limits, extras)
     stream = _get(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top)
+    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top, extras=extras)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -243,7 +246,9 @@ def parse_request(body, chat: bool, served_name: str, limits: RequestLimits = Re
         if not all(isinstance(m, dict) for m in messages):
             _bad("messages", "entries must be objects")
         req.messages = messages
-        req.add_generation_prompt = _get(body, "add_generation_prompt", bool, True)
+        if extras.echo:
+            extras.echo_text = chat_echo_text(messages)
+        req.add_generation_prompt = extras.add_generation_prompt
         req.chat_template_kwargs = check_template_kwargs(_get(body, "chat_template_kwargs", dict, {}))
     else:
         req.prompts = _prompts(body, limits)

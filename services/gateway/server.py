@@ -18,11 +18,13 @@ from services.gateway.metrics import Metrics
 from services.gateway.metrics_requests import RequestObserver
 from services.gateway.model_router import ModelRouter
 from services.gateway.ollama import OllamaRoutes, ollama_error_shape
+from services.gateway.openapi import openapi_document
 from services.gateway.protocol import ParsedRequest, parse_request
 from services.gateway.pull_route import add_pull_route
 from services.gateway.request_log import OBSERVER, RequestLog, engine_request_id
+from services.gateway.vllm_routes import VllmRoutes
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
-from shared.messages import RequestError, RequestOutput, TokenizeRequest
+from shared.messages import ChoiceDelta, RequestError, RequestOutput, TokenizeRequest
 from shared.model_groups import model_groups
 
 log = logging.getLogger("ferry.gateway")
@@ -102,6 +104,8 @@ class Gateway:
         app.router.add_get("/version", self.version)
         add_pull_route(app, self)
         OllamaRoutes(self).install(app)
+        VllmRoutes(self).install(app)  # issue 14: /v1/models/{id}, /tokenize, /detokenize, ...
+        app.router.add_get("/openapi.json", self.openapi)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -118,6 +122,9 @@ class Gateway:
 
     async def models(self, request):
         return web.json_response({"object": "list", "data": [s.card(self.created) for s in self.router.served]})
+
+    async def openapi(self, request):
+        return web.json_response(openapi_document(self.limits, VERSION))
 
     async def health(self, request):
         """503 when no model can answer (the one model, or the one ?model=NAME asks about); with several, 200
@@ -209,6 +216,7 @@ class Run:
         self.start = time.monotonic()
         self.obs = RequestObserver(gw.metrics.request_series.series(parsed.model), num_prompts, self.n,
                                    parsed.params.max_tokens)
+        self._streamed: set[int] = set()  # choices whose first chunk went out
 
     def submit(self):
         for i, sub in enumerate(self.sub_ids):
@@ -217,6 +225,7 @@ class Run:
                 req.messages = self.p.messages
                 req.add_generation_prompt = self.p.add_generation_prompt
                 req.chat_template_kwargs = self.p.chat_template_kwargs
+                req.continue_final_message = self.p.extras.continue_final_message
             elif isinstance(self.p.prompts[i], str):
                 req.prompt = self.p.prompts[i]
             else:
@@ -252,13 +261,48 @@ class Run:
     def _absorb(self, index: int, out: RequestOutput) -> list[tuple[int, object, int]]:
         """Fold one output into the collector; returns (choice index, delta, text offset before)."""
         placed = []
+        if out.prompt_text is not None or out.prompt_logprobs is not None:
+            self.collector.add_prompt(index, out)
         for d in out.choices:
             ci = index * self.n + d.index
             if not 0 <= ci < len(self.collector.texts):
                 continue
+            if not self.collector.started[ci]:
+                self.collector.started[ci] = True
+                d = self._echoed(index, d)
             placed.append((ci, d, len(self.collector.texts[ci])))
             self.collector.add(index, ci, d, out.prompt_tokens, out.cached_tokens)
         return placed
+
+    def _echoed(self, index: int, d: ChoiceDelta) -> ChoiceDelta:
+        """A choice's first delta with what echo puts before it: the prompt (and its tokens' logprobs), or for a
+        chat the final assistant message that the answer continues."""
+        x = self.p.extras
+        if not x.echo:
+            return d
+        if self.p.chat:
+            return ChoiceDelta(d.index, x.echo_text + d.text, d.finish_reason, d.completion_tokens, d.logprobs,
+                               d.token_ids)
+        known = self.collector.prompt_outputs[index]
+        prompt = self.p.prompts[index]
+        text = prompt if isinstance(prompt, str) else (known.prompt_text if known is not None else "") or ""
+        lps = known.prompt_logprobs if known is not None and self.p.params.logprobs is not None else None
+        return ChoiceDelta(d.index, text + d.text, d.finish_reason, d.completion_tokens, (lps or []) + d.logprobs,
+                           d.token_ids)
+
+    @property
+    def shown_logprobs(self) -> int | None:
+        return self.p.params.logprobs if self.p.extras.show_logprobs else None
+
+    def _prompt_logprobs(self, choices: list[dict], first_only: set[int] | None = None) -> None:
+        """vLLM's prompt_logprobs on each choice (streaming: on each choice's first chunk only)."""
+        k = self.p.extras.prompt_logprobs
+        if k is None:
+            return
+        per_prompt = self.p.extras.returned_n if not self.p.stream else self.n
+        for ch in choices:
+            if first_only is None or ch["index"] in first_only:
+                ch["prompt_logprobs"] = R.prompt_logprobs_of(self.collector, ch["index"] // per_prompt, k)
 
     def _finished(self):
         usage = self.collector.usage()
@@ -278,9 +322,13 @@ class Run:
                 break
             item = await self.next()
         self._finished()
+        x = self.p.extras
+        if x.best_of is not None and x.best_of > x.returned_n:
+            self.collector.keep_best(len(self.sub_ids), self.n, x.returned_n)
         shape = R.chat_response if self.p.chat else R.completion_response
-        return web.json_response(shape(self.rid, self.created, self.p.model, self.collector,
-                                       self.p.params.logprobs, self.p.top_logprobs))
+        body = shape(self.rid, self.created, self.p.model, self.collector, self.shown_logprobs, self.p.top_logprobs)
+        self._prompt_logprobs(body["choices"])
+        return web.json_response(body)
 
     async def _stream(self, request: web.Request, first) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -293,15 +341,19 @@ class Run:
         item = first
         try:
             while True:
-                choices = []
+                choices, firsts = [], set()
                 for ci, d, offset in self._absorb(*item):
                     if not d.text and d.finish_reason is None:
                         continue  # nothing to show yet (a held-back stop string prefix, a partial character)
+                    if ci not in self._streamed:
+                        self._streamed.add(ci)
+                        firsts.add(ci)
                     if chat:
                         choices.append(R.chat_delta_choice(ci, d, p.params.logprobs, p.top_logprobs))
                     else:
                         choices.append(R.completion_delta_choice(ci, d, p.params.logprobs, p.top_logprobs, offset))
                 if choices:
+                    self._prompt_logprobs(choices, firsts)
                     await resp.write(R.sse(chunk(self.rid, self.created, p.model, choices)))
                 if self.collector.done:
                     break

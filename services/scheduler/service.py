@@ -139,9 +139,11 @@ class SchedulerService:
         log.debug("%s admitted from gateway %d: %d prompt tokens, n=%d", req.request_id, req.gateway_id, len(ids),
                   p.n)
         # Sent on the same socket as the tokens, so it always arrives first.
-        self.out.to_detokenizer(DetokRegister(req.request_id, req.gateway_id, p.n, pack_ids(ids[-PROMPT_TAIL:]),
-                                              p.stop, p.include_stop_str_in_output, p.skip_special_tokens,
-                                              p.logprobs))
+        whole = p.echo or p.prompt_logprobs is not None  # the detokenizer shows the prompt's tokens (issue 14)
+        tail = pack_ids(ids if whole else ids[-PROMPT_TAIL:])
+        self.out.to_detokenizer(DetokRegister(req.request_id, req.gateway_id, p.n, tail, p.stop,
+                                              p.include_stop_str_in_output, p.skip_special_tokens, p.logprobs,
+                                              p.prompt_logprobs, p.echo, p.logprobs_follow_text))
 
     def _abort(self, rid: str) -> bool:
         """False when the request is not (or no longer) here: it may still be on its way."""

@@ -58,8 +58,12 @@ class PromptBuilder:
         if req.messages is not None:
             messages = normalize_messages(req.messages)
             kwargs = check_template_kwargs(req.chat_template_kwargs)  # a peer's message is checked again here
+            if req.continue_final_message:  # the answer goes on from the last message, which stays open
+                kwargs["continue_final_message"] = True
             return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **kwargs)
         if req.prompt is not None:
+            if req.add_special_tokens is not None:
+                return list(self.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens))
             return list(self.tokenizer.encode(req.prompt))
         if req.prompt_token_ids is not None:
             ids = unpack_ids(req.prompt_token_ids).tolist()

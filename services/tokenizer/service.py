@@ -9,15 +9,24 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from services.tokenizer import tasks
 from shared.errors import FerryError, InvalidParameter
-from shared.messages import EngineRequest, Heartbeat, RequestError, Tokenized, TokenizeRequest, WorkerStatus
+from shared.messages import (
+    EngineRequest,
+    Heartbeat,
+    RequestError,
+    Tokenized,
+    TokenizeReply,
+    TokenizeRequest,
+    WorkerStatus,
+)
 
 LOAD_REPORT_INTERVAL = 10.0  # seconds between "load:" log lines while requests come in
 
 
 class Outbox(Protocol):
     def to_scheduler(self, msg: EngineRequest | Heartbeat) -> None: ...
-    def to_gateway(self, gateway_id: int, msg: Tokenized | RequestError) -> None: ...
+    def to_gateway(self, gateway_id: int, msg: Tokenized | TokenizeReply | RequestError) -> None: ...
 
 
 class TokenizerService:
@@ -32,6 +41,9 @@ class TokenizerService:
     def on_request(self, req: TokenizeRequest) -> None:
         self.handled += 1
         try:
+            if req.task:  # /tokenize and friends: the answer goes back to the gateway, nothing to the engine
+                self.out.to_gateway(req.gateway_id, tasks.answer(self.builder, req))
+                return
             prepared = self.builder.prepare(req)
             self.log.debug("%s: %d prompt tokens", req.request_id, len(prepared.prompt_token_ids) // 4)
             self.out.to_scheduler(prepared)

@@ -65,7 +65,7 @@ def typed_cases():
         "include_stop_str_in_output": ["no"],
         "stream": ["yes", 1],
         "stream_options": [1, "x", {"include_usage": "yes"}, {"unknown": True}],
-        "best_of": [2, "x", 200],
+        "best_of": [0, "x", 200],  # 2 is fine now (issue 14): 2 samples, the best returned
         "model": [5, ["m"], "gpt-unknown"],
     }
     cases = []
@@ -99,7 +99,7 @@ def shaped_cases():
     for field, value in [("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"}),
                          ("nonsense", 1), ("prompt", "hi"), ("functions", [])]:
         cases.append((*chat(**{field: value}), field))
-    for field, value in [("echo", True), ("suffix", "x"), ("messages", MSG), ("logprobs", 21),
+    for field, value in [("echo", "yes"), ("suffix", "x"), ("messages", MSG), ("logprobs", 21),
                          ("logprobs", True), ("user", "\ud800")]:
         cases.append((*comp(**{field: value}), field))
     cases += [(*chat(logprobs=1), "logprobs"), (*chat(logprobs=True, top_logprobs=21), "top_logprobs"),

@@ -81,7 +81,10 @@ COMPLETION = json.dumps({"prompt": "Hello", "max_tokens": 1}).encode()
 CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
 ROUTES = [("GET", "/v1/models", None), ("POST", "/v1/completions", COMPLETION), ("POST", "/v1/chat/completions", CHAT),
           ("GET", "/version", None), ("GET", "/no/such/route", None), ("DELETE", "/v1/models", None),
-          ("OPTIONS", "/v1/models", None)]
+          ("OPTIONS", "/v1/models", None),
+          # issue 14's routes
+          ("GET", "/v1/models/SmolLM2-135M-Instruct", None), ("POST", "/tokenize", b'{"prompt": "hi"}'),
+          ("POST", "/detokenize", b'{"tokens": [1]}'), ("GET", "/tokenizer_info", None), ("GET", "/openapi.json", None)]
 TRICKS = ["//v1/models", "/v1/models/", "/V1/models", "/v1/../v1/models", "/%761/models", "/v1/%6dodels",
           "/./v1/models", "/health/../v1/models", "/health/%2e%2e/v1/models", "/health%2f..%2fv1/models",
           "/metrics/../v1/models", "/health/", "/Health", "/HEALTH", "/health;x", "/%68ealth",

@@ -32,8 +32,9 @@ BAD = [  # (chat?, body, param)
     (False, {**COMP, "n": 2**31}, "n"),
     (False, {**COMP, "n": 1.5}, "n"),
     (False, {**COMP, "n": [2]}, "n"),
-    (False, {**COMP, "best_of": 3}, "best_of"),
+    (False, {**COMP, "best_of": 3, "stream": True}, "best_of"),  # the best are known only at the end
     (False, {**COMP, "best_of": 2, "n": 3}, "best_of"),
+    (False, {**COMP, "best_of": 129}, "best_of"),
     (False, {**COMP, "best_of": "x"}, "best_of"),
     (False, {"prompt": ["a"] * 3, "n": 100}, "n"),  # 300 sequences
     (False, {"prompt": ["a"] * 129}, "prompt"),
@@ -128,8 +129,14 @@ BAD = [  # (chat?, body, param)
     (True, {**CHAT, "nonsense": 1}, "nonsense"),
     (True, {**CHAT, "prompt": "hi"}, "prompt"),
     (False, {**COMP, "messages": MSG}, "messages"),
-    (False, {**COMP, "echo": True}, "echo"),
+    (False, {**COMP, "echo": "yes"}, "echo"),
     (False, {**COMP, "suffix": "x"}, "suffix"),
+    (False, {**COMP, "prompt_logprobs": 21}, "prompt_logprobs"),
+    (False, {**COMP, "echo": True, "max_tokens": 0, "n": 2}, "n"),  # a prompt is scored once
+    (False, {**COMP, "echo": True, "max_tokens": -1}, "max_tokens"),
+    (True, {**CHAT, "max_tokens": 0}, "max_tokens"),
+    (True, {**CHAT, "continue_final_message": True}, "continue_final_message"),  # add_generation_prompt too
+    (True, {**CHAT, "continue_final_message": 1, "add_generation_prompt": False}, "continue_final_message"),
     # chat_template_kwargs: an allow-list of plain values
     (True, {**CHAT, "chat_template_kwargs": {"chat_template": "{% for x in range(99) %}{% endfor %}"}},
      "chat_template_kwargs.chat_template"),
@@ -158,6 +165,10 @@ GOOD = [
     (False, {**COMP, "seed": 0}),
     (False, {**COMP, "n": 128}),
     (False, {**COMP, "n": 2, "best_of": 2}),
+    (False, {**COMP, "n": 2, "best_of": 5}),
+    (False, {**COMP, "echo": True, "max_tokens": 0, "logprobs": 5, "prompt_logprobs": 2}),
+    (False, {**COMP, "suffix": ""}),
+    (True, {**CHAT, "continue_final_message": True, "add_generation_prompt": False, "echo": True}),
     (False, {"prompt": ["a"] * 2, "n": 128}),
     (False, {**COMP, "max_tokens": 2**31 - 1}),
     (False, {"prompt": [0, 2**31 - 1]}),
@@ -209,3 +220,20 @@ def test_template_kwargs_checked_again_where_rendered():
     for bad in ({"chat_template": "x"}, {1: True}, {"enable_thinking": {"a": 1}}, []):
         with pytest.raises(InvalidParameter):
             check_template_kwargs(bad)
+
+
+def test_echo_best_of_and_chat_flags_reach_the_engine():
+    """Issue 14: what each new field asks of the engine (and what only the gateway does)."""
+    p = parse_request({**COMP, "echo": True, "max_tokens": 0, "logprobs": 2}, False, NAME)
+    assert (p.params.echo, p.params.prompt_logprobs, p.params.max_tokens, p.params.logprobs) == (True, 2, 0, 2)
+    p = parse_request({**COMP, "echo": True}, False, NAME)
+    assert p.params.echo and p.params.prompt_logprobs is None  # the text only: nothing to score
+    p = parse_request({**COMP, "prompt_logprobs": 3, "logprobs": 1}, False, NAME)
+    assert not p.params.echo and p.params.prompt_logprobs == 3 and p.extras.prompt_logprobs == 3
+    p = parse_request({**COMP, "n": 2, "best_of": 4}, False, NAME)
+    assert (p.params.n, p.extras.returned_n, p.params.logprobs, p.extras.show_logprobs) == (4, 2, 0, False)
+    chat = {"messages": [*MSG, {"role": "assistant", "content": "The answer is"}], "echo": True,
+            "continue_final_message": True, "add_generation_prompt": False, "logprobs": True}
+    p = parse_request(chat, True, NAME)
+    assert p.extras.continue_final_message and not p.add_generation_prompt and p.extras.echo_text == "The answer is"
+    assert p.params.logprobs_follow_text and not p.params.echo
