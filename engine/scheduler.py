@@ -26,18 +26,18 @@ from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
 from engine.model_config import ModelConfig
+from engine.plan_builder import PENDING_TOKEN, build_step_plan  # noqa: F401 (PENDING_TOKEN: re-exported)
 from engine.prompt_logprobs import PromptScores
 from engine.request_timings import RequestTimings
 from engine.sequence import SeqStatus, Sequence
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, PromptTooLong
-from shared.messages import NewSequence, SchedulerCounters, SeqDelta, SeqLogprobs, StepPlan, StepResult
+from shared.messages import SchedulerCounters, SeqDelta, SeqLogprobs, StepPlan, StepResult
 from shared.sampling_params import SamplingParams, choice_seed
 from shared.settings import Settings
 
 log = logging.getLogger("ferry.scheduler")
 
-PENDING_TOKEN = -1  # a plan's input token that the runner takes from its own previous step
 # Plans out at once: the next one goes out while the runners still work on the last, so they never wait for
 # this process between steps. More would only schedule further ahead on placeholders.
 MAX_INFLIGHT = 2
@@ -283,39 +283,13 @@ class Scheduler:
         self.num_preemptions += 1
 
     def _build_plan(self, scheduled: list[tuple[Sequence, int]]) -> StepPlan:
-        new_seqs, seq_ids, num_tokens, starts, token_ids = [], [], [], [], []
-        kept, num_new_blocks, new_blocks, sample = [], [], [], []
-        # One-token sequences first: the runner sends them through the decode attention kernel.
-        scheduled.sort(key=lambda sn: sn[1] != 1)
-        for seq, n in scheduled:
-            if not seq.known_to_runner:
-                new_seqs.append(NewSequence(seq.seq_id, pack_ids(seq.prompt_token_ids), seq.params,
-                                            pack_ids(self.eos_token_ids)))
-                seq.known_to_runner = True
-            start = seq.num_computed_tokens
-            seq_ids.append(seq.seq_id)
-            num_tokens.append(n)
-            starts.append(start)
-            known = seq.token_ids[start:start + n]
-            token_ids.extend(known)
-            token_ids.extend([PENDING_TOKEN] * (n - len(known)))
-            kept.append(seq.blocks_on_runner)
-            added = seq.block_table[seq.blocks_on_runner:]
-            num_new_blocks.append(len(added))
-            new_blocks.extend(added)
-            seq.blocks_on_runner = len(seq.block_table)
-            samples = start + n == seq.num_tokens + seq.num_pending and seq.params.max_tokens > 0
-            sample.append(samples)
-            seq.num_computed_tokens = start + n
-            seq.num_pending += samples
         step_id = self._next_step_id
         self._next_step_id += 1
-        self.timings.step_tokens.observe(len(token_ids))
-        self.inflight.append(InflightStep(step_id, scheduled))
         forget, self._forget_on_runner = self._forget_on_runner, []
-        return StepPlan(step_id, new_seqs, pack_ids(seq_ids), pack_ids(num_tokens), pack_ids(starts),
-                        pack_ids(token_ids), pack_ids(kept), pack_ids(num_new_blocks), pack_ids(new_blocks),
-                        bytes(sample), pack_ids(forget))
+        plan, num_tokens = build_step_plan(step_id, scheduled, self.eos_token_ids, forget)
+        self.timings.step_tokens.observe(num_tokens)
+        self.inflight.append(InflightStep(step_id, scheduled))
+        return plan
 
     def update(self, result: StepResult) -> list[SeqDelta]:
         """Apply rank 0's sampled tokens for the oldest plan in flight; return what each sequence gained (and
