@@ -78,6 +78,12 @@ class Settings:
     gateway_timeout: float = 1.2  # a gateway silent this long is dead: the scheduler aborts its requests
     shutdown_timeout: float = 30.0  # SIGTERM: seconds requests in flight may take to finish before they are ended
 
+    # structured outputs and tool calling (issue 15)
+    tool_call_parser: str = "auto"  # hermes | llama3_json | auto (picked from the chat template)
+    grammar_tokenizer: str = ""  # the model whose tokenizer grammars are compiled against; "": --model (benchmarks
+    # with dummy weights name the default model here, so that a grammar has real tokens to allow)
+    max_grammar_chars: int = 65536  # a schema, regex, grammar or tools list longer than this is a 400
+
     def resolved_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
