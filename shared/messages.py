@@ -97,6 +97,7 @@ class TokenizeRequest:
     prompt_token_ids: bytes | None = None  # int32
     add_generation_prompt: bool = True
     chat_template_kwargs: dict = field(default_factory=dict)
+    tools: list[dict] = field(default_factory=list)  # issue 15: OpenAI tools, checked by the gateway, for the template
 
 
 @message(41)

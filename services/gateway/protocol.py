@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from services.gateway.body_checks import check_values, param_name
 from services.gateway.limits import RequestLimits
+from services.gateway.structured_protocol import STRUCTURED_FIELDS
+from services.gateway.tool_protocol import TOOL_FIELDS, ToolRequest, structured_request
 from shared.codec import pack_ids
 from shared.errors import InvalidParameter, ModelNotFound
 from shared.sampling_params import INT32_MAX, MAX_LOGPROBS, SamplingParams
@@ -16,9 +18,9 @@ COMMON_FIELDS = frozenset((
     "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "seed", "n", "best_of",
     "logprobs", "min_tokens", "ignore_eos", "stop_token_ids", "stop", "include_stop_str_in_output",
     "skip_special_tokens", "user",  # user: OpenAI's end-user id, for the caller's own records
-    "response_format"))
+    *STRUCTURED_FIELDS))
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "add_generation_prompt",
-                               "chat_template_kwargs"}
+                               "chat_template_kwargs", *TOOL_FIELDS}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "suffix"}
 
 
@@ -34,6 +36,7 @@ class ParsedRequest:
     add_generation_prompt: bool = True
     chat_template_kwargs: dict = field(default_factory=dict)
     top_logprobs: int = 0
+    tools: ToolRequest | None = None  # issue 15: chat tools and tool_choice (services/gateway/tool_protocol.py)
 
 
 def _bad(param: str, msg: str):
@@ -196,9 +199,6 @@ def _check_fields(body: dict, chat: bool) -> None:
     for key, value in body.items():
         if key not in known and value is not None:
             _bad(param_name(key), "is not supported")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        _bad("response_format", 'is not supported (only {"type": "text"})')
     if body.get("suffix"):
         _bad("suffix", "is not supported")
     if body.get("echo"):
@@ -233,9 +233,10 @@ def parse_request(body, chat: bool, served_name: str, limits: RequestLimits = Re
     if model and model != served_name:
         raise ModelNotFound(model)
     params, top = parse_sampling(body, chat, limits)
+    tools = structured_request(body, chat, params, limits.max_grammar_chars)  # sets params' grammar
     stream = _get(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top)
+    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top, tools=tools)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -18,6 +18,7 @@ from services.gateway.engine_client import EngineClient
 from services.gateway.limits import RequestLimits
 from services.gateway.metrics import Metrics
 from services.gateway.protocol import ParsedRequest, parse_request
+from services.gateway.tool_responses import ToolStream, apply_to_response, parser_for
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import RequestError, RequestOutput, TokenizeRequest
 
@@ -76,6 +77,14 @@ class Gateway:
         self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
         self.cors = Cors(settings.allowed_origins)
         self.api_keys = load_keys(settings)
+        self._tool_parser: str | None = None
+
+    @property
+    def tool_parser(self) -> str:
+        """Resolved at the first request with tools ("auto" loads the tokenizer for its chat template)."""
+        if self._tool_parser is None:
+            self._tool_parser = parser_for(self.settings)
+        return self._tool_parser
 
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
@@ -189,6 +198,8 @@ class Run:
                 req.messages = self.p.messages
                 req.add_generation_prompt = self.p.add_generation_prompt
                 req.chat_template_kwargs = self.p.chat_template_kwargs
+                if self.p.tools is not None and self.p.tools.parses:
+                    req.tools = self.p.tools.tools
             elif isinstance(self.p.prompts[i], str):
                 req.prompt = self.p.prompts[i]
             else:
@@ -254,8 +265,10 @@ class Run:
             item = await self.next()
         self._finished()
         shape = R.chat_response if self.p.chat else R.completion_response
-        return web.json_response(shape(self.rid, self.created, self.p.model, self.collector,
-                                       self.p.params.logprobs, self.p.top_logprobs))
+        body = shape(self.rid, self.created, self.p.model, self.collector, self.p.params.logprobs, self.p.top_logprobs)
+        if self.p.tools is not None and self.p.tools.parses:
+            body = apply_to_response(body, self.p.tools, self.gw.tool_parser)
+        return web.json_response(body)
 
     async def _stream(self, request: web.Request, first) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -265,11 +278,16 @@ class Run:
         if chat:
             roles = R.chat_role_choices(len(self.collector.texts))
             await resp.write(R.sse(chunk(self.rid, self.created, p.model, roles)))
+        tool_stream = (ToolStream(p.tools, self.gw.tool_parser, len(self.collector.texts))
+                       if p.tools is not None and p.tools.parses else None)
         item = first
         try:
             while True:
                 choices = []
                 for ci, d, offset in self._absorb(*item):
+                    if tool_stream is not None:
+                        choices.extend(tool_stream.on_delta(ci, self.collector.texts[ci], d.finish_reason))
+                        continue
                     if not d.text and d.finish_reason is None:
                         continue  # nothing to show yet (a held-back stop string prefix, a partial character)
                     if chat:

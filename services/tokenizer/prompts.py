@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from engine.tokenizer import chat_token_ids
+from services.tokenizer.tool_prompt import history_fields, with_tools
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter
 from shared.messages import EngineRequest, TokenizeRequest
@@ -44,7 +45,7 @@ def normalize_messages(messages) -> list[dict]:
             raise InvalidParameter(f"messages[{i}].role must be one of {', '.join(ROLES)}", param="messages")
         # The templates we ship know "system", not OpenAI's newer "developer".
         out.append({"role": "system" if role == "developer" else role,
-                    "content": flatten_content(m.get("content"), f"messages[{i}]")})
+                    "content": flatten_content(m.get("content"), f"messages[{i}]"), **history_fields(m, i)})
     return out
 
 
@@ -58,7 +59,8 @@ class PromptBuilder:
         if req.messages is not None:
             messages = normalize_messages(req.messages)
             kwargs = check_template_kwargs(req.chat_template_kwargs)  # a peer's message is checked again here
-            return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **kwargs)
+            messages, tool_kwargs = with_tools(messages, req.tools, self.tokenizer)  # issue 15
+            return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **kwargs, **tool_kwargs)
         if req.prompt is not None:
             return list(self.tokenizer.encode(req.prompt))
         if req.prompt_token_ids is not None:
