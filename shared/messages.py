@@ -98,6 +98,7 @@ class TokenizeRequest:
     add_generation_prompt: bool = True
     chat_template_kwargs: dict = field(default_factory=dict)
     tools: list[dict] = field(default_factory=list)  # issue 15: OpenAI tools, checked by the gateway, for the template
+    grammar_param: str = ""  # issue 15: the request parameter params' grammar came from, named in a compile error
 
 
 @message(41)

@@ -37,6 +37,7 @@ class ParsedRequest:
     chat_template_kwargs: dict = field(default_factory=dict)
     top_logprobs: int = 0
     tools: ToolRequest | None = None  # issue 15: chat tools and tool_choice (services/gateway/tool_protocol.py)
+    grammar_param: str = ""  # issue 15: the parameter params' grammar came from
 
 
 def _bad(param: str, msg: str):
@@ -233,10 +234,11 @@ def parse_request(body, chat: bool, served_name: str, limits: RequestLimits = Re
     if model and model != served_name:
         raise ModelNotFound(model)
     params, top = parse_sampling(body, chat, limits)
-    tools = structured_request(body, chat, params, limits.max_grammar_chars)  # sets params' grammar
+    tools, grammar_param = structured_request(body, chat, params, limits.max_grammar_chars)  # sets params' grammar
     stream = _get(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top, tools=tools)
+    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top, tools=tools,
+                        grammar_param=grammar_param)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

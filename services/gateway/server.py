@@ -77,7 +77,7 @@ class Gateway:
         self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
         self.cors = Cors(settings.allowed_origins)
         self.api_keys = load_keys(settings)
-        self._tool_parser: str | None = None
+        self._tool_parser: str | None = None if settings.tool_call_parser == "auto" else parser_for(settings)
 
     @property
     def tool_parser(self) -> str:
@@ -193,7 +193,7 @@ class Run:
 
     def submit(self):
         for i, sub in enumerate(self.sub_ids):
-            req = TokenizeRequest(sub, self.gw.settings.gateway_id, self.p.params)
+            req = TokenizeRequest(sub, self.gw.settings.gateway_id, self.p.params, grammar_param=self.p.grammar_param)
             if self.p.chat:
                 req.messages = self.p.messages
                 req.add_generation_prompt = self.p.add_generation_prompt

@@ -2,8 +2,10 @@
 
 OpenAI's `response_format` (text, json_object, json_schema), vLLM's `structured_outputs` (json, regex, choice,
 grammar, json_object) and the older `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`. At most one
-may be given. A spec is made canonical (a schema is re-serialized with sorted keys) so that the compiled-grammar
-caches key on meaning, and checked with xgrammar here: what it cannot parse is a 400 naming the parameter.
+may be given. A spec is made canonical (a schema is re-serialized compactly, keys in their order) so that the
+compiled-grammar caches hit for the same schema. The gateway checks shapes and sizes; the tokenizer worker, which has
+the vocabulary and xgrammar loaded, builds the grammar (services/tokenizer/grammar_checks.py): what it cannot parse is
+a 400 naming the parameter, which travels with the request (TokenizeRequest.grammar_param).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def canonical_schema(schema, param: str) -> str:
         schema = {} if schema else None
     if not isinstance(schema, dict):
         _bad(param, "must be a JSON schema object")
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)  # key order is generation order: kept
 
 
 def _spec(kind: str, value, param: str) -> str:
@@ -113,16 +115,10 @@ def parse_structured(body: dict, max_chars: int) -> tuple[str, str, str] | None:
         kind = _LEGACY[name]
         found = kind, _spec(kind, body[name], name), name
     if found is not None:
-        check_spec(*found, max_chars)
+        check_size(found[1], found[2], max_chars)
     return found
 
 
-def check_spec(kind: str, spec: str, param: str, max_chars: int) -> None:
-    """Too long, or not something xgrammar can build: a 400 naming the parameter."""
+def check_size(spec: str, param: str, max_chars: int) -> None:
     if len(spec) > max_chars:
         _bad(param, f"may be at most {max_chars} characters, got {len(spec)}")
-    from engine.structured.grammars import check_grammar  # xgrammar loads on the first structured request
-
-    complaint = check_grammar(kind, spec)
-    if complaint is not None:
-        _bad(param, f"cannot be compiled: {complaint}")

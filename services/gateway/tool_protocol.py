@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from services.gateway.body_checks import param_name
-from services.gateway.structured_protocol import canonical_schema, check_spec
+from services.gateway.structured_protocol import canonical_schema, check_size
 from shared.errors import InvalidParameter
 
 TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
@@ -77,7 +77,7 @@ def _tool(i: int, t, max_chars: int) -> dict:
     if fn.get("parameters") is not None:
         param = f"{where}.function.parameters"
         spec = canonical_schema(fn["parameters"], param)
-        check_spec("json_schema", spec, param, max_chars)
+        check_size(spec, param, max_chars)  # compiled by the tokenizer worker (services/tokenizer/grammar_checks.py)
         out["parameters"] = json.loads(spec)
     return {"type": "function", "function": out}
 
@@ -139,8 +139,9 @@ def forced_grammar(req: ToolRequest) -> tuple[str, str] | None:
     return "json_schema", canonical_schema(schema, "tools")
 
 
-def structured_request(body: dict, chat: bool, params, max_chars: int) -> ToolRequest | None:
-    """Read the structured-output and tool fields, set params' grammar from them; returns the tool request."""
+def structured_request(body: dict, chat: bool, params, max_chars: int) -> tuple[ToolRequest | None, str]:
+    """Read the structured-output and tool fields, set params' grammar from them; returns the tool request and the
+    parameter the grammar came from (for the tokenizer worker's errors)."""
     from services.gateway.structured_protocol import parse_structured
 
     structured = parse_structured(body, max_chars)
@@ -154,4 +155,4 @@ def structured_request(body: dict, chat: bool, params, max_chars: int) -> ToolRe
     if grammar is not None:
         params.grammar_kind, params.grammar_spec = grammar
         params.validate()
-    return tools
+    return tools, ("tools" if forced else structured[2] if structured else "")

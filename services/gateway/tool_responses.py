@@ -7,17 +7,40 @@ end it becomes tool calls, or content after all when it holds none.
 """
 from __future__ import annotations
 
+import json
+import os
+
 from services.gateway.tool_calls import ToolCall, may_start_call, parse_forced, parse_free, resolve_parser
 from services.gateway.tool_protocol import ToolRequest
+
+
+def chat_template_text(settings) -> str | None:
+    """The model's chat template read from its files (the GGUF's converted tokenizer, which the tokenizer workers
+    cache at start); None when there is none yet. A file read: the gateway loads no tokenizer."""
+    if settings.load_format == "dummy":
+        return None
+    from engine.model_config import cache_dir, resolve_model_path
+
+    path = resolve_model_path(settings.model)
+    folder = cache_dir("tokenizers", path) if path.endswith(".gguf") else path
+    try:
+        with open(os.path.join(folder, "chat_template.jinja"), encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as fh:
+            template = json.load(fh).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return template if isinstance(template, str) else None
 
 
 def parser_for(settings) -> str:
     """The tool-call parser a gateway uses; "auto" reads the model's chat template (the gateway calls this once)."""
     if settings.tool_call_parser != "auto":
         return resolve_parser(settings.tool_call_parser, None)
-    from engine.tokenizer import load_tokenizer
-
-    return resolve_parser("auto", getattr(load_tokenizer(settings), "chat_template", None))
+    return resolve_parser("auto", chat_template_text(settings))
 
 
 def parse_choice(text: str, tools: ToolRequest, parser: str) -> tuple[str | None, list[ToolCall]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from engine.tokenizer import chat_token_ids
+from services.tokenizer.grammar_checks import check_request_grammars
 from services.tokenizer.tool_prompt import history_fields, with_tools
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter
@@ -75,6 +76,7 @@ class PromptBuilder:
     def prepare(self, req: TokenizeRequest) -> EngineRequest:
         """Tokenize and check the request against the model's limits (its params were validated by the gateway);
         resolves a left-out max_tokens. Raises InvalidParameter."""
+        check_request_grammars(req)  # issue 15: before the work of tokenizing
         ids = self.prompt_ids(req)
         req.params.check_length(len(ids), self.max_model_len, self.vocab_size)
         params = req.params.with_max_tokens_for(len(ids), self.max_model_len)
