@@ -29,8 +29,9 @@ class GrammarDecoding:
         # fills many rows on threads of its own, without the GIL: a batch of constrained rows costs ~one row's time
         self._batch = xgr.BatchGrammarMatcher(max_threads="auto" if device.type == "cuda" else 1)
         self._host = xgr.allocate_token_bitmask(max_rows, vocab_size)
-        if device.type == "cuda":
-            self._host = self._host.pin_memory()
+        self._rows = torch.empty(max_rows, dtype=torch.int32)
+        if device.type == "cuda":  # pinned: the copies to the device do not wait for the host
+            self._host, self._rows = self._host.pin_memory(), self._rows.pin_memory()
 
     def attach(self, state) -> None:
         """Give a new sequence (engine.sampler.SamplingState) its matcher. A grammar that cannot be compiled is
@@ -75,7 +76,8 @@ class GrammarDecoding:
             states[rows[0]].grammar.fill_next_token_bitmask(self._host, 0)
         else:
             self._batch.batch_fill_next_token_bitmask([states[i].grammar for i in rows], self._host)
-        mask, index = self._host[:len(rows)], torch.tensor(rows, dtype=torch.int32)
+        mask, index = self._host[:len(rows)], self._rows[:len(rows)]
+        index.copy_(torch.tensor(rows, dtype=torch.int32))
         if self.device.type == "cuda":
             return mask.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
         return mask, index
