@@ -27,8 +27,8 @@ def _choice_ebnf(spec: str) -> str:
 def _grammar(kind: str, spec: str) -> xgr.Grammar:
     if kind == "json_schema":
         return xgr.Grammar.from_json_schema(spec, any_whitespace=False)
-    if kind == "json_object":
-        return xgr.Grammar.builtin_json_grammar()
+    if kind == "json_object":  # OpenAI's json_object is an object (the builtin JSON grammar allows any value)
+        return xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=False)
     if kind == "regex":
         return xgr.Grammar.from_regex(spec)
     if kind == "choice":
