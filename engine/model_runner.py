@@ -22,6 +22,8 @@ from engine.parallel import enable_peer_all_reduce, init_tensor_parallel
 from engine.prompt_logprobs import prompt_targets, score_prompt_rows
 from engine.sampler import Sampler, SamplingState
 from engine.step_inputs import StepInputs, build_step_inputs
+from engine.structured.decoding import GrammarDecoding
+from engine.structured.grammars import grammar_tokenizer
 from engine.transfer import to_device
 from shared.codec import pack_ids, unpack_ids
 from shared.knobs import Knobs, read_knobs
@@ -77,6 +79,8 @@ class ModelRunner:
         self.block_tables: dict[int, list[int]] = {}
         self.states: dict[int, SamplingState] = {}
         self.prompt_scored: dict[int, list[int]] = {}  # seq id -> prompt ids, for sequences asking prompt logprobs
+        self.grammars = GrammarDecoding(lambda: grammar_tokenizer(settings), cfg.vocab_size, self.device,
+                                        settings.max_num_seqs)  # issue 15: matchers of constrained sequences
         self._pending: _Step | None = None  # submitted, not finished
         self._last_tokens: torch.Tensor | None = None  # the last sampled step's tokens, on the device
         self._last_rows: dict[int, int] = {}  # seq id -> row of _last_tokens
@@ -148,10 +152,14 @@ class ModelRunner:
                 unpack_ids(ns.eos_token_ids).tolist(), self.device)
             if ns.params.prompt_logprobs is not None:
                 self.prompt_scored[ns.seq_id] = self.states[ns.seq_id].prompt_token_ids
+            if ns.params.grammar_kind:
+                self.grammars.attach(self.states[ns.seq_id])
         for sid in unpack_ids(plan.finished_seq_ids).tolist():
             self.block_tables.pop(sid, None)
-            self.states.pop(sid, None)
             self.prompt_scored.pop(sid, None)
+            state = self.states.pop(sid, None)
+            if state is not None and state.grammar is not None:
+                self.grammars.release(state)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult | None:
@@ -260,7 +268,8 @@ class ModelRunner:
     def _sample(self, step: "_Step") -> None:
         if step.logits is None:
             return
-        step.tokens, step.raw_logprobs = self.sampler.sample(step.logits, step.states)
+        masks = self.grammars.fill(step.states) if self.grammars.active else None  # the last step's tokens are in
+        step.tokens, step.raw_logprobs = self.sampler.sample(step.logits, step.states, masks)
         step.logits = None
         self._last_tokens = step.tokens
         self._last_rows = {sid: i for i, sid in enumerate(step.seq_ids.tolist())}
@@ -281,6 +290,8 @@ class ModelRunner:
                 if ended is not None:
                     self.finished_runs.append(ended)
         tokens = step.host_tokens.tolist()
+        if self.grammars.active:
+            self.grammars.advance(step.states, tokens)
         logprobs = self.sampler.finish(tokens, step.states, step.raw_logprobs)
         if self.rank != 0:
             return None

@@ -28,6 +28,7 @@ class SamplingState:
     output_token_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     needs_logit_processing: bool = False  # penalties, bias or a min_tokens mask
+    grammar: object | None = None  # an xgrammar matcher (engine/structured/decoding.py) while one constrains it
 
     @classmethod
     def create(cls, seq_id, params, prompt_token_ids, eos_token_ids, device) -> "SamplingState":
@@ -103,9 +104,15 @@ class Sampler:
         return token_list, self.finish(token_list, states, raw_logprobs)
 
     @torch.no_grad()
-    def sample(self, logits: torch.Tensor, states: list[SamplingState]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sample(self, logits: torch.Tensor, states: list[SamplingState], grammar_masks=None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Launch the sampling of one token per row; returns the tokens (int64, on logits' device) and, when a
-        row asked for logprobs, the raw log-softmax. Nothing here waits for the device."""
+        row asked for logprobs, the raw log-softmax. Nothing here waits for the device. grammar_masks: the
+        constrained rows' token bitmasks (engine.structured.decoding.GrammarDecoding.fill), applied first."""
+        if grammar_masks is not None:
+            from engine.structured.decoding import apply_masks
+
+            apply_masks(logits, grammar_masks)  # in place: the logits are this step's own
         if logits.is_cuda and all(s.params.greedy and s.params.logprobs is None and not s.needs_logit_processing
                                   for s in states):
             from kernels import argmax  # plain greedy decoding: one kernel on the logits as they are
@@ -146,6 +153,8 @@ class Sampler:
             if k is None:
                 continue
             top_vals, top_ids = raw[i].topk(k) if k > 0 else (raw[i, :0], raw[i, :0].long())
+            if s.grammar is not None:  # tokens a grammar forbade are -inf, which JSON cannot carry
+                top_vals = top_vals.clamp(min=-9999.0)
             out.append(SeqLogprobs(s.seq_id, float(raw[i, tokens[i]]), pack_ids(top_ids.tolist()),
                                    pack_f32(top_vals.tolist())))
         return out

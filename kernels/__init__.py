@@ -11,6 +11,7 @@ from kernels.gemv import gemv, gemv_ref
 from kernels.prefill_attention import paged_prefill_attention, paged_prefill_attention_ref
 from kernels.rmsnorm import rms_norm, rms_norm_ref
 from kernels.rotary import apply_rotary_ref, rotary_store_kv, rotary_store_kv_ref
+from kernels.token_bitmask import apply_token_bitmask, apply_token_bitmask_ref
 
 __all__ = [
     "apply_rotary_ref", "rotary_store_kv", "rotary_store_kv_ref",
@@ -20,4 +21,5 @@ __all__ = [
     "paged_prefill_attention", "paged_prefill_attention_ref",
     "rms_norm", "rms_norm_ref",
     "silu_and_mul", "silu_and_mul_ref",
+    "apply_token_bitmask", "apply_token_bitmask_ref",
 ]

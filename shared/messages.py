@@ -102,6 +102,8 @@ class TokenizeRequest:
     task: str = ""
     continue_final_message: bool = False
     add_special_tokens: bool | None = None  # prompts: None as for generation (the tokenizer's default)
+    tools: list[dict] = field(default_factory=list)  # issue 15: OpenAI tools, checked by the gateway, for the template
+    grammar_param: str = ""  # issue 15: the request parameter params' grammar came from, named in a compile error
 
 
 @message(41)

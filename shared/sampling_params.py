@@ -22,6 +22,7 @@ def choice_seed(seed: int, index: int) -> int:
     return (seed + index) % SEED_LIMIT
 
 
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 _INTS = ("max_tokens", "top_k", "n", "logprobs", "min_tokens", "prompt_logprobs")
 
@@ -53,6 +54,10 @@ class SamplingParams:
     # chat: a token's logprob only with its text, none for a stop string or EOS the text leaves out (completions
     # keep one per generated token, as vLLM's do: lm-eval counts on it)
     logprobs_follow_text: bool = False
+    # issue 15: a grammar the output must follow (engine/structured/): kind "" is none; else one of GRAMMAR_KINDS,
+    # its spec canonical text (a JSON schema, a regex, an EBNF grammar, a JSON array of choices)
+    grammar_kind: str = ""
+    grammar_spec: str = ""
 
     @property
     def greedy(self) -> bool:
@@ -114,6 +119,10 @@ class SamplingParams:
         for tok in self.stop_token_ids:
             if not isinstance(tok, int) or not 0 <= tok <= INT32_MAX:
                 bad("stop_token_ids", f"must be token ids (0 to {INT32_MAX}), got {tok!r}")
+        if self.grammar_kind and self.grammar_kind not in GRAMMAR_KINDS:
+            bad("structured_outputs", f"kind must be one of {', '.join(GRAMMAR_KINDS)}, got {self.grammar_kind!r}")
+        if self.grammar_kind and self.ignore_eos:  # the grammar ends the output with EOS: ignoring it runs on
+            bad("ignore_eos", "cannot be combined with a structured output (response_format, tools or guided_*)")
         return self
 
     def check_length(self, prompt_len: int, max_model_len: int, vocab_size: int | None = None) -> None:

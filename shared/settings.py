@@ -91,6 +91,11 @@ class Settings:
     max_prefill_tokens: int = 0  # prompt tokens one step may carry beside its decodes; 0: max_num_batched_tokens
     # observability (issue 16)
     log_format: str = "text"  # text | json: every process's log lines (the gateway's request lines included)
+    # structured outputs and tool calling (issue 15)
+    tool_call_parser: str = "auto"  # hermes | llama3_json | auto (picked from the chat template)
+    grammar_tokenizer: str = ""  # the model whose tokenizer grammars are compiled against; "": --model (benchmarks
+    # with dummy weights name the default model here, so that a grammar has real tokens to allow)
+    max_grammar_chars: int = 65536  # a schema, regex, grammar or tools list longer than this is a 400
 
     def resolved_name(self) -> str:
         if self.served_model_name:

@@ -18,6 +18,7 @@ class RequestLimits:
     max_stop_token_ids: int = _DEFAULTS.max_stop_token_ids
     max_logit_bias: int = _DEFAULTS.max_logit_bias
     max_json_depth: int = _DEFAULTS.max_json_depth
+    max_grammar_chars: int = _DEFAULTS.max_grammar_chars  # issue 15
 
     @classmethod
     def of(cls, settings) -> "RequestLimits":

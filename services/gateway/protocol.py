@@ -13,6 +13,8 @@ from services.gateway.completions_protocol import (
     parse_extras,
 )
 from services.gateway.limits import RequestLimits
+from services.gateway.structured_protocol import STRUCTURED_FIELDS
+from services.gateway.tool_protocol import TOOL_FIELDS, ToolRequest, structured_request
 from shared.codec import pack_ids
 from shared.errors import InvalidParameter, ModelNotFound
 from shared.sampling_params import INT32_MAX, MAX_LOGPROBS, SamplingParams
@@ -24,9 +26,9 @@ COMMON_FIELDS = frozenset((
     "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "seed", "n", "best_of",
     "logprobs", "min_tokens", "ignore_eos", "stop_token_ids", "stop", "include_stop_str_in_output",
     "skip_special_tokens", "user",  # user: OpenAI's end-user id, for the caller's own records
-    "response_format"))
-CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs"} \
-    | EXTRA_CHAT_FIELDS
+    *STRUCTURED_FIELDS))
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs",
+                               *TOOL_FIELDS} | EXTRA_CHAT_FIELDS
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"} | EXTRA_COMPLETION_FIELDS
 
 
@@ -43,6 +45,8 @@ class ParsedRequest:
     chat_template_kwargs: dict = field(default_factory=dict)
     top_logprobs: int = 0
     extras: Extras = field(default_factory=Extras)  # issue 14: echo, prompt logprobs, best_of, chat flags
+    tools: ToolRequest | None = None  # issue 15: chat tools and tool_choice (services/gateway/tool_protocol.py)
+    grammar_param: str = ""  # issue 15: the parameter params' grammar came from
 
 
 def _bad(param: str, msg: str):
@@ -202,9 +206,6 @@ def _check_fields(body: dict, chat: bool) -> None:
     for key, value in body.items():
         if key not in known and value is not None:
             _bad(param_name(key), "is not supported")
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        _bad("response_format", 'is not supported (only {"type": "text"})')
 
 
 def _stream_options(body: dict) -> bool:
@@ -236,9 +237,11 @@ def parse_request(body, chat: bool, served_name: str, limits: RequestLimits = Re
         raise ModelNotFound(model)
     extras = parse_extras(body, chat, limits.max_n)
     params, top = parse_sampling(body, chat, limits, extras)
+    tools, grammar_param = structured_request(body, chat, params, limits.max_grammar_chars)  # sets params' grammar
     stream = _get(body, "stream", bool, False)
     include_usage = _stream_options(body)
-    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top, extras=extras)
+    req = ParsedRequest(chat, served_name, params, stream, include_usage, top_logprobs=top, extras=extras,
+                        tools=tools, grammar_param=grammar_param)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -22,6 +22,7 @@ from services.gateway.openapi import openapi_document
 from services.gateway.protocol import ParsedRequest, parse_request
 from services.gateway.pull_route import add_pull_route
 from services.gateway.request_log import OBSERVER, RequestLog, engine_request_id
+from services.gateway.tool_responses import ToolStream, apply_to_response, parser_for
 from services.gateway.vllm_routes import VllmRoutes
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import ChoiceDelta, RequestError, RequestOutput, TokenizeRequest
@@ -86,6 +87,14 @@ class Gateway:
         self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
         self.cors = Cors(settings.allowed_origins)
         self.api_keys = load_keys(settings)
+        self._tool_parser: str | None = None if settings.tool_call_parser == "auto" else parser_for(settings)
+
+    @property
+    def tool_parser(self) -> str:
+        """Resolved at the first request with tools ("auto" loads the tokenizer for its chat template)."""
+        if self._tool_parser is None:
+            self._tool_parser = parser_for(self.settings)
+        return self._tool_parser
 
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
@@ -220,12 +229,14 @@ class Run:
 
     def submit(self):
         for i, sub in enumerate(self.sub_ids):
-            req = TokenizeRequest(sub, self.gw.settings.gateway_id, self.p.params)
+            req = TokenizeRequest(sub, self.gw.settings.gateway_id, self.p.params, grammar_param=self.p.grammar_param)
             if self.p.chat:
                 req.messages = self.p.messages
                 req.add_generation_prompt = self.p.add_generation_prompt
                 req.chat_template_kwargs = self.p.chat_template_kwargs
                 req.continue_final_message = self.p.extras.continue_final_message
+                if self.p.tools is not None and self.p.tools.parses:
+                    req.tools = self.p.tools.tools
             elif isinstance(self.p.prompts[i], str):
                 req.prompt = self.p.prompts[i]
             else:
@@ -328,6 +339,8 @@ class Run:
         shape = R.chat_response if self.p.chat else R.completion_response
         body = shape(self.rid, self.created, self.p.model, self.collector, self.shown_logprobs, self.p.top_logprobs)
         self._prompt_logprobs(body["choices"])
+        if self.p.tools is not None and self.p.tools.parses:
+            body = apply_to_response(body, self.p.tools, self.gw.tool_parser)
         return web.json_response(body)
 
     async def _stream(self, request: web.Request, first) -> web.StreamResponse:
@@ -338,11 +351,16 @@ class Run:
         if chat:
             roles = R.chat_role_choices(len(self.collector.texts))
             await resp.write(R.sse(chunk(self.rid, self.created, p.model, roles)))
+        tool_stream = (ToolStream(p.tools, self.gw.tool_parser, len(self.collector.texts))
+                       if p.tools is not None and p.tools.parses else None)
         item = first
         try:
             while True:
                 choices, firsts = [], set()
                 for ci, d, offset in self._absorb(*item):
+                    if tool_stream is not None:
+                        choices.extend(tool_stream.on_delta(ci, self.collector.texts[ci], d.finish_reason))
+                        continue
                     if not d.text and d.finish_reason is None:
                         continue  # nothing to show yet (a held-back stop string prefix, a partial character)
                     if ci not in self._streamed:

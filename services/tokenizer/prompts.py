@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 
 from engine.tokenizer import chat_token_ids
+from services.tokenizer.grammar_checks import check_request_grammars
+from services.tokenizer.tool_prompt import history_fields, with_tools
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter
 from shared.messages import EngineRequest, TokenizeRequest
@@ -44,7 +46,7 @@ def normalize_messages(messages) -> list[dict]:
             raise InvalidParameter(f"messages[{i}].role must be one of {', '.join(ROLES)}", param="messages")
         # The templates we ship know "system", not OpenAI's newer "developer".
         out.append({"role": "system" if role == "developer" else role,
-                    "content": flatten_content(m.get("content"), f"messages[{i}]")})
+                    "content": flatten_content(m.get("content"), f"messages[{i}]"), **history_fields(m, i)})
     return out
 
 
@@ -60,7 +62,8 @@ class PromptBuilder:
             kwargs = check_template_kwargs(req.chat_template_kwargs)  # a peer's message is checked again here
             if req.continue_final_message:  # the answer goes on from the last message, which stays open
                 kwargs["continue_final_message"] = True
-            return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **kwargs)
+            messages, tool_kwargs = with_tools(messages, req.tools, self.tokenizer)  # issue 15
+            return chat_token_ids(self.tokenizer, messages, req.add_generation_prompt, **kwargs, **tool_kwargs)
         if req.prompt is not None:
             if req.add_special_tokens is not None:
                 return list(self.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens))
@@ -77,6 +80,7 @@ class PromptBuilder:
     def prepare(self, req: TokenizeRequest) -> EngineRequest:
         """Tokenize and check the request against the model's limits (its params were validated by the gateway);
         resolves a left-out max_tokens. Raises InvalidParameter."""
+        check_request_grammars(req)  # issue 15: before the work of tokenizing
         ids = self.prompt_ids(req)
         req.params.check_length(len(ids), self.max_model_len, self.vocab_size)
         params = req.params.with_max_tokens_for(len(ids), self.max_model_len)

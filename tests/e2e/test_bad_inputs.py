@@ -96,9 +96,10 @@ def shaped_cases():
         key = next(iter(kwargs))
         cases.append((*chat(chat_template_kwargs=kwargs), f"chat_template_kwargs.{key}"))
     cases.append((*chat(chat_template_kwargs="x"), "chat_template_kwargs"))
-    for field, value in [("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"}),
-                         ("nonsense", 1), ("prompt", "hi"), ("functions", [])]:
+    for field, value in [("nonsense", 1), ("prompt", "hi"), ("functions", [])]:
         cases.append((*chat(**{field: value}), field))
+    cases.append((*chat(tools=[{"type": "function"}]), "tools[0].function"))  # issue 15: read and checked
+    cases.append((*chat(response_format={"type": "bogus"}), "response_format.type"))
     for field, value in [("echo", "yes"), ("suffix", "x"), ("messages", MSG), ("logprobs", 21),
                          ("logprobs", True), ("user", "\ud800")]:
         cases.append((*comp(**{field: value}), field))

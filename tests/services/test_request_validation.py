@@ -124,8 +124,8 @@ BAD = [  # (chat?, body, param)
     (True, {**CHAT, "ignore_eos": 1}, "ignore_eos"),
     (True, {**CHAT, "add_generation_prompt": "no"}, "add_generation_prompt"),
     # unsupported fields are named, never ignored
-    (True, {**CHAT, "tools": [{"type": "function"}]}, "tools"),
-    (True, {**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    (True, {**CHAT, "tools": [{"type": "function"}]}, "tools[0].function"),  # issue 15: tools are read, and checked
+    (True, {**CHAT, "response_format": {"type": "bogus"}}, "response_format.type"),
     (True, {**CHAT, "nonsense": 1}, "nonsense"),
     (True, {**CHAT, "prompt": "hi"}, "prompt"),
     (False, {**COMP, "messages": MSG}, "messages"),
