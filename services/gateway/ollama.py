@@ -19,6 +19,7 @@ from aiohttp import web
 
 from services.gateway.ollama_models import ModelFacts, model_facts
 from services.gateway.ollama_protocol import OllamaRequest, parse_ollama, resolve_model
+from services.gateway.tool_responses import parse_choice
 from shared.errors import FerryError, InvalidParameter
 
 NDJSON = "application/x-ndjson"
@@ -96,16 +97,43 @@ class OllamaCall:
                            prompt_eval_count=usage["prompt_tokens"], prompt_eval_duration=_ns(first - run.start),
                            eval_count=usage["completion_tokens"], eval_duration=_ns(end - first))
 
+    def _tool_calls(self, run, text: str) -> tuple[str, list[dict]]:
+        """The text's tool calls in Ollama's shape (arguments an object), and the content left."""
+        tools = run.p.tools
+        if tools is None or not tools.parses:
+            return text, []
+        content, calls = parse_choice(text, tools, self.routes.gw.tool_parser)
+        return content or "", [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]
+
+    def _final_with_calls(self, run, text: str) -> dict:
+        content, calls = self._tool_calls(run, text)
+        final = self._final(run, content)
+        if calls:
+            final["message"]["tool_calls"] = calls
+        return final
+
     async def answer(self, run, request: web.Request) -> web.StreamResponse:
         item = await run.next()  # before answering, so that a rejected prompt gets a plain 4xx
-        if not run.p.stream:
+        # With tools the text may hold a call: it is parsed once whole (Ollama sends a call as one chunk too).
+        holds = run.p.tools is not None and run.p.tools.parses
+        if not run.p.stream or holds:
             while True:
                 run._absorb(*item)
                 if run.collector.done:
                     break
                 item = await run.next()
             run._finished()
-            return web.json_response(self._final(run, run.collector.texts[0]))
+            if not run.p.stream:
+                return web.json_response(self._final_with_calls(run, run.collector.texts[0]))
+            resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            content, calls = self._tool_calls(run, run.collector.texts[0])
+            chunk = self._chunk(content)
+            if calls:
+                chunk["message"]["tool_calls"] = calls
+            await resp.write(ndjson(chunk))
+            await resp.write(ndjson(self._final(run, "")))
+            return resp
         resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
