@@ -23,7 +23,6 @@ from engine.prompt_logprobs import prompt_targets, score_prompt_rows
 from engine.sampler import Sampler, SamplingState
 from engine.step_inputs import StepInputs, build_step_inputs
 from engine.structured.decoding import GrammarDecoding
-from engine.structured.grammars import grammar_tokenizer
 from engine.transfer import to_device
 from shared.codec import pack_ids, unpack_ids
 from shared.knobs import Knobs, read_knobs
@@ -79,7 +78,7 @@ class ModelRunner:
         self.block_tables: dict[int, list[int]] = {}
         self.states: dict[int, SamplingState] = {}
         self.prompt_scored: dict[int, list[int]] = {}  # seq id -> prompt ids, for sequences asking prompt logprobs
-        self.grammars = GrammarDecoding(lambda: grammar_tokenizer(settings), cfg.vocab_size, self.device,
+        self.grammars = GrammarDecoding(lambda: _grammar_tokenizer(settings), cfg.vocab_size, self.device,
                                         settings.max_num_seqs)  # issue 15: matchers of constrained sequences
         self._pending: _Step | None = None  # submitted, not finished
         self._last_tokens: torch.Tensor | None = None  # the last sampled step's tokens, on the device
@@ -312,3 +311,9 @@ class _Step:
     event: "torch.cuda.Event | None" = None
     started: "torch.cuda.Event | None" = None  # timing: just before the step's first device work
     prompt_logprobs: list | None = None  # PromptLogprobs of the rows that asked (issue 14)
+
+
+def _grammar_tokenizer(settings):
+    from engine.structured.grammars import grammar_tokenizer  # imports xgrammar: only once a grammar is asked for
+
+    return grammar_tokenizer(settings)

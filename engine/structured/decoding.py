@@ -11,13 +11,15 @@ Nothing here runs for a step without constrained sequences: the runner checks `a
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
-import xgrammar as xgr
 
-from engine.structured.grammars import GrammarCompiler
+if TYPE_CHECKING:
+    from engine.structured.grammars import GrammarCompiler
 
 log = logging.getLogger(__name__)
+xgr = None  # xgrammar, imported by GrammarDecoding._start
 
 
 class GrammarDecoding:
@@ -26,11 +28,22 @@ class GrammarDecoding:
         self._compiler: GrammarCompiler | None = None
         self.vocab_size, self.device = vocab_size, device
         self.active = 0  # sequences with a matcher
+        self.max_rows = max_rows
+
+    def _start(self) -> None:
+        """At the first constrained sequence: xgrammar is imported (seconds), the tokenizer loaded and the
+        buffers made only then, so a runner that never sees a grammar never pays for them."""
+        global xgr
+        import xgrammar as xgr
+
+        from engine.structured.grammars import GrammarCompiler
+
+        self._compiler = GrammarCompiler(self._load_tokenizer(), self.vocab_size)
         # fills many rows on threads of its own, without the GIL: a batch of constrained rows costs ~one row's time
-        self._batch = xgr.BatchGrammarMatcher(max_threads="auto" if device.type == "cuda" else 1)
-        self._host = xgr.allocate_token_bitmask(max_rows, vocab_size)
-        self._rows = torch.empty(max_rows, dtype=torch.int32)
-        if device.type == "cuda":  # pinned: the copies to the device do not wait for the host
+        self._batch = xgr.BatchGrammarMatcher(max_threads="auto" if self.device.type == "cuda" else 1)
+        self._host = xgr.allocate_token_bitmask(self.max_rows, self.vocab_size)
+        self._rows = torch.empty(self.max_rows, dtype=torch.int32)
+        if self.device.type == "cuda":  # pinned: the copies to the device do not wait for the host
             self._host, self._rows = self._host.pin_memory(), self._rows.pin_memory()
 
     def attach(self, state) -> None:
@@ -39,7 +52,7 @@ class GrammarDecoding:
         here, and it must not take the runner down."""
         p = state.params
         if self._compiler is None:
-            self._compiler = GrammarCompiler(self._load_tokenizer(), self.vocab_size)
+            self._start()
         try:
             compiled = self._compiler.compile(p.grammar_kind, p.grammar_spec)
             state.grammar = xgr.GrammarMatcher(compiled, override_stop_tokens=state.eos_token_ids or None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from engine.structured.grammars import check_grammar
 from shared.errors import InvalidParameter
 from shared.messages import TokenizeRequest
 
@@ -24,6 +23,8 @@ def check_request_grammars(req: TokenizeRequest) -> None:
 
 
 def _check(kind: str, spec: str, param: str) -> None:
+    from engine.structured.grammars import check_grammar  # xgrammar: imported at the first grammar, not at start
+
     complaint = check_grammar(kind, spec)
     if complaint is not None:
         raise InvalidParameter(f"{param} cannot be compiled: {complaint}", param=param)
