@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from services.gateway.engine_client import EngineClient
 from services.gateway.metrics import Metrics
+from services.gateway.tool_responses import parser_for
 from shared.errors import ModelNotFound
 from shared.model_groups import ModelGroup, model_groups
 
@@ -19,6 +20,15 @@ class Served:
 
     group: ModelGroup
     client: EngineClient
+    _tool_parser: str | None = None
+
+    @property
+    def tool_parser(self) -> str:
+        """The parser of this model's tool calls; "auto" reads its chat template, once, at the first request with
+        tools (services.gateway.tool_responses.parser_for)."""
+        if self._tool_parser is None:
+            self._tool_parser = parser_for(self.group.settings)
+        return self._tool_parser
 
     @property
     def name(self) -> str:

@@ -102,7 +102,7 @@ class OllamaCall:
         tools = run.p.tools
         if tools is None or not tools.parses:
             return text, []
-        content, calls = parse_choice(text, tools, self.routes.gw.tool_parser)
+        content, calls = parse_choice(text, tools, self.served.tool_parser)
         return content or "", [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]
 
     def _final_with_calls(self, run, text: str) -> dict:

@@ -61,8 +61,7 @@ def field_schemas(lim: RequestLimits) -> dict[str, dict]:
         "min_tokens": _int(0), "ignore_eos": BOOL, "skip_special_tokens": BOOL, "include_stop_str_in_output": BOOL,
         "stop_token_ids": _ids(lim.max_stop_token_ids),
         "stop": {"anyOf": [stop_string, {"type": "array", "items": stop_string, "maxItems": lim.max_stop_strings}]},
-        "response_format": {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"],
-                            "additionalProperties": False},
+        **structured_schemas(),
         "messages": {"type": "array", "items": message, "minItems": 1},
         "chat_template_kwargs": {"type": "object", "description": "plain values for the model's chat template"},
         "add_generation_prompt": BOOL, "continue_final_message": BOOL, "echo": BOOL,
@@ -70,6 +69,34 @@ def field_schemas(lim: RequestLimits) -> dict[str, dict]:
                                           "maxItems": lim.max_prompts_per_request}]},
         "suffix": {"type": "string", "maxLength": 0, "description": "not supported: empty or null only"},
         "add_special_tokens": BOOL, "return_token_strs": BOOL, "tokens": _ids(),
+    }
+
+
+def structured_schemas() -> dict[str, dict]:
+    """Issue 15's fields (services/gateway/structured_protocol.py, services/gateway/tool_protocol.py)."""
+    obj = {"type": "object"}
+    json_schema = {"anyOf": [obj, STR], "description": "a JSON schema (or a JSON string of one)"}
+    choices = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+    grammar = {"type": "string", "minLength": 1}
+    function = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,64}$"}, "description": STR, "parameters": obj,
+        "strict": BOOL}}
+    return {
+        "response_format": {"type": "object", "required": ["type"], "additionalProperties": False, "properties": {
+            "type": {"enum": ["text", "json_object", "json_schema"]},
+            "json_schema": {"type": "object", "additionalProperties": False, "properties": {
+                "name": STR, "schema": obj, "strict": BOOL, "description": STR}}}},
+        "structured_outputs": {"type": "object", "additionalProperties": False, "maxProperties": 1, "properties": {
+            "json": json_schema, "regex": grammar, "choice": choices, "grammar": grammar, "json_object": BOOL}},
+        "guided_json": json_schema, "guided_regex": grammar, "guided_choice": choices, "guided_grammar": grammar,
+        "tools": {"type": "array", "items": {"type": "object", "required": ["type", "function"],
+                                             "additionalProperties": False,
+                                             "properties": {"type": {"const": "function"}, "function": function}}},
+        "tool_choice": {"anyOf": [{"enum": ["none", "auto", "required"]}, {
+            "type": "object", "required": ["type", "function"], "properties": {
+                "type": {"const": "function"}, "function": {"type": "object", "required": ["name"],
+                                                            "properties": {"name": STR}}}}]},
+        "parallel_tool_calls": BOOL,
     }
 
 

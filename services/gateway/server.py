@@ -22,7 +22,7 @@ from services.gateway.openapi import openapi_document
 from services.gateway.protocol import ParsedRequest, parse_request
 from services.gateway.pull_route import add_pull_route
 from services.gateway.request_log import OBSERVER, RequestLog, engine_request_id
-from services.gateway.tool_responses import ToolStream, apply_to_response, parser_for
+from services.gateway.tool_responses import ToolStream, apply_to_response
 from services.gateway.vllm_routes import VllmRoutes
 from shared.errors import FerryError, HTTPError, InvalidParameter, NotReady, RequestTimeout
 from shared.messages import ChoiceDelta, RequestError, RequestOutput, TokenizeRequest
@@ -87,14 +87,9 @@ class Gateway:
         self.guard = ConnectionGuard(settings.http_read_timeout, settings.max_connections)
         self.cors = Cors(settings.allowed_origins)
         self.api_keys = load_keys(settings)
-        self._tool_parser: str | None = None if settings.tool_call_parser == "auto" else parser_for(settings)
-
-    @property
-    def tool_parser(self) -> str:
-        """Resolved at the first request with tools ("auto" loads the tokenizer for its chat template)."""
-        if self._tool_parser is None:
-            self._tool_parser = parser_for(self.settings)
-        return self._tool_parser
+        for served in self.router.served:  # a named --tool-call-parser is checked at start; "auto" at first use
+            if served.group.settings.tool_call_parser != "auto":
+                _ = served.tool_parser  # raises for an unknown parser name
 
     def app(self) -> web.Application:
         # Outermost first: the connection guard sees everything; CORS answers preflights before the key check.
@@ -340,7 +335,7 @@ class Run:
         body = shape(self.rid, self.created, self.p.model, self.collector, self.shown_logprobs, self.p.top_logprobs)
         self._prompt_logprobs(body["choices"])
         if self.p.tools is not None and self.p.tools.parses:
-            body = apply_to_response(body, self.p.tools, self.gw.tool_parser)
+            body = apply_to_response(body, self.p.tools, self.gw.router.find(self.p.model).tool_parser)
         return web.json_response(body)
 
     async def _stream(self, request: web.Request, first) -> web.StreamResponse:
@@ -351,7 +346,7 @@ class Run:
         if chat:
             roles = R.chat_role_choices(len(self.collector.texts))
             await resp.write(R.sse(chunk(self.rid, self.created, p.model, roles)))
-        tool_stream = (ToolStream(p.tools, self.gw.tool_parser, len(self.collector.texts))
+        tool_stream = (ToolStream(p.tools, self.gw.router.find(p.model).tool_parser, len(self.collector.texts))
                        if p.tools is not None and p.tools.parses else None)
         item = first
         try:

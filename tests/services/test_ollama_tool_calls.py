@@ -10,9 +10,10 @@ FN = {"type": "function", "function": {"name": "get_weather", "parameters": {
 
 
 def call_for(body: dict) -> tuple[OllamaCall, SimpleNamespace]:
-    routes = SimpleNamespace(gw=SimpleNamespace(tool_parser="hermes"))
+    call = OllamaCall(SimpleNamespace(), chat=True)
+    call.served = SimpleNamespace(tool_parser="hermes")  # what the model router resolved
     run = SimpleNamespace(p=SimpleNamespace(tools=parse_tools(body, 65536)))
-    return OllamaCall(routes, chat=True), run
+    return call, run
 
 
 def test_a_hermes_call_becomes_an_ollama_tool_call():
