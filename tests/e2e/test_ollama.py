@@ -173,6 +173,24 @@ def test_langchain_chat_ollama(server, reference):
     assert "".join(chunk.content for chunk in llm.stream(QUESTION[0]["content"])) == answer.content
 
 
+FORMAT_QUESTION = [{"role": "user", "content": "Give the capital of France as JSON with the key city."}]
+CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def test_format_json_gives_json(oc):
+    """format "json" becomes response_format json_object (structured outputs, issue 15)."""
+    r = oc.chat(MODEL, messages=FORMAT_QUESTION, format="json", options={"temperature": 0, "num_predict": 48})
+    assert isinstance(json.loads(r.message.content), dict)
+    g = oc.generate(MODEL, FORMAT_QUESTION[0]["content"], format="json", options={"temperature": 0,
+                                                                                  "num_predict": 48})
+    assert isinstance(json.loads(g.response), dict)
+
+
+def test_format_schema_gives_an_instance(oc):
+    r = oc.chat(MODEL, messages=FORMAT_QUESTION, format=CITY_SCHEMA, options={"temperature": 0, "num_predict": 48})
+    assert isinstance(json.loads(r.message.content)["city"], str)
+
+
 def test_an_error_mid_stream_is_one_error_line(server, oc):
     """Last in this module: it kills the runner."""
     stream = oc.generate(MODEL, "1, 2, 3, 4, 5, 6, 7, 8,", raw=True, stream=True,
