@@ -137,11 +137,12 @@ class RequestObserver:
             s.generation_tokens += generated
             if not first:
                 continue  # never started: an error before any output
+            finish = collector.sample_finish  # all samples (best_of answers with fewer)
             for c in choices:
-                reason = collector.finish[c] or ("error" if self.failed else "abort")
+                reason = finish[c] or ("error" if self.failed else "abort")
                 s.finished[reason] += 1
                 reasons.append(reason)
-            if all(collector.finish[c] for c in choices):
+            if all(finish[c] for c in choices):
                 last = self.last[i]
                 s.e2e.observe(last - self.start)
                 per_choice = generated / n

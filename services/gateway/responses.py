@@ -57,6 +57,7 @@ class Collector:
     def __init__(self, num_choices: int, num_prompts: int = 1):
         self.texts = [""] * num_choices
         self.finish: list[str | None] = [None] * num_choices
+        self.sample_finish = self.finish  # every sample's, for the metrics: best_of keeps only some in finish
         self.completion_tokens = [0] * num_choices
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(num_choices)]
         self.prompt_tokens = [0] * num_prompts

@@ -17,9 +17,9 @@ class RecordingSampler:
     def __init__(self, inner):
         self.inner, self.logits = inner, []
 
-    def sample(self, logits, states):
+    def sample(self, logits, states, grammar_masks=None):
         self.logits.append(logits.detach().clone())
-        return self.inner.sample(logits, states)
+        return self.inner.sample(logits, states, grammar_masks)
 
     def finish(self, *args):
         return self.inner.finish(*args)
