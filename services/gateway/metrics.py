@@ -10,15 +10,15 @@ import dataclasses
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from services.gateway.metrics_engine import EngineCollector
+from services.gateway.metrics_engine import EngineCollector, MergedEngineSeries
 from services.gateway.metrics_requests import RequestMetrics
 from shared.messages import EngineStats
 
-# SchedulerCounters fields we publish under stable, documented names.
+# SchedulerCounters fields we publish under stable, documented names. (Preemptions are the counter
+# ferry_num_preemptions_total only: a gauge of the same family name would clash with it in the exposition.)
 _ENGINE_GAUGES = {
     "num_free_blocks": ("ferry_kv_blocks_free", "Free KV cache blocks"),
     "num_total_blocks": ("ferry_kv_blocks_capacity", "KV cache blocks in all"),
-    "num_preemptions": ("ferry_num_preemptions", "Preemptions so far (scheduler's count)"),
     "prefix_queried_tokens": ("ferry_prefix_cache_queried_tokens", "Prompt tokens looked up in the prefix cache"),
     "prefix_hit_tokens": ("ferry_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache"),
 }
@@ -45,6 +45,12 @@ class Metrics:
                                        ["tokenizer"], registry=r)
         self.gateway_info = Gauge("ferry_gateway_info", "This gateway's id", ["gateway_id"], registry=r)
         self.gateway_info.labels(str(gateway_id)).set(1)
+
+    def export_engine_series_of(self, others: list["Metrics"]) -> None:
+        """Several models: this registry exposes every model's engine series (the others' stay updated by their
+        own EngineClients); the older unlabelled series stay the first model's."""
+        self.registry.unregister(self.engine_series)
+        self.registry.register(MergedEngineSeries([self.engine_series, *(m.engine_series for m in others)]))
 
     def update_engine(self, stats: EngineStats):
         self.ready.set(1 if stats.ready else 0)

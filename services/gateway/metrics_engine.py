@@ -109,6 +109,24 @@ class EngineCollector:
         yield from families.values()
 
 
+class MergedEngineSeries:
+    """Several models' engine series in one exposition: each metric family once, holding every model's samples
+    (their model_name labels differ). Two collectors yielding the same family would expose it twice."""
+
+    def __init__(self, collectors: list[EngineCollector]):
+        self.collectors = collectors
+
+    def collect(self):
+        families = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                if family.name in families:
+                    families[family.name].samples.extend(family.samples)
+                else:
+                    families[family.name] = family
+        yield from families.values()
+
+
 def _last(kind, name: str, doc: str, labels: list[str], value: float):
     family = kind("ferry_" + name, doc, labels=["model_name"])
     family.add_metric(labels, value)

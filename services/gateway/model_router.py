@@ -46,12 +46,14 @@ class Served:
 
 class ModelRouter:
     def __init__(self, settings, metrics: Metrics, groups: list[ModelGroup] | None = None):
-        # The first group's engine series are the gateway's /metrics; the others' go to registries of their own
-        # (their collectors would emit the same metric families twice in one exposition). Request series are
+        # Each group's EngineClient updates a Metrics of its own; the gateway's (the first group's) exposes every
+        # group's engine series merged (services.gateway.metrics_engine.MergedEngineSeries). Request series are
         # keyed by model in the gateway's one registry.
         self.served = [Served(g, EngineClient(g.settings, metrics if g.index == 0 else Metrics(
             settings.gateway_id, g.name, g.settings.max_model_len, settings.peer_timeout)))
             for g in (groups or model_groups(settings))]
+        if len(self.served) > 1:
+            metrics.export_engine_series_of([s.client.metrics for s in self.served[1:]])
         self.by_name = {name: s for s in self.served for name in s.group.names}
         self.default = self.served[0]  # answers requests that name no model
 

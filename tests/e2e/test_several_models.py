@@ -98,6 +98,24 @@ def test_pull_offline_says_so(server):
     assert (status, body) == (200, {"status": "success"})  # in the cache already: no network needed
 
 
+def test_metrics_carry_both_models_engine_series(server):
+    """One exposition, each family once, with each model's series under its model_name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 10
+    while True:
+        status, text = get(server.url + "/metrics")
+        families = list(text_string_to_metric_families(text))
+        running = next((f for f in families if f.name == "ferry_num_requests_running"), None)
+        models = {s.labels["model_name"] for s in running.samples} if running else set()
+        if models == {MODEL, TINY} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # each group's scheduler publishes its stats once a second
+    assert status == 200 and models == {MODEL, TINY}
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))
+
+
 def test_one_model_down_leaves_the_other_serving(server, llm, reference):
     """Last: it takes the tiny model's group down for good (ferry serve reports a dead child, never restarts)."""
     pid = child_pids(server.logs())[f"{TINY}/runner.0"]

@@ -6,7 +6,7 @@ import sys
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.gateway.metrics_engine import EngineCollector
+from services.gateway.metrics_engine import EngineCollector, MergedEngineSeries
 from services.gateway.metrics_requests import RequestMetrics, RequestObserver
 from services.gateway.responses import Collector
 from services.runner.runner_status import RunnerMeter
@@ -174,3 +174,26 @@ def test_the_scheduler_publishes_health_runner_status_and_names_the_lowest_live_
     assert {("gateway", 1), ("gateway", 2), ("tokenizer", 0), ("detokenizer", 0), ("runner", 0)} <= set(health)
     assert health["runner", 0].up and health["gateway", 1].up
     assert {h.name for h in stats.histograms} >= {"request_queue_time_seconds", "iteration_tokens"}
+
+
+def test_several_models_engine_series_are_one_family_each_with_every_model():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def fed(model: str, running: int) -> EngineCollector:
+        c = EngineCollector(0, model)
+        c.update(EngineStats(True, "", SchedulerCounters(num_running=running, num_total_blocks=10,
+                                                         num_free_blocks=10), [], 1.0,
+                             runners=[RunnerStatus(0, "cpu", 1, 0.1, 0.0)], reporter_gateway=0, scheduler_pid=7))
+        return c
+
+    registry = CollectorRegistry()
+    registry.register(MergedEngineSeries([fed("a", 1), fed("b", 2)]))
+    families = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))  # each family once
+    running = next(f for f in families if f.name == "ferry_num_requests_running")
+    assert {s.labels["model_name"]: s.value for s in running.samples} == {"a": 1, "b": 2}
+    up = next(f for f in families if f.name == "ferry_process_up")
+    assert {(s.labels["model_name"], s.labels["service"]) for s in up.samples} == {("a", "scheduler"),
+                                                                                  ("b", "scheduler")}
