@@ -15,6 +15,21 @@ INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack carries
 MAX_PARAM_CHARS = 64  # a field name quoted in an error is cut to this
 
 
+def bad(param: str, msg: str):
+    """The one way the parsers reject a field: an InvalidParameter (400) naming it, the message led by its name."""
+    raise InvalidParameter(f"{param} {msg}", param=param)
+
+
+def flag(body: dict, name: str, default: bool) -> bool:
+    """An optional boolean field (null: the default)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        bad(name, f"must be a boolean, got {type(value).__name__}")
+    return value
+
+
 def load_json(raw: bytes):
     """The parsed body; InvalidParameter (code invalid_json) when it is not JSON or nests past Python's stack."""
     try:

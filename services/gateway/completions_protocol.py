@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.gateway.body_checks import bad as _bad
+from services.gateway.body_checks import flag as _flag
 from services.tokenizer.prompts import flatten_content
-from shared.errors import InvalidParameter
 from shared.sampling_params import MAX_LOGPROBS, SamplingParams
 
 EXTRA_COMPLETION_FIELDS = frozenset(("echo", "suffix", "prompt_logprobs"))
@@ -31,19 +32,6 @@ class Extras:
     def min_max_tokens(self) -> int:
         """max_tokens 0 scores the prompt (echo or prompt_logprobs) without generating."""
         return 0 if self.echo or self.prompt_logprobs is not None else 1
-
-
-def _bad(param: str, msg: str):
-    raise InvalidParameter(f"{param} {msg}", param=param)
-
-
-def _flag(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        _bad(name, f"must be a boolean, got {type(value).__name__}")
-    return value
 
 
 def _count(body: dict, name: str, low: int, high: int) -> int | None:

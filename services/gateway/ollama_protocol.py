@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from services.gateway.body_checks import bad as _bad
 from services.gateway.body_checks import check_values, param_name
 from services.gateway.limits import RequestLimits
 from services.gateway.protocol import ParsedRequest, parse_request
@@ -36,10 +37,6 @@ class OllamaRequest:
     model: str  # the served name the request resolved to
     parsed: ParsedRequest | None  # None: nothing to generate (Ollama's "load the model" call)
     num_ctx: int | None = None
-
-
-def _bad(param: str, msg: str):
-    raise InvalidParameter(f"{param} {msg}", param=param)
 
 
 def resolve_model(requested, served: list[str]) -> str:

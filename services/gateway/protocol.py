@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.gateway.body_checks import bad as _bad
 from services.gateway.body_checks import check_values, param_name
 from services.gateway.completions_protocol import (
     EXTRA_CHAT_FIELDS,
@@ -47,10 +48,6 @@ class ParsedRequest:
     extras: Extras = field(default_factory=Extras)  # issue 14: echo, prompt logprobs, best_of, chat flags
     tools: ToolRequest | None = None  # issue 15: chat tools and tool_choice (services/gateway/tool_protocol.py)
     grammar_param: str = ""  # issue 15: the parameter params' grammar came from
-
-
-def _bad(param: str, msg: str):
-    raise InvalidParameter(f"{param} {msg}", param=param)
 
 
 def _get(body: dict, name: str, kind, default=None):

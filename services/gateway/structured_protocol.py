@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
+from services.gateway.body_checks import bad as _bad
 from services.gateway.body_checks import param_name
-from shared.errors import InvalidParameter
 
 STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
                      "guided_grammar")
@@ -21,10 +21,6 @@ _STRUCTURED_KEYS = {"json": "json_schema", "regex": "regex", "choice": "choice",
 _LEGACY = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
            "guided_grammar": "grammar"}
 _JSON_SCHEMA_KEYS = {"name", "schema", "strict", "description"}
-
-
-def _bad(param: str, msg: str):
-    raise InvalidParameter(f"{param} {msg}", param=param)
 
 
 def canonical_schema(schema, param: str) -> str:

@@ -12,19 +12,15 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from services.gateway.body_checks import bad as _bad
 from services.gateway.body_checks import param_name
 from services.gateway.structured_protocol import canonical_schema, check_size
-from shared.errors import InvalidParameter
 
 TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _FUNCTION_KEYS = {"name", "description", "parameters", "strict"}
 MAX_TOOLS = 128
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-
-
-def _bad(param: str, msg: str):
-    raise InvalidParameter(f"{param} {msg}", param=param)
 
 
 @dataclass(slots=True)

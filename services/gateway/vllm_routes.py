@@ -10,7 +10,9 @@ import uuid
 from aiohttp import web
 
 from services.gateway.auth import API_KEY
+from services.gateway.body_checks import bad as _bad
 from services.gateway.body_checks import check_values, param_name
+from services.gateway.body_checks import flag as _flag
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import InvalidParameter, ModelNotFound, RequestTimeout
 from shared.messages import RequestError, TokenizeReply, TokenizeRequest
@@ -22,19 +24,6 @@ TOKENIZE_CHAT_FIELDS = frozenset(("model", "messages", "add_generation_prompt", 
                                   "add_special_tokens", "chat_template_kwargs", "return_token_strs"))
 DETOKENIZE_FIELDS = frozenset(("model", "tokens"))
 TOKENIZER_TIMEOUT = 60.0  # seconds for a worker's answer when --request-timeout is 0
-
-
-def _bad(param: str, msg: str):
-    raise InvalidParameter(f"{param} {msg}", param=param)
-
-
-def _flag(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        _bad(name, f"must be a boolean, got {type(value).__name__}")
-    return value
 
 
 def _checked_body(body, fields: frozenset[str], served: str, depth: int) -> dict:
