@@ -117,12 +117,7 @@ class OllamaCall:
         # With tools the text may hold a call: it is parsed once whole (Ollama sends a call as one chunk too).
         holds = run.p.tools is not None and run.p.tools.parses
         if not run.p.stream or holds:
-            while True:
-                run._absorb(*item)
-                if run.collector.done:
-                    break
-                item = await run.next()
-            run._finished()
+            await run.collect(item)
             if not run.p.stream:
                 return web.json_response(self._final_with_calls(run, run.collector.texts[0]))
             resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})

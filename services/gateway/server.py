@@ -316,18 +316,21 @@ class Run:
         m.latency.observe(time.monotonic() - self.start)
         self.gw.admission.charge_tokens(self.key, usage["prompt_tokens"] + usage["completion_tokens"])
 
-    async def answer(self, request: web.Request) -> web.StreamResponse:
-        # Wait for the first output before answering, so that a rejected prompt gets a plain 4xx.
-        first = await self.next()
-        if self.p.stream:
-            return await self._stream(request, first)
-        item = first
+    async def collect(self, item) -> None:
+        """Fold outputs, from `item` on, until every choice has finished (a non-streamed answer)."""
         while True:
             self._absorb(*item)
             if self.collector.done:
                 break
             item = await self.next()
         self._finished()
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        # Wait for the first output before answering, so that a rejected prompt gets a plain 4xx.
+        first = await self.next()
+        if self.p.stream:
+            return await self._stream(request, first)
+        await self.collect(first)
         x = self.p.extras
         if x.best_of is not None and x.best_of > x.returned_n:
             self.collector.keep_best(len(self.sub_ids), self.n, x.returned_n)

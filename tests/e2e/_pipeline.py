@@ -1,6 +1,7 @@
 """Helpers for the end-to-end tests: start a real ferry, wait for it, ask it things."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,6 +71,18 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+@contextlib.contextmanager
+def serving(tmp, *flags: str):
+    """`ferry serve` of the default model with these flags, its run dir and log under tmp: healthy, then stopped."""
+    port = free_port()
+    s = Server(ferry_command() + ["serve", "--port", str(port), "--run-dir", str(tmp / "run"), *flags], port,
+               str(tmp / "ferry.log"))
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, str]:

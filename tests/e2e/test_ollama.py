@@ -12,7 +12,7 @@ from datetime import datetime
 import ollama
 import pytest
 from _checks import client as openai_client
-from _pipeline import MODEL, Server, child_pids, ferry_command, free_port, get, post
+from _pipeline import MODEL, child_pids, get, post, serving
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "num_predict": 12}
@@ -21,15 +21,8 @@ SHORT = {"temperature": 0, "num_predict": 6}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ollama")
-    port = free_port()
-    argv = ferry_command() + ["serve", "--port", str(port), "--run-dir", str(tmp / "run"), "--peer-timeout", "3",
-                              "--max-num-seqs", "8"]
-    s = Server(argv, port, str(tmp / "ferry.log"))
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with serving(tmp_path_factory.mktemp("ollama"), "--peer-timeout", "3", "--max-num-seqs", "8") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

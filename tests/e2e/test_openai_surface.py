@@ -13,7 +13,7 @@ import openai
 import pytest
 import torch
 import yaml
-from _pipeline import MODEL, Server, ferry_command, free_port, get, post
+from _pipeline import MODEL, get, post, serving
 
 TASKS = os.path.join(os.path.dirname(__file__), "lm_eval_tasks")
 PROMPT = "The capital of France is"
@@ -23,16 +23,9 @@ ORIGIN = "https://page.example"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("surface")
-    port = free_port()
-    argv = ferry_command() + ["serve", "--port", str(port), "--run-dir", str(tmp / "run"), "--allowed-origins",
-                              ORIGIN, "--max-n", "4", "--max-prompts-per-request", "4", "--max-seqs-per-request",
-                              "8", "--max-model-len", "96"]
-    s = Server(argv, port, str(tmp / "ferry.log"))
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with serving(tmp_path_factory.mktemp("surface"), "--allowed-origins", ORIGIN, "--max-n", "4",
+                 "--max-prompts-per-request", "4", "--max-seqs-per-request", "8", "--max-model-len", "96") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

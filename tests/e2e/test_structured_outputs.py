@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 
 import openai
 import pytest
-from _pipeline import MODEL, Server, ferry_command, free_port
+from _pipeline import MODEL, serving
 from pydantic import BaseModel, Field
 
 TIMEOUT = 300  # a busy CI machine; a healthy run takes seconds per call
@@ -24,14 +24,8 @@ MSG = [{"role": "user", "content": "Describe a person as JSON."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("structured")
-    port = free_port()
-    argv = ferry_command() + ["serve", "--port", str(port), "--run-dir", str(tmp / "run"), "--max-num-seqs", "128"]
-    s = Server(argv, port, str(tmp / "ferry.log"))
-    try:
-        yield s.wait_ready()
-    finally:
-        s.stop()
+    with serving(tmp_path_factory.mktemp("structured"), "--max-num-seqs", "128") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
