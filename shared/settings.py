@@ -20,6 +20,10 @@ class Settings:
     served_model_name: str = ""  # defaults to the model's base name
     load_format: str = "auto"  # auto | safetensors | gguf | dummy
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    # issue 18: "" reads config.json's quantization_config; awq | gptq | compressed-tensors | fp8 override it
+    # (fp8 on a bf16/fp16 checkpoint quantizes the linear layers while loading)
+    quantization: str = ""
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype | fp8 (e4m3 with scales: twice the blocks)
     device: str = "auto"  # auto | cpu | cuda
     max_model_len: int = 0  # 0: the model's own context length
     hf_config: str = ""  # with load_format=dummy: a config.json path, or a named shape (llama-3.1-8b)
