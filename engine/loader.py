@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.model_config import ModelConfig
+from engine.quant.convert import finish_quantized_layers
 
 GGUF_NAMES = {
     "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
@@ -70,6 +71,7 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True)
     params = dict(model.named_parameters(remove_duplicate=False))
     if cfg.load_format == "dummy":
         _fill_dummy(model)
+        finish_quantized_layers(model)
         return
     if cfg.load_format == "gguf":
         source, total = gguf_weights(cfg.path, cfg), None
@@ -92,7 +94,8 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True)
         if param is None:
             raise KeyError(f"checkpoint tensor {name} has no place in {type(model).__name__}")
         loader = getattr(param, "weight_loader", None)
-        tensor = tensor.to(param.dtype)
+        if not getattr(param, "raw_checkpoint_tensor", False):  # quantized tensors check their own dtype
+            tensor = tensor.to(param.dtype)
         if loader is None:
             param.data.copy_(tensor)
         elif shard is None:
@@ -103,13 +106,19 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True)
     missing = {n for n in params if n not in loaded and not (cfg.tie_word_embeddings and n == "lm_head.weight")}
     if missing:
         raise KeyError(f"checkpoint lacks {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}")
+    finish_quantized_layers(model)  # every tensor is in: the quantized layers take their kernels' layout
 
 
 @torch.no_grad()
 def _fill_dummy(model: nn.Module) -> None:
     """Random weights of the right shapes, small enough that activations stay finite in bf16."""
     gen = torch.Generator(device="cpu").manual_seed(0)
+    for module in model.modules():
+        if getattr(module, "quant_method", None) is not None:
+            module.quant_method.fill_dummy(module)
     for name, p in model.named_parameters():
+        if getattr(p, "quantized", False):
+            continue
         if name.endswith("norm.weight"):
             p.fill_(1.0)
         elif p.device.type == "cpu":

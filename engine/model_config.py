@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 
 from engine.hub import resolve_hub_model
+from engine.quant.detect import read_scheme
+from engine.quant.scheme import QuantScheme
 from shared.hub_names import is_hub_id
 from shared.knobs import Knobs, read_knobs
 from shared.settings import DEFAULT_MODEL, Settings
@@ -53,9 +55,11 @@ class ModelConfig:
     max_model_len: int
     path: str = ""  # a directory (safetensors) or a .gguf file
     load_format: str = "auto"
+    quantization: QuantScheme | None = None  # issue 18: config.json's quantization_config or --quantization
 
     @classmethod
-    def from_hf_dict(cls, cfg: dict, max_model_len: int = 0, path: str = "", load_format: str = "auto"):
+    def from_hf_dict(cls, cfg: dict, max_model_len: int = 0, path: str = "", load_format: str = "auto",
+                     quantization: str = ""):
         arch = ARCHITECTURES.get((cfg.get("architectures") or ["LlamaForCausalLM"])[0])
         if arch is None:
             arch = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(cfg.get("model_type"))
@@ -83,7 +87,8 @@ class ModelConfig:
             o_proj_bias=cfg.get("attention_bias", False) and arch != "qwen2", eos_token_ids=eos,
             bos_token_id=cfg.get("bos_token_id"),
             max_model_len=min(max_model_len, max_pos) if max_model_len else max_pos,
-            path=path, load_format=load_format)
+            path=path, load_format=load_format,
+            quantization=read_scheme(cfg, quantization, dummy=load_format == "dummy"))
 
 
 def default_model_path() -> str:
@@ -186,4 +191,7 @@ def load_model_config(settings: Settings, knobs: Knobs | None = None) -> ModelCo
             with open(os.path.join(path, "config.json")) as fh:
                 cfg = json.load(fh)
             fmt = "safetensors" if fmt == "auto" else fmt
-    return ModelConfig.from_hf_dict(cfg, settings.max_model_len, path, fmt)
+    if fmt == "gguf" and settings.quantization not in ("", "fp8"):
+        raise ValueError(f"--quantization {settings.quantization} needs a {settings.quantization} safetensors "
+                         "checkpoint; a GGUF file loads dequantized (or with --quantization fp8)")
+    return ModelConfig.from_hf_dict(cfg, settings.max_model_len, path, fmt, settings.quantization)
