@@ -130,7 +130,10 @@ def _compressed_tensors(qc: dict, names: list[str]) -> QuantScheme:
     if len(groups) != 1:
         _fail(ct, f"{len(groups)} config groups (exactly one)")
     group = groups[0]
-    fmt = str(group.get("format") or qc.get("format", "")).lower()
+    formats = {str(f).lower() for f in (qc.get("format"), group.get("format")) if f and f != "mixed-precision"}
+    if len(formats) != 1:
+        _fail(ct, f"formats {sorted(formats)} (one of pack-quantized, float-quantized)")
+    fmt = formats.pop()
     if sorted(group.get("targets") or []) != ["Linear"]:
         _fail(ct, f"targets {group.get('targets')} (only all Linear layers)")
     ignore = qc.get("ignore") or []
