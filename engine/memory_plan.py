@@ -22,7 +22,9 @@ CUDA_RESERVE_BYTES = 512 * MiB  # kept free beyond (1 - gpu_memory_utilization):
 # only the estimate assumes it, the runner measures.
 CUDA_CONTEXT_BYTES = 600 * MiB
 ROTARY_TABLE_BYTES = 4  # each attention layer holds a float32 [max_model_len, head_dim] cos/sin table
-QUANTIZATIONS = ("none",)  # weights are held in --dtype; GGUF files are dequantized as they load
+# --quantization: none holds weights in --dtype (GGUF files are dequantized as they load); the others hold the
+# linear layers' weights as engine/quant lays them out for the kernels (linear_weight_bytes).
+QUANTIZATIONS = ("none", "awq", "gptq", "compressed-tensors", "fp8")
 
 
 def kv_bytes_per_block(num_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype_bytes: int) -> int:
@@ -72,6 +74,37 @@ def rank_parameters(cfg: ModelConfig, tp: int = 1, rank: int = 0) -> int:
     vocab_rows = -(-cfg.vocab_size // tp) * h  # padded so every rank's shard is equal
     per_layer = attention + 3 * h * inter + norms
     return cfg.num_layers * per_layer + vocab_rows * (1 if cfg.tie_word_embeddings else 2) + h
+
+
+def rank_linear_shapes(cfg: ModelConfig, tp: int = 1, rank: int = 0) -> list[tuple[int, int]]:
+    """One layer's projection weights on one rank, [N, K] each: qkv, o, gate_up, down."""
+    q, kv = rank_heads(cfg, tp, rank)
+    h, d, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size // tp
+    return [((q + 2 * kv) * d, h), (h, q * d), (2 * inter, h), (h, inter)]
+
+
+def linear_weight_bytes(cfg: ModelConfig, tp: int, rank: int, dtype_bytes: int) -> int:
+    """The projection weights' bytes on one rank, in the layout engine/quant leaves them in for the kernels:
+    W4A16 packs 8 codes per int32 plus a scale and a zero per group in the activation dtype (GPTQ act order
+    adds its int64 gather order; padding for act-order groups split by tensor parallelism is not counted);
+    FP8 holds one byte per weight and a float32 scale per output row."""
+    scheme, total = cfg.quantization, 0
+    for n, k in rank_linear_shapes(cfg, tp, rank):
+        if scheme is None:
+            total += n * k * dtype_bytes
+        elif scheme.is_fp8:
+            total += n * k + 4 * n + (4 if scheme.static_input_scale else 0)
+        else:
+            group = k if scheme.group_size == -1 else scheme.group_size
+            total += n * k // 2 + 2 * n * -(-k // group) * dtype_bytes + (8 * k if scheme.desc_act else 0)
+    return cfg.num_layers * total
+
+
+def rank_weight_bytes(cfg: ModelConfig, tp: int, rank: int, dtype_bytes: int) -> int:
+    """Every weight one rank holds: the projections as linear_weight_bytes says, the rest in --dtype."""
+    linear = cfg.num_layers * sum(n * k for n, k in rank_linear_shapes(cfg, tp, rank))
+    rest = rank_parameters(cfg, tp, rank) - linear
+    return rest * dtype_bytes + linear_weight_bytes(cfg, tp, rank, dtype_bytes)
 
 
 def parameter_count(cfg: ModelConfig) -> int:
@@ -127,7 +160,7 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     size = DTYPE_BYTES[dtype]
     q, kv = rank_heads(cfg, tp, rank)
     params = rank_parameters(cfg, tp, rank)
-    weights = params * size
+    weights = rank_weight_bytes(cfg, tp, rank, size)
     buffers = cfg.num_layers * cfg.max_model_len * cfg.head_dim * ROTARY_TABLE_BYTES
     per_block = kv_bytes_per_block(cfg.num_layers, kv, cfg.head_dim, settings.block_size, size)
     gpu = device == "cuda"

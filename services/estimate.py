@@ -1,11 +1,13 @@
 """`ferry estimate`: how a model would use a GPU's memory under given settings, before choosing a GPU.
 
     ferry estimate --model DIR|FILE.gguf|NAME [--max-model-len N] [--tensor-parallel-size N] [--dtype D]
-                   [--quantization none] [--max-num-seqs N] [--gpu-memory GiB] [--json] [any serve setting]
+                   [--quantization none|awq|gptq|compressed-tensors|fp8] [--max-num-seqs N] [--gpu-memory GiB]
+                   [--json] [any serve setting]
 
-Only the model's shape is read (config.json, or a GGUF file's metadata): no weights, no GPU. The KV pool is sized
-by engine.memory_plan.kv_pool_blocks, the rule the runner itself uses, from the free memory predicted here. Exit
-status 0 when it fits, 1 when it does not, 2 for a bad argument.
+Only the model's shape is read (config.json, or a GGUF file's metadata): no weights, no GPU. A quantized
+checkpoint's quantization_config (or --quantization, as `ferry serve` takes it) sizes its linear weights. The KV
+pool is sized by engine.memory_plan.kv_pool_blocks, the rule the runner itself uses, from the free memory predicted
+here. Exit status 0 when it fits, 1 when it does not, 2 for a bad argument.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Estimate:
     ranks: list[RankPlan]
     fits: bool
     verdict: list[str]
+    quantization: str = "none"  # the scheme the linear weights are held in (engine.quant.scheme.QuantScheme)
 
     @property
     def smallest(self) -> RankPlan:
@@ -77,13 +80,14 @@ def estimate(settings: Settings, device: str, total_bytes: int = 0, cfg: ModelCo
     fits, verdict = judge(cfg, settings, plans)
     name = settings.hf_config if settings.load_format == "dummy" and settings.hf_config else settings.resolved_name()
     return Estimate(name, cfg.max_model_len, tp, settings.max_num_seqs, settings.block_size,
-                    plans, fits, verdict)
+                    plans, fits, verdict, cfg.quantization.describe() if cfg.quantization else "none")
 
 
 def render(e: Estimate) -> str:
     p = e.smallest
     rows = [("model", e.model), ("device", f"{p.device} x {e.tensor_parallel_size}, {p.dtype}"),
-            ("max model length", f"{e.max_model_len} tokens"), ("max sequences", str(e.max_num_seqs))]
+            ("quantization", e.quantization), ("max model length", f"{e.max_model_len} tokens"),
+            ("max sequences", str(e.max_num_seqs))]
     if p.device == "cuda":
         rows.append(("GPU memory", _gib(p.total)))
     per = "per GPU" if p.device == "cuda" else "on the CPU"
@@ -126,9 +130,11 @@ def main(argv: list[str]) -> int:
         return 0
     own, rest = parser.parse_known_args(argv)
     if own.quantization not in QUANTIZATIONS:
-        print(f"ferry estimate: quantization {own.quantization!r} is not supported (one of {', '.join(QUANTIZATIONS)}):"
-              " ferry holds weights in --dtype and dequantizes GGUF files as they load", file=sys.stderr)
+        print(f"ferry estimate: quantization {own.quantization!r} is not supported (one of {', '.join(QUANTIZATIONS)})",
+              file=sys.stderr)
         return 2
+    if own.quantization != "none":
+        rest = [*rest, "--quantization", own.quantization]
     try:
         settings = load_settings(rest)
         device = settings.device if settings.device != "auto" else "cuda"  # a GPU estimate unless --device cpu

@@ -95,8 +95,10 @@ def test_estimate_prints_a_plan_and_says_whether_it_fits(estimate):
 
 
 def test_estimate_rejects_unknown_quantization_and_missing_models(estimate, tmp_path):
-    rc, err = estimate("--quantization", "awq")
-    assert rc == 2 and "quantization 'awq' is not supported" in err
+    rc, err = estimate("--quantization", "int8")
+    assert rc == 2 and "quantization 'int8' is not supported" in err
+    rc, err = estimate("--quantization", "awq", "--gpu-memory", "80")  # the default model is a GGUF file
+    assert rc == 2 and "needs a awq safetensors checkpoint" in err
     rc, err = estimate("--model", str(tmp_path / "nowhere"), "--gpu-memory", "80")
     assert rc == 2 and "does not exist" in err
 
