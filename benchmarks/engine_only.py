@@ -1,6 +1,6 @@
 """sharegpt-synth through the engine in one process (no HTTP, no sockets): the pipeline's ceiling.
 
-    python3 -m benchmarks.engine_only [--num-requests 1000] [--hf-config llama-3.1-8b]
+    python3 -m benchmarks.engine_only [--num-requests 1000] [--hf-config llama-3.1-8b] [--quantization fp8]
 Prints output tokens/s and the step mix, to tell engine time from the services' overhead."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def main():
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--quantization", default="", help="awq | gptq | compressed-tensors | fp8 (dummy weights)")
     ap.add_argument("--out", default="")
     ap.add_argument("--sync", action="store_true",
                     help="one step at a time, each timed (default: overlapped steps, as the services run them)")
@@ -29,7 +30,7 @@ def main():
     from shared.settings import Settings
 
     llm = LLM(Settings(load_format="dummy", hf_config=args.hf_config, dtype=args.dtype, device=args.device,
-                       max_model_len=4096, max_num_seqs=args.max_num_seqs))
+                       max_model_len=4096, max_num_seqs=args.max_num_seqs, quantization=args.quantization))
     vocab = llm.model_config.vocab_size
     warm = fixed(64, 300, 16, vocab, seed=1)
     llm.generate([r.prompt for r in warm], SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True))
