@@ -70,7 +70,8 @@ class QuantMethod:
             p.spec = spec
             layer.register_parameter(spec.name, p)
         if self.scheme.format == "fp8-online":  # computed as the weight loads, never read from the checkpoint
-            layer.register_buffer("weight_scale", set_axes(torch.empty(self.shape.out_features), 0, None))
+            layer.register_buffer("weight_scale", set_axes(torch.empty(self.shape.out_features, dtype=torch.float32), 0,
+                                                           None))
 
     def _load_checked(self, layer, param, loaded: torch.Tensor, shard_id) -> None:
         spec: TensorSpec = param.spec

@@ -24,7 +24,8 @@ from tests.engine.test_quantized_formats import FP8_TOLERANCE
 from tests.engine.test_tensor_parallel import _free_port
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-TP_FORMATS = ("awq", "gptq-asym", "gptq-desc-act", "ct-w4a16-asym", "ct-fp8-channel", "ct-fp8-tensor-static",
+TP_FORMATS = ("awq", "gptq-asym", "gptq-desc-act", "gptq-row", "ct-w4a16-asym", "ct-w4a16-row", "ct-fp8-channel",
+              "ct-fp8-tensor-static",
               "fp8-static", "fp8-dynamic")
 DYNAMIC = ("ct-fp8-channel", "fp8-dynamic", "fp8-online")
 
