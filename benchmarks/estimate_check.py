@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--kv-cache-bytes", type=int, default=64 * 2**20, help="the pool's size on the CPU")
+    ap.add_argument("--quantization", default="", help="awq | gptq | compressed-tensors | fp8 (issue 18)")
     args = ap.parse_args(argv)
     shape = args.hf_config
     if args.tiny:
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(shape, "w") as fh:
             json.dump(TINY_CONFIGS["llama"]().to_dict(), fh)
     settings = Settings(load_format="dummy", hf_config=shape, device=args.device, max_model_len=args.max_model_len,
-                        max_num_seqs=args.max_num_seqs, kv_cache_bytes=args.kv_cache_bytes)
+                        max_num_seqs=args.max_num_seqs, kv_cache_bytes=args.kv_cache_bytes,
+                        quantization=args.quantization)
     total = torch.cuda.mem_get_info()[1] if args.device == "cuda" else 0
     est = estimate(settings, args.device, total)
     plan = est.smallest
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     runner = ModelRunner(settings, show_progress=False)
     weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    # quantized layers hold their weights as buffers (engine/quant/convert.py); the rotary tables are buffers too
+    weights += sum(b.numel() * b.element_size() for n, b in runner.model.named_buffers() if "cos_sin" not in n)
     left = torch.cuda.mem_get_info()[0] if args.device == "cuda" else 0
     diff = (plan.kv_blocks - runner.num_kv_blocks) / max(1, runner.num_kv_blocks)
     ok = abs(diff) <= TOLERANCE
