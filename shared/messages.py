@@ -395,17 +395,3 @@ class TokenizeReply:
     text: str = ""
     info: dict = field(default_factory=dict)
     max_model_len: int = 0
-
-
-# ---------------------------------------------------------------- the delivery path under load (tag 57)
-
-
-@message(57)
-@dataclass(slots=True)
-class RequestOutputs:
-    """detokenizer -> gateway: every RequestOutput of one TokenBatch for this gateway, in one frame. One frame per
-    step instead of one per request keeps a gateway with a thousand streams open reading a hundred frames a
-    second, not a hundred thousand, and lets it take a whole step's outputs per wake-up of its event loop."""
-
-    gateway_id: int
-    outputs: list[RequestOutput]

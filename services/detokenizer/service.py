@@ -21,12 +21,12 @@ from shared.messages import (
     Heartbeat,
     RequestError,
     RequestOutput,
-    RequestOutputs,
     SeqDelta,
     TokenBatch,
     TokenLogprob,
     WorkerStatus,
 )
+from shared.output_batch import RequestOutputs
 
 log = logging.getLogger("ferry.detokenizer")
 MAX_CHOICES = 1 << 16  # choices per request the scheduler sends at most (engine.scheduler.MAX_N); more is forged

@@ -22,16 +22,19 @@ from shared.messages import (
     Heartbeat,
     RequestError,
     RequestOutput,
-    RequestOutputs,
     Tokenized,
     TokenizeReply,
     TokenizeRequest,
     WorkerStatus,
 )
+from shared.output_batch import RequestOutputs
 from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 
 log = logging.getLogger("ferry.gateway")
-REPLY_FRAMES_PER_WAKEUP = 32  # a step's outputs per frame: a backlog is read this many steps at a time
+REPLY_FRAMES_PER_WAKEUP = 64  # frames taken off the reply socket at once (a step's outputs each, or one reply)
+# Outputs handed to their requests before the loop is let go: a few steps of a thousand streams, so a backlog
+# reaches the handlers in few wake-ups (each stream's outputs then leave as one chunk) and nothing else waits long.
+OUTPUTS_PER_WAKEUP = 4096
 
 
 class EngineClient:
@@ -134,15 +137,21 @@ class EngineClient:
     async def _reply_loop(self):
         while True:
             batch = await self.replies.recv_batch(REPLY_FRAMES_PER_WAKEUP)
-            self.last_reply_at = time.monotonic()
+            if batch:  # malformed frames alone are no sign of life
+                self.last_reply_at = time.monotonic()
+            budget = OUTPUTS_PER_WAKEUP
             for msg in batch:
                 if type(msg) is RequestOutputs:
                     for out in msg.outputs:
                         self._deliver(out)
+                    budget -= len(msg.outputs)
                 else:
                     self._deliver(msg)
-            # Let the handlers, the stats reader and the watchdog run before the next batch: with frames queued,
-            # awaiting the socket would not yield.
+                    budget -= 1
+                if budget <= 0:  # a long backlog: the handlers, the stats reader and the watchdog run meanwhile
+                    await asyncio.sleep(0)
+                    budget = OUTPUTS_PER_WAKEUP
+            # With frames queued, awaiting the socket would not yield: yield here, backlog or not.
             await asyncio.sleep(0)
 
     def _deliver(self, msg):

@@ -10,11 +10,11 @@ from shared.messages import (
     Heartbeat,
     RequestError,
     RequestOutput,
-    RequestOutputs,
     SeqDelta,
     TokenBatch,
     WorkerStatus,
 )
+from shared.output_batch import RequestOutputs
 
 TEXTS = ["The capital of France is Paris.", "héllo wörld — 日本語のテキスト 😀👍🏽 done",
          "  leading spaces\n\nand\ttabs", "naïve café 🇫🇷 flags"]

@@ -9,13 +9,14 @@ import time
 import zmq
 
 from services.gateway.coalesce import merge_deltas, take_queued
-from services.gateway.engine_client import REPLY_FRAMES_PER_WAKEUP, EngineClient
+from services.gateway.engine_client import OUTPUTS_PER_WAKEUP, EngineClient
 from services.gateway.metrics import Metrics
-from shared.messages import ChoiceDelta, EngineStats, RequestError, RequestOutput, RequestOutputs, WorkerStatus
+from shared.messages import ChoiceDelta, EngineStats, RequestError, RequestOutput, WorkerStatus
+from shared.output_batch import RequestOutputs
 from shared.settings import Settings
 from shared.sockets import PubSocket, PushSocket, endpoint
 
-STEPS, STREAMS = 200, 50
+STEPS, STREAMS = 400, 50
 
 
 def _stats():
@@ -55,7 +56,7 @@ def test_a_backlog_is_read_in_batches_with_the_loop_free_between_them_and_nothin
             await client.stop()
             push.close()
         # the other task ran between batches, not only after the whole backlog: at least one wake-up per batch
-        assert len([t for t in ticks if 0 < t < STEPS * STREAMS]) >= STEPS // REPLY_FRAMES_PER_WAKEUP - 1
+        assert len([t for t in ticks if 0 < t < STEPS * STREAMS]) >= STEPS * STREAMS // OUTPUTS_PER_WAKEUP - 1
         for q in queues.values():
             texts = [q.get_nowait()[1].choices[0].text for _ in range(STEPS)]
             assert texts == [f"<{k}>" for k in range(STEPS)]  # every step's output, in order
