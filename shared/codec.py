@@ -55,10 +55,20 @@ def unpack_f32(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4")
 
 
+_SCALARS = frozenset((str, int, float, bool, bytes, type(None)))
+_NAMES: dict[type, tuple[str, ...]] = {}  # a message class's field names, in order (dataclasses.fields is slow)
+
+
 def _to_wire(value):
-    tag = _TAG_OF.get(type(value))
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    tag = _TAG_OF.get(cls)
     if tag is not None:
-        return [tag, *(_to_wire(getattr(value, f.name)) for f in dataclasses.fields(value))]
+        names = _NAMES.get(cls)
+        if names is None:
+            names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return [tag, *[_to_wire(getattr(value, name)) for name in names]]
     if isinstance(value, list):
         return [_to_wire(v) for v in value]
     return value
@@ -126,6 +136,15 @@ def _checker(hint) -> Callable[[Any], Any]:
     return lambda v: v  # Any
 
 
+def _exact_type(hint) -> type | None:
+    """The wire type a field's value passes as is, unchecked, when it has exactly that type (a str for a str or
+    an optional str, ...); None: every value goes through the field's checker."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        return _exact_type(options[0]) if len(options) == 1 else None
+    return hint if hint in (int, str, bytes, bool, float) else None  # type(True) is bool: never an int field's
+
+
 def _fields(cls):
     spec = _FIELDS.get(cls)
     if spec is None:
@@ -133,7 +152,7 @@ def _fields(cls):
         spec = []
         for f in dataclasses.fields(cls):
             has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-            spec.append((f.name, _checker(hints[f.name]), has_default))
+            spec.append((f.name, _checker(hints[f.name]), has_default, _exact_type(hints[f.name])))
         _FIELDS[cls] = spec
     return spec
 
@@ -146,17 +165,20 @@ def _from_wire(obj, expect: type | None = None):
         raise DecodeError(f"unknown message tag {obj[0]}")
     if expect is not None and cls is not expect:
         raise DecodeError(f"expected {expect.__name__}, got {cls.__name__}")
-    values = obj[1:]
-    kwargs = {}
-    for i, (name, check, has_default) in enumerate(_fields(cls)):
-        if i < len(values):
-            try:
-                kwargs[name] = check(values[i])
-            except DecodeError as e:
-                raise DecodeError(f"{cls.__name__}.{name}: {e}") from None
-        elif not has_default:
+    spec = _fields(cls)
+    args = []  # positional, in field order: missing trailing fields take their defaults, extra ones are ignored
+    for (name, check, _, exact), value in zip(spec, obj[1:]):
+        if type(value) is exact:  # the common case, one comparison per plain field
+            args.append(value)
+            continue
+        try:
+            args.append(check(value))
+        except DecodeError as e:
+            raise DecodeError(f"{cls.__name__}.{name}: {e}") from None
+    for name, _, has_default, _ in spec[len(args):]:
+        if not has_default:
             raise DecodeError(f"{cls.__name__} is missing field {name}")
-    return cls(**kwargs)
+    return cls(*args)
 
 
 def decode(frame: bytes, expect: type | tuple[type, ...] | None = None):

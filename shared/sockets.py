@@ -212,6 +212,23 @@ class AsyncPullSocket(_Receiver):
             if msg is not None:
                 return msg
 
+    async def recv_batch(self, limit: int) -> list:
+        """The next frame and those queued behind it, up to limit frames, as well-formed messages (maybe none).
+
+        Awaiting recv() on a socket with frames queued returns without yielding to the event loop, so a reader
+        that loops on it starves every other task while a backlog lasts; a reader of batches yields between them."""
+        frames = [await self.sock.recv()]
+        while len(frames) < limit:
+            ready = self.sock.recv(zmq.NOBLOCK)  # a done future: the frame, or zmq.Again when none is queued
+            if ready.exception() is not None:
+                break
+            frames.append(ready.result())
+        return [m for m in (_decode(f, self.expect, self.addr) for f in frames) if m is not None]
+
+    def waiting(self) -> bool:
+        """A frame is queued here now: its sender spoke, and this process has not read it yet."""
+        return bool(self.sock.get(zmq.EVENTS) & zmq.POLLIN)
+
 
 class AsyncPushSocket(_Sender):
     """asyncio PUSH; send() is non-blocking and says at once whether a peer took the message."""

@@ -26,6 +26,7 @@ from shared.messages import (
     TokenLogprob,
     WorkerStatus,
 )
+from shared.output_batch import RequestOutputs
 
 log = logging.getLogger("ferry.detokenizer")
 MAX_CHOICES = 1 << 16  # choices per request the scheduler sends at most (engine.scheduler.MAX_N); more is forged
@@ -143,9 +144,20 @@ class Detokenizer:
         return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
+def by_gateway(outputs: list[tuple[int, RequestOutput]]) -> dict[int, list[RequestOutput]]:
+    """A step's outputs grouped by the gateway they go to, each group in the batch's order."""
+    groups: dict[int, list[RequestOutput]] = {}
+    for gid, out in outputs:
+        group = groups.get(gid)
+        if group is None:
+            group = groups[gid] = []
+        group.append(out)
+    return groups
+
+
 class Outbox(Protocol):
     def to_scheduler(self, msg: AbortRequest | Heartbeat) -> None: ...
-    def to_gateway(self, gateway_id: int, msg: RequestOutput | RequestError) -> None: ...
+    def to_gateway(self, gateway_id: int, msg: RequestOutputs | RequestError) -> None: ...
 
 
 class DetokenizerService:
@@ -162,8 +174,8 @@ class DetokenizerService:
                 self.detok.register(msg)
             elif isinstance(msg, TokenBatch):
                 outputs, aborts = self.detok.on_batch(msg)
-                for gid, out in outputs:
-                    self.out.to_gateway(gid, out)
+                for gid, outs in by_gateway(outputs).items():  # one frame per gateway per step, not per request
+                    self.out.to_gateway(gid, RequestOutputs(gid, outs))
                 for rid, index in aborts:  # a stop string ended it: the engine can stop generating
                     self.out.to_scheduler(AbortRequest(rid, -1, "stop", index))
             elif isinstance(msg, RequestError):

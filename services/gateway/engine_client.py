@@ -27,9 +27,14 @@ from shared.messages import (
     TokenizeRequest,
     WorkerStatus,
 )
+from shared.output_batch import RequestOutputs
 from shared.sockets import AsyncPullSocket, AsyncPushSocket, endpoint
 
 log = logging.getLogger("ferry.gateway")
+REPLY_FRAMES_PER_WAKEUP = 64  # frames taken off the reply socket at once (a step's outputs each, or one reply)
+# Outputs handed to their requests before the loop is let go: a few steps of a thousand streams, so a backlog
+# reaches the handlers in few wake-ups (each stream's outputs then leave as one chunk) and nothing else waits long.
+OUTPUTS_PER_WAKEUP = 4096
 
 
 class EngineClient:
@@ -39,7 +44,8 @@ class EngineClient:
         self.ctx = zmq.asyncio.Context()
         gid = settings.gateway_id
         self.replies = AsyncPullSocket(self.ctx, endpoint(settings, "gateway", gid),
-                                       (RequestOutput, RequestError, Tokenized, TokenizeReply))
+                                       (RequestOutputs, RequestOutput, RequestError, Tokenized,
+                                        TokenizeReply))
         self.stats_in = AsyncPullSocket(self.ctx, endpoint(settings, "stats"), EngineStats, bind=False, kind=zmq.SUB)
         # One socket per worker, IMMEDIATE: a worker that is not up takes nothing (the pool tries the next one).
         self.worker_socks: dict[int, AsyncPushSocket] = {}
@@ -99,7 +105,8 @@ class EngineClient:
         if self.stats is None:
             return "waiting for the scheduler"
         age = time.monotonic() - self.stats_at
-        if age > self.settings.peer_timeout:
+        # Stats queued in this gateway's own socket are word from the scheduler: the gateway is the one behind.
+        if age > self.settings.peer_timeout and not self.stats_in.waiting():
             return f"no word from the scheduler for {age:.1f}s"
         if not self.stats.ready:
             return self.stats.reason or "the engine is not ready"
@@ -129,15 +136,33 @@ class EngineClient:
 
     async def _reply_loop(self):
         while True:
-            msg = await self.replies.recv()
-            self.last_reply_at = time.monotonic()
-            self.pool.passed_on(msg.request_id)
-            if isinstance(msg, Tokenized):
-                continue
-            self.pending.discard(msg.request_id)
-            entry = self.runs.get(msg.request_id)
-            if entry is not None:  # else: the client is gone already
-                entry[0].put_nowait((entry[1], msg))
+            batch = await self.replies.recv_batch(REPLY_FRAMES_PER_WAKEUP)
+            if batch:  # malformed frames alone are no sign of life
+                self.last_reply_at = time.monotonic()
+            budget = OUTPUTS_PER_WAKEUP
+            for msg in batch:
+                if type(msg) is RequestOutputs:
+                    for out in msg.outputs:
+                        self._deliver(out)
+                    budget -= len(msg.outputs)
+                else:
+                    self._deliver(msg)
+                    budget -= 1
+                if budget <= 0:  # a long backlog: the handlers, the stats reader and the watchdog run meanwhile
+                    await asyncio.sleep(0)
+                    budget = OUTPUTS_PER_WAKEUP
+            # With frames queued, awaiting the socket would not yield: yield here, backlog or not.
+            await asyncio.sleep(0)
+
+    def _deliver(self, msg):
+        rid = msg.request_id
+        self.pool.passed_on(rid)
+        if type(msg) is Tokenized:
+            return
+        self.pending.discard(rid)
+        entry = self.runs.get(rid)
+        if entry is not None:  # else: the client is gone already
+            entry[0].put_nowait((entry[1], msg))
 
     async def _stats_loop(self):
         while True:
@@ -156,11 +181,12 @@ class EngineClient:
         """End the open requests that a dead peer has stranded, and only those.
 
         A request fails when the pipeline is not ready AND nothing has come back for any request for
-        peer_timeout AND the request itself is that old: a late stats message, or a detokenizer or
-        scheduler late by a little, fails nothing while answers still flow, and no tokenizer worker running
-        strands nothing open (what a dead worker held, TokenizerPool fails). The scheduler fails its own
-        requests when it resets the engine (a RequestError each); a dead tokenizer worker fails only what
-        it held (TokenizerPool). A round after this loop itself was held up is skipped: the readers first
+        peer_timeout (replies queued unread have come) AND the request itself is that old: a late stats
+        message, or a detokenizer or scheduler late by a little, fails nothing while answers still flow, and
+        no tokenizer worker running strands nothing open (what a dead worker held, TokenizerPool fails). The
+        scheduler fails its own requests when it resets the engine (a RequestError each); a dead tokenizer
+        worker fails only what it held (TokenizerPool). A round after this loop itself was held up is
+        skipped: the readers first
         catch up with what arrived meanwhile."""
         was_ready = False
         interval = self.settings.heartbeat_interval / 2
@@ -181,7 +207,7 @@ class EngineClient:
                 del self.watched[rid]
             for rid in self.runs:
                 self.watched.setdefault(rid, now)
-            if not reason or late > interval or now - self.last_reply_at <= timeout:
+            if not reason or late > interval or now - self.last_reply_at <= timeout or self.replies.waiting():
                 continue
             for rid, seen in list(self.watched.items()):
                 if now - seen > timeout:

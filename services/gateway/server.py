@@ -11,6 +11,7 @@ from services.gateway import responses as R
 from services.gateway.admission import Admission
 from services.gateway.auth import API_KEY, api_key_middleware, load_keys, open_paths
 from services.gateway.body_checks import load_json
+from services.gateway.coalesce import merge_deltas, take_queued
 from services.gateway.connections import ConnectionGuard
 from services.gateway.cors import Cors
 from services.gateway.limits import RequestLimits
@@ -221,6 +222,7 @@ class Run:
         self.obs = RequestObserver(gw.metrics.request_series.series(parsed.model), num_prompts, self.n,
                                    parsed.params.max_tokens)
         self._streamed: set[int] = set()  # choices whose first chunk went out
+        self._error: RequestError | None = None  # met while taking a backlog (next_batch): raised next
 
     def submit(self):
         for i, sub in enumerate(self.sub_ids):
@@ -258,11 +260,19 @@ class Run:
 
     async def next(self):
         """(prompt index, RequestOutput) or raises the request's error (a FerryError)."""
+        if self._error is not None:
+            raise self._error.to_exception()
         index, msg = await self.queue.get()
         self.obs.output(index, msg)
         if isinstance(msg, RequestError):
             raise msg.to_exception()
         return index, msg
+
+    async def next_batch(self) -> list:
+        """The next output and those already queued behind it (up to an error, which the next call raises)."""
+        batch = [await self.next()]
+        self._error = take_queued(self.queue, self.obs.output, batch)
+        return batch
 
     def _absorb(self, index: int, out: RequestOutput) -> list[tuple[int, object, int]]:
         """Fold one output into the collector; returns (choice index, delta, text offset before)."""
@@ -351,11 +361,12 @@ class Run:
             await resp.write(R.sse(chunk(self.rid, self.created, p.model, roles)))
         tool_stream = (ToolStream(p.tools, self.gw.router.find(p.model).tool_parser, len(self.collector.texts))
                        if p.tools is not None and p.tools.parses else None)
-        item = first
+        batch = [first]
         try:
             while True:
                 choices, firsts = [], set()
-                for ci, d, offset in self._absorb(*item):
+                placed = [entry for item in batch for entry in self._absorb(*item)]
+                for ci, d, offset in merge_deltas(placed):
                     if tool_stream is not None:
                         choices.extend(tool_stream.on_delta(ci, self.collector.texts[ci], d.finish_reason))
                         continue
@@ -373,7 +384,7 @@ class Run:
                     await resp.write(R.sse(chunk(self.rid, self.created, p.model, choices)))
                 if self.collector.done:
                     break
-                item = await self.next()
+                batch = await self.next_batch()
         except FerryError as e:  # the pipeline failed the request (Run.next)
             await resp.write(R.sse(e.to_dict()))
             await resp.write(R.sse("[DONE]"))

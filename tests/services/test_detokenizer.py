@@ -14,6 +14,7 @@ from shared.messages import (
     TokenBatch,
     WorkerStatus,
 )
+from shared.output_batch import RequestOutputs
 
 TEXTS = ["The capital of France is Paris.", "héllo wörld — 日本語のテキスト 😀👍🏽 done",
          "  leading spaces\n\nand\ttabs", "naïve café 🇫🇷 flags"]
@@ -143,13 +144,38 @@ def test_service_routes_outputs_aborts_and_errors(tokenizer):
     service.on_message(_register("r1", stop=[" Paris"]))
     ids = tokenizer.encode("It is Paris")
     service.on_message(TokenBatch([SeqDelta("r1", 7, 0, pack_ids(ids), None, [], 3, len(ids), 0)]))
-    [(gid, output)] = out.gateways
-    assert gid == 7 and isinstance(output, RequestOutput) and output.choices[0].text == "It is"
+    [(gid, outputs)] = out.gateways
+    assert gid == 7 and isinstance(outputs, RequestOutputs) and outputs.gateway_id == 7
+    [output] = outputs.outputs
+    assert isinstance(output, RequestOutput) and output.choices[0].text == "It is"
     assert out.scheduler == [AbortRequest("r1", -1, "stop", -1)]  # the engine does not know about the stop string
     service.on_message(_register("r2"))
     err = RequestError("r2", 7, 500, "engine failed", "internal_error")
     service.on_message(err)
     assert out.gateways[-1] == (7, err) and "r2" not in service.detok.requests
+
+
+def test_service_sends_one_frame_per_gateway_per_step_with_every_request_in_order(tokenizer):
+    out = FakeOutbox()
+    service = DetokenizerService(tokenizer, out, pid=9)
+    routes = {"a": 7, "b": 8, "c": 7, "d": 7}
+    for rid, gid in routes.items():
+        reg = _register(rid, n=2 if rid == "d" else 1)
+        reg.gateway_id = gid
+        service.on_message(reg)
+    ids = tokenizer.encode(" Paris")
+    step = [SeqDelta(rid, routes[rid], i, pack_ids(ids), None, [], 3, len(ids), 0)
+            for rid in ("c", "a", "d", "b") for i in range(2 if rid == "d" else 1)]
+    service.on_message(TokenBatch(step))
+    assert [(gid, type(m)) for gid, m in out.gateways] == [(7, RequestOutputs), (8, RequestOutputs)]
+    (_, to7), (_, to8) = out.gateways
+    assert to7.gateway_id == 7 and to8.gateway_id == 8
+    assert [o.request_id for o in to7.outputs] == ["c", "a", "d"] and [o.request_id for o in to8.outputs] == ["b"]
+    assert [c.index for c in to7.outputs[2].choices] == [0, 1]  # a request's choices in its one output
+    assert all(c.text == " Paris" for o in to7.outputs + to8.outputs for c in o.choices)
+    out.gateways.clear()
+    service.on_message(TokenBatch([]))  # a step with nothing for any gateway sends nothing
+    assert out.gateways == []
 
 
 def test_service_drops_a_message_it_cannot_handle_and_lives_on(tokenizer, caplog):
