@@ -1,0 +1,111 @@
+"""W4A16 matrix product for prefill and large batches: tl.dot on tensor cores, the int4 tile dequantized in
+registers, fp32 accumulation.
+
+A program owns a BLOCK_M x BLOCK_N tile of the output and walks K one block of the packed layout
+(kernels/w4a16.py) at a time: a [BLOCK_N, P] tile of words, whose plane i (one shift) is the [BLOCK_N, P]
+weight for the P contiguous k at 8 P b + P i. Each plane is dequantized without an integer-to-float
+conversion (the nibble OR-ed into the mantissa of 2^23, minus 2^23 + zero: exactly q - zero, as in the GEMV),
+times the group scale in fp32, rounded once to the activation dtype (as a dequantized weight would be), and fed
+to tl.dot against the matching [BLOCK_M, P] activations. On the CPU (the interpreter, whose tl.dot misreads
+bf16 tensors made inside a kernel) the dot's operands are widened to fp32 after that same rounding.
+
+Configurations come from a fixed table by M (no autotuning: a CUDA graph's capture must not time kernels).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels.pdl import launch_options
+from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
+
+# (max M, config): the first whose bound holds. benchmarks/quant_kernels.py times alternatives.
+CONFIGS = [
+    (16, dict(block_m=16, block_n=64, num_warps=4, num_stages=3)),
+    (64, dict(block_m=64, block_n=64, num_warps=4, num_stages=3)),
+    (256, dict(block_m=128, block_n=64, num_warps=4, num_stages=3)),
+    (None, dict(block_m=128, block_n=128, num_warps=8, num_stages=3)),
+]
+GROUP_M = 8  # programs ordered in groups of GROUP_M row tiles so a wave reuses weight tiles from L2
+
+_ACTIVATIONS = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def config_for(M: int) -> dict:
+    for bound, cfg in CONFIGS:
+        if bound is None or M <= bound:
+            return dict(cfg)
+    raise AssertionError
+
+
+@triton.jit
+def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM_GROUPS,
+                       stride_xm, stride_om, stride_qn, stride_sn,
+                       GROUP: tl.constexpr, P: tl.constexpr, PPG: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       WIDE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+                       USE_PDL: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows_here = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_here
+    pid_n = (pid % per_group) // rows_here
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, P)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    words = qw_ptr + offs_n.to(tl.int64)[:, None] * stride_qn + offs_j[None, :]
+    s_rows = s_ptr + offs_n.to(tl.int64) * stride_sn
+    z_rows = z_ptr + offs_n.to(tl.int64) * stride_sn
+    act = x_ptr.dtype.element_ty  # WIDE: fp32 activations, or the interpreter (see the docstring)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x is the kernel before's output (compute-bound: nothing to prefetch)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for blk in range(0, K // (8 * P)):
+        w = tl.load(words + blk * P, mask=nmask[:, None], other=0)
+        for gi in tl.static_range(8 // PPG):
+            g = (blk * (8 * P) + gi * (PPG * P)) // GROUP  # always < NUM_GROUPS: K is whole blocks
+            s = tl.load(s_rows + g, mask=nmask, other=0.0).to(tl.float32)[:, None]
+            zc = tl.load(z_rows + g, mask=nmask, other=0.0).to(tl.float32)[:, None] + 8388608.0
+            for p in tl.static_range(PPG):
+                i = gi * PPG + p
+                k = blk * (8 * P) + i * P + offs_j
+                xi = tl.load(x_rows + k[None, :], mask=mmask[:, None], other=0.0)
+                qf = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
+                wd = ((qf - zc) * s).to(act)
+                if WIDE:  # fp32 activations: full precision, not tf32
+                    acc = tl.dot(xi.to(tl.float32), tl.trans(wd.to(tl.float32)), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xi, tl.trans(wd), acc)
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+def w4a16_gemm(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Tensor | None = None,
+               **overrides) -> torch.Tensor:
+    """x [M, K] -> [M, N] in x's dtype (bf16, fp16 or fp32)."""
+    M, K = x.shape
+    N = t.qweight.shape[0]
+    P = plane_words(K)
+    ppg = planes_per_group(K, group_size)
+    assert t.qweight.shape[1] * 8 == K and ppg and x.dtype in _ACTIVATIONS
+    cfg = dict(config_for(M), **overrides)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(M, cfg["block_m"]) * triton.cdiv(N, cfg["block_n"]),)
+    _w4a16_gemm_kernel[grid](x, t.qweight, t.scales, t.zeros, bias if bias is not None else t.scales, out,
+                             M, N, K, t.scales.shape[1], x.stride(0), out.stride(0), t.qweight.stride(0),
+                             t.scales.stride(0), GROUP=group_size, P=P, PPG=ppg, HAS_BIAS=bias is not None,
+                             WIDE=x.dtype == torch.float32 or not x.is_cuda, BLOCK_M=cfg["block_m"],
+                             BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, num_warps=cfg["num_warps"],
+                             num_stages=cfg["num_stages"], **launch_options(x))
+    return out
