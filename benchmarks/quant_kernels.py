@@ -16,6 +16,7 @@
 Writes quant_kernels.json under $OUT when that is set.
 """
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -24,8 +25,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kernels import fp8_linear as fp8mod
-from kernels import w4a16 as w4mod
 from kernels.fp8_gemm import fp8_gemm
 from kernels.fp8_gemv import fp8_gemv
 from kernels.fp8_linear import (
@@ -42,6 +41,9 @@ from kernels.w4a16_gemm import config_for as w4_config_for
 from kernels.w4a16_gemm import w4a16_gemm
 from kernels.w4a16_gemv import w4a16_gemv
 
+fp8mod = importlib.import_module("kernels.fp8_linear")  # the module (kernels/__init__ exports its function)
+w4mod = importlib.import_module("kernels.w4a16")
+
 H, I, HQ, HKV, D = 4096, 14336, 32, 8, 128
 SHAPES = {"qkv": ((HQ + 2 * HKV) * D, H), "o": (H, HQ * D), "gate_up": (2 * I, H), "down": (H, I)}
 MS = [1, 2, 4, 16, 64, 256, 1024, 4096]
@@ -49,13 +51,15 @@ CHECK_MS = (16, 256, 4096)  # the GEMM checks; the GEMVs are checked at 1, 2 and
 GROUP = 128
 DEVICE = "cuda"  # --smoke: "cpu", tiny shapes, the Triton interpreter (checks the script itself, no GPU needed)
 LAYERS = 32
-W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns) for bn, bb, nw, ns in
-           [(4, 8, 4, 2), (8, 8, 8, 2), (2, 8, 4, 2), (8, 4, 4, 2), (4, 16, 4, 2), (16, 4, 4, 2), (4, 4, 2, 2),
-            (4, 8, 4, 3)]]
+W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, few_shifts=fs) for bn, bb, nw, ns, fs in
+           [(4, 8, 4, 2, True), (4, 8, 4, 2, False), (8, 8, 8, 2, True), (2, 8, 4, 2, True), (8, 4, 4, 2, True),
+            (4, 16, 4, 2, True), (16, 4, 4, 2, True), (8, 8, 4, 2, True)]]
 FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns) for bn, bk, nw, ns in
-            [(4, 2048, 8, 3), (2, 2048, 8, 3), (4, 1024, 4, 3), (8, 1024, 8, 2), (2, 4096, 8, 3)]]
-W4_GEMM_ALT = {16: [dict(block_m=16, block_n=32, num_warps=4, num_stages=3),
-                    dict(block_m=16, block_n=128, num_warps=4, num_stages=3)],
+            [(4, 2048, 8, 3), (2, 2048, 8, 3), (4, 1024, 4, 3), (8, 1024, 8, 2)]]
+W4_GEMM_ALT = {16: [dict(block_m=16, block_n=16, num_warps=2, num_stages=4),
+                    dict(block_m=16, block_n=64, num_warps=4, num_stages=3),
+                    dict(block_m=16, block_n=128, num_warps=4, num_stages=3),
+                    dict(block_m=16, block_n=32, num_warps=4, num_stages=3, few_shifts=False)],
                64: [dict(block_m=64, block_n=128, num_warps=4, num_stages=3),
                     dict(block_m=32, block_n=64, num_warps=4, num_stages=3)],
                4096: [dict(block_m=128, block_n=256, num_warps=8, num_stages=3),
@@ -167,13 +171,12 @@ def variants(M, quick):
     """name -> (kind, fn(x, weight)) for this M; kind picks the weight set (bf16, w4, fp8)."""
     v = {"bf16": ("bf16", (lambda x, w: gemv(x, w)) if M == 1 else (lambda x, w: F.linear(x, w)))}
     if M <= 4:
-        for cfg in W4_GEMV[:3] if quick else W4_GEMV:
+        for cfg in W4_GEMV[:4] if quick else W4_GEMV:
             v[f"w4 gemv {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemv(x, t, GROUP, **cfg))
-    if M >= 2 or not quick:
-        v[f"w4 gemm {_cfg_name(w4_config_for(M))}"] = ("w4", lambda x, t: w4a16_gemm(x, t, GROUP))
-        alts = [] if quick else W4_GEMM_ALT.get(16 if M <= 16 else (64 if M <= 64 else 4096), [])
-        for cfg in alts:
-            v[f"w4 gemm {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemm(x, t, GROUP, **cfg))
+    v[f"w4 gemm {_cfg_name(w4_config_for(M))}"] = ("w4", lambda x, t: w4a16_gemm(x, t, GROUP))
+    alts = W4_GEMM_ALT.get(16 if M <= 16 else (64 if M <= 64 else 4096), [])
+    for cfg in alts[:1] if quick and M <= 16 else ([] if quick else alts):
+        v[f"w4 gemm {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemm(x, t, GROUP, **cfg))
     v["w4a16_linear"] = ("w4", lambda x, t: w4a16_linear(x, t, GROUP))
     if M <= 4:
         for cfg in FP8_GEMV[:3] if quick else FP8_GEMV:
@@ -184,7 +187,7 @@ def variants(M, quick):
     if not quick and M >= 16:
         for cfg in FP8_GEMM_ALT:
             v[f"fp8 quant+triton {_cfg_name(cfg)}"] = ("fp8", lambda x, w, cfg=cfg: _quant_gemm(x, w, cfg))
-        v["fp8 quant only"] = ("fp8", lambda x, w: quantize_fp8_rows(x))
+        v["quantize only (fp8)"] = ("fp8", lambda x, w: quantize_fp8_rows(x))
     v["fp8_linear"] = ("fp8", lambda x, w: fp8_linear(x, w[0], w[1]))
     return v
 
