@@ -22,8 +22,9 @@ import triton.language as tl
 from kernels.pdl import launch_options
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 
-# First guess; benchmarks/quant_kernels.py times the variants on an H200.
-DEFAULTS = dict(block_n=4, block_b=8, num_warps=4, num_stages=2, few_shifts=True)
+# First guess, before an H200 run of benchmarks/quant_kernels.py: 8 x 8 blocks over 4 warps gives each thread
+# 4 rows of the same activations (their load and scaling shared), 8 KB of weight per step, N / 8 programs.
+DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True)
 
 MAGIC = 8388608.0  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 
