@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from kernels.activation import silu_and_mul
 from kernels.fp8_gemm import fp8_gemm
 from kernels.fp8_gemv import fp8_gemv
 from kernels.fp8_linear import (
@@ -35,6 +36,7 @@ from kernels.fp8_linear import (
     quantize_fp8_per_token_ref,
 )
 from kernels.fp8_quant import quantize_fp8_rows
+from kernels.fp8_silu_quant import silu_and_mul_quant_fp8
 from kernels.gemv import gemv
 from kernels.w4a16 import pack_w4a16, w4a16_dequantize, w4a16_linear
 from kernels.w4a16_gemm import config_for as w4_config_for
@@ -162,6 +164,14 @@ def check(name, N, K, results, ok):
         note(f"fp8 triton gemm M={M}", fp8_gemm(xq, w8, xs, ws, None, torch.bfloat16), ref8, 1e-2)
         note(f"fp8_linear M={M}", fp8_linear(x, w8, ws), ref8, 1e-2)
         note(f"fp8 W8A8 vs dense M={M}", ref8, x.float() @ w8_deq.t(), 5e-2)
+        if name == "down":  # the down projection's input comes from silu_and_mul: the fused quantization
+            x2 = torch.randn(M, 2 * K, device=DEVICE, dtype=torch.bfloat16)
+            q1, s1 = silu_and_mul_quant_fp8(x2)
+            q2, s2 = quantize_fp8_rows(silu_and_mul(x2))
+            good = torch.equal(s1, s2) and torch.equal(q1.view(torch.uint8), q2.view(torch.uint8))
+            ok &= good
+            lines.append(f"  {name:8} {'silu_and_mul_quant_fp8 M=' + str(M):34} equal to the two kernels: {good}  "
+                         f"{'ok' if good else 'FAIL'}")
     results.extend(lines)
     print("\n".join(lines), flush=True)
     return ok
@@ -254,6 +264,14 @@ def main() -> None:
                     continue
                 row["us"][vname] = us
                 row["gbs"][vname] = mbs[kind] * 1e-3 / (us * 1e-6) if M == 1 else None
+            if name == "down" and M >= 16:  # the down projection's input: silu_and_mul then quantize, or fused
+                x2 = torch.randn(M, 2 * K, device=DEVICE, dtype=torch.bfloat16)
+                for vname, fn in {"silu_and_mul + quantize": lambda x, w: quantize_fp8_rows(silu_and_mul(x)),
+                                  "silu_and_mul_quant_fp8 (fused)": lambda x, w: silu_and_mul_quant_fp8(x)}.items():
+                    try:
+                        row["us"][vname] = time_us(fn, [None], x2, calls)
+                    except Exception as e:
+                        print(f"  {name} M={M} {vname}: {type(e).__name__}: {str(e)[:200]}", flush=True)
             rows.append(row)
             line = "  ".join(f"{k} {v:.1f}" for k, v in row["us"].items())
             print(f"{name:8} M={M:5}  {line}", flush=True)

@@ -84,14 +84,24 @@ def fp8_gemm_w8a8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
                   backend: str | None = None) -> torch.Tensor:
     """CUDA, x [M, K] -> [M, N] in x's dtype: quantize x, then _scaled_mm or the Triton GEMM."""
     from kernels.fp8_quant import quantize_fp8_rows
-    N, K = weight.shape
     xq, xs = quantize_fp8_rows(x, input_scale)
+    return fp8_linear_quantized(xq, xs, weight, weight_scale, bias, x.dtype, backend)
+
+
+def fp8_linear_quantized(xq: torch.Tensor, xs: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                         bias: torch.Tensor | None, out_dtype: torch.dtype, backend: str | None = None):
+    """W8A8 on inputs already quantized (e.g. by kernels.fp8_silu_quant.silu_and_mul_quant_fp8): xq [M, K] e4m3,
+    xs [M, 1] float32 contiguous -> [M, N] in out_dtype. CUDA: _scaled_mm or the Triton GEMM; CPU: torch."""
+    N, K = weight.shape
+    if not xq.is_cuda:
+        out = (xq.float() * xs) @ (weight.float() * weight_scale.float()[:, None]).t()
+        return (out if bias is None else out + bias.float()).to(out_dtype)
     backend = backend or GEMM_BACKEND
-    if backend == "scaled_mm" and x.dtype != torch.float32 and N % 16 == 0 and K % 16 == 0:
+    if backend == "scaled_mm" and out_dtype != torch.float32 and N % 16 == 0 and K % 16 == 0:
         out = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=weight_scale.view(1, N), out_dtype=torch.bfloat16,
                                use_fast_accum=FAST_ACCUM)
         if bias is not None:
             out += bias
-        return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+        return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
     from kernels.fp8_gemm import fp8_gemm
-    return fp8_gemm(xq, weight, xs, weight_scale, bias, x.dtype)
+    return fp8_gemm(xq, weight, xs, weight_scale, bias, out_dtype)

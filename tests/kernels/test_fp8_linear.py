@@ -106,3 +106,23 @@ def test_linear_and_quantize_on_cpu_are_the_references():
     q, s = quantize_fp8_per_token(x)
     qr, sr = quantize_fp8_per_token_ref(x)
     assert torch.equal(s, sr) and torch.equal(q.view(torch.uint8), qr.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul_quant_equals_the_two_kernels(dtype):
+    from kernels import silu_and_mul
+    from kernels.fp8_silu_quant import silu_and_mul_quant_fp8
+    x = (torch.randn(5, 2 * 200) * 3).to(dtype)
+    q, s = silu_and_mul_quant_fp8(x)
+    q2, s2 = quantize_fp8_rows(silu_and_mul(x))
+    assert torch.equal(s, s2) and torch.equal(q.view(torch.uint8), q2.view(torch.uint8))
+
+
+def test_linear_on_prequantized_input_matches_reference():
+    from kernels.fp8_linear import fp8_linear_quantized
+    w, ws = _fp8_weight(24, 96)
+    x = _representable_rows(6, 96, torch.float32)
+    xq, xs = quantize_fp8_per_token_ref(x)
+    b = torch.randn(24)
+    out = fp8_linear_quantized(xq, xs, w, ws, b, torch.float32)
+    torch.testing.assert_close(out, fp8_linear_ref(x, w, ws, None, b))
