@@ -10,7 +10,7 @@ import triton.language as tl
 
 from kernels.pdl import launch_options, pdl_start
 
-FP8_MAX = 448.0
+FP8_MAX = tl.constexpr(448.0)  # a global a kernel reads must be a constexpr
 ONE_PASS_MAX_K = 16384
 
 

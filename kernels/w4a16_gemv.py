@@ -26,7 +26,7 @@ from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 # 4 rows of the same activations (their load and scaling shared), 8 KB of weight per step, N / 8 programs.
 DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True)
 
-MAGIC = 8388608.0  # 2^23: the float whose mantissa bits are the integer OR-ed into it
+MAGIC = tl.constexpr(8388608.0)  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 
 
 @triton.jit
