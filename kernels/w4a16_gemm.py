@@ -5,12 +5,13 @@ A program owns a BLOCK_M x BLOCK_N tile of the output and walks K one block of t
 (kernels/w4a16.py) at a time: a [BLOCK_N, P] tile of words, whose plane i (one shift) is the [BLOCK_N, P]
 weight for the P contiguous k at 8 P b + P i. Each plane is dequantized without an integer-to-float
 conversion (the nibble OR-ed into the mantissa of 2^23, minus 2^23 + zero: exactly q - zero, as in the GEMV;
-a small integer, exact in bf16/fp16) and fed to tl.dot against the matching [BLOCK_M, P] activations; the
-group scale multiplies the fp32 sums once per run of planes that share it (more exact than scaling the weight,
-and no multiply per weight element). With FEW_SHIFTS (small BLOCK_M, not fp16, whose range is too small for
-x 16^-3) the nibbles are masked in place as in the GEMV and the activation tile carries the 16^-j. On the
-CPU (the interpreter, whose tl.dot misreads bf16 tensors made inside a kernel) the dot's operands are widened
-to fp32 after that same rounding.
+a small integer, exact in bf16/fp16) and fed to tl.dot against the matching [BLOCK_M, P] activations. With
+SCALE_AFTER (BLOCK_M <= 64) the group scale multiplies the fp32 sums once per run of planes that share it
+(more exact, no multiply per weight element); larger tiles scale the weight plane instead (one rounding, as a
+dequantized weight would have), which saves the second accumulator's registers. With FEW_SHIFTS (small
+BLOCK_M, not fp16, whose range is too small for x 16^-3) the nibbles are masked in place as in the GEMV and
+the activation tile carries the 16^-j. On the CPU (the interpreter, whose tl.dot misreads bf16 tensors made
+inside a kernel) the dot's operands are widened to fp32 after that same rounding.
 
 Configurations come from a fixed table by M (no autotuning: a CUDA graph's capture must not time kernels).
 """
@@ -45,7 +46,7 @@ def config_for(M: int) -> dict:
 def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM_GROUPS,
                        stride_xm, stride_om, stride_qn, stride_sn,
                        GROUP: tl.constexpr, P: tl.constexpr, PPG: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       WIDE: tl.constexpr, FEW_SHIFTS: tl.constexpr,
+                       WIDE: tl.constexpr, FEW_SHIFTS: tl.constexpr, SCALE_AFTER: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
                        USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
@@ -77,7 +78,8 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
             g = (blk * (8 * P) + gi * (PPG * P)) // GROUP  # always < NUM_GROUPS: K is whole blocks
             s = tl.load(s_rows + g, mask=nmask, other=0.0).to(tl.float32)
             z = tl.load(z_rows + g, mask=nmask, other=0.0).to(tl.float32)[:, None]
-            part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            if SCALE_AFTER:
+                part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for p in tl.static_range(PPG):
                 i = gi * PPG + p
                 k = blk * (8 * P) + i * P + offs_j
@@ -89,16 +91,27 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                     else:
                         src = hi
                     qf = ((src & (0xF << (4 * j))) | 0x4B000000).to(tl.float32, bitcast=True)
-                    wq = (qf - (z * pow2(4 * j) + 8388608.0)).to(act)
+                    dq = qf - (z * pow2(4 * j) + 8388608.0)
                     xi = (xi.to(tl.float32) * pow2(-4 * j)).to(act)
                 else:
                     qf = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
-                    wq = (qf - (z + 8388608.0)).to(act)  # q - zero: a small integer, exact in any dtype
-                if WIDE:  # fp32 activations: full precision, not tf32
-                    part = tl.dot(xi.to(tl.float32), tl.trans(wq.to(tl.float32)), part, input_precision="ieee")
+                    dq = qf - (z + 8388608.0)  # q - zero: a small integer, exact in any dtype
+                if SCALE_AFTER:
+                    wq = dq.to(act)
                 else:
-                    part = tl.dot(xi, tl.trans(wq), part)
-            acc += part * s[None, :]  # the group scale once per run of planes, on the fp32 sums
+                    wq = (dq * s[:, None]).to(act)  # large tiles: no second accumulator (registers)
+                if WIDE:  # fp32 activations: full precision, not tf32
+                    if SCALE_AFTER:
+                        part = tl.dot(xi.to(tl.float32), tl.trans(wq.to(tl.float32)), part, input_precision="ieee")
+                    else:
+                        acc = tl.dot(xi.to(tl.float32), tl.trans(wq.to(tl.float32)), acc, input_precision="ieee")
+                else:
+                    if SCALE_AFTER:
+                        part = tl.dot(xi, tl.trans(wq), part)
+                    else:
+                        acc = tl.dot(xi, tl.trans(wq), acc)
+            if SCALE_AFTER:
+                acc += part * s[None, :]  # the group scale once per run of planes, on the fp32 sums
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
     if HAS_BIAS:
@@ -125,7 +138,7 @@ def w4a16_gemm(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Te
                              t.scales.stride(0), GROUP=group_size, P=P, PPG=ppg, HAS_BIAS=bias is not None,
                              WIDE=x.dtype == torch.float32 or not x.is_cuda,
                              FEW_SHIFTS=cfg.get("few_shifts", cfg["block_m"] <= 32) and x.dtype != torch.float16,
-                             BLOCK_M=cfg["block_m"],
+                             SCALE_AFTER=cfg.get("scale_after", cfg["block_m"] <= 64), BLOCK_M=cfg["block_m"],
                              BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, num_warps=cfg["num_warps"],
                              num_stages=cfg["num_stages"], **launch_options(x))
     return out

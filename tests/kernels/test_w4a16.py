@@ -89,21 +89,22 @@ def test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shif
     (24, 1024, 1024, 17, False, False),  # per-channel
     (33, 256, 32, 3, False, True),  # one group per plane
 ])
-def test_gemm_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shifts=None):
+def test_gemm_matches_reference(dtype, n, k, group, m, symmetric, bias, **variant):
     _, _, _, t = _weights(n, k, group, symmetric, dtype)
     x = _x(m, k, dtype)
     b = (torch.randint(-8, 9, (n,)).float() / 2).to(dtype) if bias else None
-    shifts = {} if few_shifts is None else {"few_shifts": few_shifts}  # None: the default for the config
-    out = w4a16_gemm(x, t, group, b, block_m=16, block_n=16, num_warps=1, num_stages=1, **shifts)
+    out = w4a16_gemm(x, t, group, b, block_m=16, block_n=16, num_warps=1, num_stages=1, **variant)
     _check(out, w4a16_linear_ref(x, t, group, b), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group,m,symmetric,bias", [(37, 512, 128, 2, False, True), (9, 320, 32, 1, True, False)])
-def test_one_shift_per_nibble_variant(dtype, n, k, group, m, symmetric, bias):
-    # FEW_SHIFTS off: the plain variant the benchmark compares against.
+def test_kernel_variants(dtype, n, k, group, m, symmetric, bias):
+    # FEW_SHIFTS off (the plain variant the benchmark compares against); the GEMM scaling the weight plane (as its
+    # large tiles do) instead of the partial sums.
     test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shifts=False)
     test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, few_shifts=False)
+    test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, scale_after=False)
 
 
 def test_gemv_and_gemm_with_ordinary_values():
