@@ -72,8 +72,9 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for blk in range(0, K // (8 * P)):
         w = tl.load(words + blk * P, mask=nmask[:, None], other=0)
-        if FEW_SHIFTS:
-            hi = w >> 16
+        if FEW_SHIFTS:  # the magic OR-ed in once per word, as in the GEMV
+            lo = w | 0x4B000000
+            hi = (w >> 16) | 0x4B000000
         for gi in tl.static_range(8 // PPG):
             g = (blk * (8 * P) + gi * (PPG * P)) // GROUP  # always < NUM_GROUPS: K is whole blocks
             s = tl.load(s_rows + g, mask=nmask, other=0.0).to(tl.float32)
@@ -87,10 +88,10 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                 if FEW_SHIFTS:  # as in the GEMV: the nibble masked in place, x times 16^-j (both exact)
                     j = i % 4
                     if i < 4:
-                        src = w
+                        src = lo
                     else:
                         src = hi
-                    qf = ((src & (0xF << (4 * j))) | 0x4B000000).to(tl.float32, bitcast=True)
+                    qf = (src & ((0xF << (4 * j)) | 0x4B000000)).to(tl.float32, bitcast=True)
                     dq = qf - (z * pow2(4 * j) + 8388608.0)
                     xi = (xi.to(tl.float32) * pow2(-4 * j)).to(act)
                 else:

@@ -22,9 +22,10 @@ import triton.language as tl
 from kernels.pdl import launch_options
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 
-# First guess, before an H200 run of benchmarks/quant_kernels.py: 8 x 8 blocks over 4 warps gives each thread
-# 4 rows of the same activations (their load and scaling shared), 8 KB of weight per step, N / 8 programs.
-DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True)
+# Before an H200 run of benchmarks/quant_kernels.py: 8 rows x 8 blocks over 2 warps gives each thread 8 rows of
+# the same activations (their load and scaling shared), 8 KB of weight per step, N / 8 programs; its main loop
+# is 4.6 instructions per weight element (benchmarks/compile_sm90.py), of which 3 are the LOP3, FADD, FFMA.
+DEFAULTS = dict(block_n=8, block_b=8, num_warps=2, num_stages=2, few_shifts=True)
 
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 
@@ -41,7 +42,10 @@ def _accumulate(acc, w, x_row, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, K
     """acc [BN, BB, P] += this step's products: w [BN, BB, P] int32 words of blocks blk0 + b."""
     blk = blk0 + offs_b3  # [1, BB, 1]
     if FEW_SHIFTS:
-        hi = w >> 16  # nibbles 4..7 moved down once per word; nibble i is then masked in place (bits 4 (i % 4))
+        # (w | M) & (mask | M) = (w & mask) | M: OR-ing the magic in once per word leaves one AND with a single
+        # immediate per nibble (ptxas otherwise spends a MOV per nibble putting one of two constants in a register).
+        lo = w | 0x4B000000
+        hi = (w >> 16) | 0x4B000000  # nibbles 4..7 moved down once per word; masked in place (bits 4 (i % 4))
     for gi in tl.static_range(8 // PPG):
         g = (blk * (8 * P) + gi * (PPG * P)) // GROUP  # [1, BB, 1]: this run of planes' group
         gmask = nmask3 & (g < NUM_GROUPS)
@@ -56,10 +60,10 @@ def _accumulate(acc, w, x_row, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, K
                 # (2^23 + q 16^j) - (2^23 + z 16^j) = (q - z) 16^j exactly; x carries the 16^-j (exact too).
                 j = i % 4
                 if i < 4:
-                    src = w
+                    src = lo
                 else:
                     src = hi
-                qf = ((src & (0xF << (4 * j))) | 0x4B000000).to(tl.float32, bitcast=True)
+                qf = (src & ((0xF << (4 * j)) | 0x4B000000)).to(tl.float32, bitcast=True)
                 t += (xi * pow2(-4 * j)) * (qf - (z * pow2(4 * j) + MAGIC))
             else:
                 qf = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
