@@ -54,8 +54,8 @@ GROUP = 128
 DEVICE = "cuda"  # --smoke: "cpu", tiny shapes, the Triton interpreter (checks the script itself, no GPU needed)
 LAYERS = 32
 W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, few_shifts=fs) for bn, bb, nw, ns, fs in
-           [(8, 8, 4, 2, True), (8, 8, 4, 2, False), (4, 8, 4, 2, True), (16, 4, 4, 2, True), (8, 16, 4, 2, True),
-            (16, 8, 4, 2, True), (8, 8, 2, 2, True)]]
+           [(8, 8, 2, 2, True), (8, 8, 2, 2, False), (8, 8, 4, 2, True), (8, 16, 4, 2, True), (16, 8, 4, 2, True),
+            (4, 8, 2, 2, True), (16, 4, 2, 2, True)]]
 FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns) for bn, bk, nw, ns in
             [(4, 2048, 8, 3), (2, 2048, 8, 3), (8, 1024, 8, 2)]]
 W4_GEMM_ALT = {16: [dict(block_m=16, block_n=16, num_warps=2, num_stages=4),
