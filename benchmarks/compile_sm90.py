@@ -129,10 +129,11 @@ def main() -> None:
     for name in names:
         kernel, per_thread = KERNELS[name]()
         n, ops = loop_profile(kernel)
-        top = ", ".join(f"{k.strip()} {v}" for k, v in ops.most_common(14))
+        top = ", ".join(f"{k} {v}" for k, v in ops.most_common() if not k.startswith(" "))[:400]
+        loads = ", ".join(f"{k.strip()} {v}" for k, v in ops.items() if k.startswith(" "))
         per = f" = {n / per_thread:.2f} per weight element" if per_thread else ""
         print(f"{name}: main loop {n} instructions per thread per step{per} "
-              f"(weight elements per thread per step: {per_thread})\n    {top}", flush=True)
+              f"(weight elements per thread per step: {per_thread})\n    {top}\n    loads: {loads}", flush=True)
 
 
 if __name__ == "__main__":
