@@ -116,11 +116,19 @@ def _silu_quant(I=14336):
     return compile_sm90(_silu_mul_quant_kernel, args, dict(BLOCK=16384, USE_PDL=True), 16, 1), 0
 
 
+def _w4_dequant():
+    from kernels.w4a16_dequant import _dequant_kernel
+    args = dict(qw_ptr="*i32", s_ptr="*bf16", z_ptr="*bf16", out_ptr="*bf16", N="i32/16", K="i32/16",
+                stride_qn="i32/16", stride_sn="i32/16", stride_on="i32/16")
+    const = dict(GROUP=128, P=32, PPG=4, BLOCK_N=16, BLOCK_B=4, USE_PDL=True)
+    return compile_sm90(_dequant_kernel, args, const, 4, 1), 0
+
+
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
     "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
-    "fp8_quant": _quant, "fp8_silu_quant": _silu_quant,
+    "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
 }
 
 

@@ -39,6 +39,7 @@ from kernels.fp8_quant import quantize_fp8_rows
 from kernels.fp8_silu_quant import silu_and_mul_quant_fp8
 from kernels.gemv import gemv
 from kernels.w4a16 import pack_w4a16, w4a16_dequantize, w4a16_linear
+from kernels.w4a16_dequant import w4a16_dequantize_dense
 from kernels.w4a16_gemm import config_for as w4_config_for
 from kernels.w4a16_gemm import w4a16_gemm
 from kernels.w4a16_gemv import w4a16_gemv
@@ -57,7 +58,7 @@ W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, few_shifts=
            [(8, 8, 2, 2, True), (8, 8, 2, 2, False), (8, 8, 4, 2, True), (8, 16, 4, 2, True), (16, 8, 4, 2, True),
             (4, 8, 2, 2, True), (16, 4, 2, 2, True)]]
 FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns) for bn, bk, nw, ns in
-            [(4, 2048, 8, 3), (2, 2048, 8, 3), (8, 1024, 8, 2)]]
+            [(4, 2048, 8, 3), (4, 1024, 4, 3), (8, 1024, 4, 2), (8, 2048, 8, 2), (4, 2048, 4, 1), (16, 512, 4, 2)]]
 W4_GEMM_ALT = {16: [dict(block_m=16, block_n=16, num_warps=2, num_stages=4),
                     dict(block_m=16, block_n=64, num_warps=4, num_stages=3),
                     dict(block_m=16, block_n=128, num_warps=4, num_stages=3),
@@ -152,6 +153,7 @@ def check(name, N, K, results, ok):
         ref4 = x.float() @ w_deq.t()
         note(f"w4a16 gemm M={M}", w4a16_gemm(x, t, GROUP), ref4, 1e-2)
         note(f"w4a16_linear M={M}", w4a16_linear(x, t, GROUP), ref4, 1e-2)
+        note(f"w4 dequant dense M={M}", w4a16_dequantize_dense(t, GROUP, torch.bfloat16), w_deq, 1e-2)
         xq, xs = quantize_fp8_rows(x)
         xqr, xsr = quantize_fp8_per_token_ref(x)
         same = (xq.view(torch.uint8) == xqr.view(torch.uint8)).float().mean().item()
@@ -187,9 +189,11 @@ def variants(M, quick):
     alts = W4_GEMM_ALT.get(16 if M <= 16 else (64 if M <= 64 else 4096), [])
     for cfg in alts[:1] if quick and M <= 16 else ([] if quick else alts):
         v[f"w4 gemm {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemm(x, t, GROUP, **cfg))
+    if M >= 16:
+        v["w4 dequant+F.linear"] = ("w4", lambda x, t: F.linear(x, w4a16_dequantize_dense(t, GROUP, x.dtype)))
     v["w4a16_linear"] = ("w4", lambda x, t: w4a16_linear(x, t, GROUP))
     if M <= 4:
-        for cfg in FP8_GEMV[:2] if quick else FP8_GEMV:
+        for cfg in FP8_GEMV[:3] if quick else FP8_GEMV:
             v[f"fp8 gemv {_cfg_name(cfg)}"] = ("fp8", lambda x, w, cfg=cfg: fp8_gemv(x, w[0], w[1], **cfg))
     v["fp8 quant+scaled_mm"] = ("fp8", lambda x, w: fp8_gemm_w8a8(x, w[0], w[1], backend="scaled_mm"))
     v["fp8 quant+scaled_mm fast"] = ("fp8", lambda x, w: _scaled_mm_fast(x, w))

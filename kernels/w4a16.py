@@ -10,8 +10,9 @@ q[n, 8 P b + P i + j]. So the 8 nibbles a kernel takes out of a tile of words wi
 are each a run of P consecutive k: the matching activations are one contiguous load, and a plane is a ready
 [rows, P] operand for tl.dot (no reshapes, no gathers). qweight is [N, K // 8]: no padding, so K is its width.
 
-On a GPU `w4a16_linear` runs a GEMV for a few rows (decode) and a tl.dot GEMM otherwise (prefill, large
-batches), chosen from the shapes alone (CUDA-graph safe); on the CPU it keeps the torch reference.
+On a GPU `w4a16_linear` runs a GEMV for a few rows (decode), a tl.dot GEMM for a few dozen, and for more
+(prefill, large batches) dequantizes the weight to a dense matrix (kernels/w4a16_dequant.py) for cuBLAS; all
+chosen from the shapes alone (CUDA-graph safe). On the CPU it keeps the torch reference.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 GEMV_MAX_M = 2  # rows up to which the GEMV beats the GEMM (benchmarks/quant_kernels.py)
+GEMM_MAX_M = 48  # rows up to which the GEMM beats dequantizing the weight and cuBLAS (same benchmark, H200)
 
 
 class W4A16Tensors(NamedTuple):
@@ -99,8 +101,14 @@ def w4a16_linear(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.
     from kernels.w4a16_gemv import w4a16_gemv
 
     x2 = x.reshape(-1, K)
-    if x2.shape[0] <= GEMV_MAX_M or plane_words(K) < 16:  # tl.dot needs 16 k; tiny models only
+    M = x2.shape[0]
+    if M == 0:
+        return x.new_empty(*x.shape[:-1], t.qweight.shape[0])
+    if M <= GEMV_MAX_M or plane_words(K) < 16:  # tl.dot needs 16 k; tiny models only
         out = w4a16_gemv(x2, t, group_size, bias)
-    else:
+    elif M <= GEMM_MAX_M:
         out = w4a16_gemm(x2, t, group_size, bias)
+    else:
+        from kernels.w4a16_dequant import w4a16_dequantize_dense
+        out = torch.nn.functional.linear(x2, w4a16_dequantize_dense(t, group_size, x.dtype), bias)
     return out.view(*x.shape[:-1], out.shape[-1])

@@ -23,12 +23,13 @@ from kernels.pdl import launch_options
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 from kernels.w4a16_gemv import pow2
 
-# (max M, config): the first whose bound holds. benchmarks/quant_kernels.py times alternatives.
+# (max M, config): the first whose bound holds. benchmarks/quant_kernels.py times alternatives. kernels/w4a16.py
+# sends more than GEMM_MAX_M rows to dequantize + cuBLAS instead (faster there on an H200).
 CONFIGS = [
     (16, dict(block_m=16, block_n=32, num_warps=4, num_stages=3)),
     (64, dict(block_m=64, block_n=64, num_warps=4, num_stages=3)),
     (256, dict(block_m=128, block_n=64, num_warps=4, num_stages=3)),
-    (None, dict(block_m=128, block_n=128, num_warps=8, num_stages=3)),
+    (None, dict(block_m=128, block_n=128, num_warps=8, num_stages=2)),  # 3 stages: over the 227 KB of smem
 ]
 GROUP_M = 8  # programs ordered in groups of GROUP_M row tiles so a wave reuses weight tiles from L2
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ["w4_gemv", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv", "fp8_gemm_m4096", "fp8_quant", "fp8_silu_quant"]
+NAMES = ["w4_gemv", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv", "fp8_gemm_m4096", "fp8_quant", "fp8_silu_quant",
+         "w4_dequant"]
 
 
 def test_kernels_compile_for_sm90():

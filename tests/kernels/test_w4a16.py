@@ -128,3 +128,12 @@ def test_linear_on_cpu_is_the_reference_for_any_shape():
     x = _x(4, 384, torch.float32).view(2, 2, 384)
     out = w4a16_linear(x.view(4, 384), t, 128)
     assert torch.equal(out, w4a16_linear_ref(x.view(4, 384), t, 128))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,group", [(37, 768, 128), (9, 320, 32), (20, 1024, 1024)])
+def test_dense_dequantization_matches_reference(dtype, n, k, group):
+    from kernels.w4a16_dequant import w4a16_dequantize_dense
+    _, _, _, t = _weights(n, k, group, False, dtype)
+    out = w4a16_dequantize_dense(t, group, dtype)
+    assert out.dtype == dtype and torch.equal(out, w4a16_dequantize(t, group).to(dtype))
