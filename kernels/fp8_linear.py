@@ -20,7 +20,7 @@ import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
-GEMV_MAX_M = 2  # rows up to which the W8A16 GEMV beats quantize + GEMM (benchmarks/quant_kernels.py)
+GEMV_MAX_M = 1  # rows up to which the W8A16 GEMV beats quantize + GEMM: its second row cost as much as the first (H200)
 GEMM_BACKEND = "scaled_mm"  # or "triton": the faster in benchmarks/quant_kernels.py on an H200
 FAST_ACCUM = False  # _scaled_mm's use_fast_accum
 
