@@ -76,7 +76,8 @@ def _w4_gemm(M=4096):
                 stride_qn="i32/16", stride_sn="i32/16")
     const = dict(GROUP=128, P=32, PPG=4, HAS_BIAS=False, WIDE=False, FEW_SHIFTS=cfg["block_m"] <= 32,
                  SCALE_AFTER=cfg["block_m"] <= 64,
-                 BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, USE_PDL=True)
+                 BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, SPLIT_K=4 if M <= 16 else 1,
+                 USE_PDL=True)
     return compile_sm90(_w4a16_gemm_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
         cfg["block_n"] * 256 // (32 * cfg["num_warps"])
 
@@ -124,11 +125,18 @@ def _w4_dequant():
     return compile_sm90(_dequant_kernel, args, const, 4, 1), 0
 
 
+def _split_k_sum():
+    from kernels.w4a16_gemm import _split_k_sum_kernel
+    args = dict(part_ptr="*fp32", b_ptr="*bf16", out_ptr="*bf16", MN="i32/16", N="i32/16")
+    return compile_sm90(_split_k_sum_kernel, args, dict(SPLIT_K=4, HAS_BIAS=True, BLOCK=1024, USE_PDL=True), 4, 1), 0
+
+
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
     "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
+    "w4_split_k_sum": _split_k_sum,
 }
 
 

@@ -14,6 +14,8 @@ the activation tile carries the 16^-j. On the CPU (the interpreter, whose tl.dot
 inside a kernel) the dot's operands are widened to fp32 after that same rounding.
 
 Configurations come from a fixed table by M (no autotuning: a CUDA graph's capture must not time kernels).
+Few output tiles (a few rows, N = 4096) would leave most SMs idle, so K is then split over up to 8 programs
+per tile (split_k_for, from the shapes and the SM count) whose fp32 partial sums one small kernel adds up.
 """
 import torch
 import triton
@@ -48,9 +50,10 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                        stride_xm, stride_om, stride_qn, stride_sn,
                        GROUP: tl.constexpr, P: tl.constexpr, PPG: tl.constexpr, HAS_BIAS: tl.constexpr,
                        WIDE: tl.constexpr, FEW_SHIFTS: tl.constexpr, SCALE_AFTER: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
                        USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)  # SPLIT_K > 1: this program's share of K, summed by _split_k_sum_kernel
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * tiles_n
@@ -71,7 +74,9 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
     if USE_PDL:
         tl.extra.cuda.gdc_wait()  # x is the kernel before's output (compute-bound: nothing to prefetch)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for blk in range(0, K // (8 * P)):
+    num_blocks = K // (8 * P)
+    per_split = tl.cdiv(num_blocks, SPLIT_K)
+    for blk in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, num_blocks)):
         w = tl.load(words + blk * P, mask=nmask[:, None], other=0)
         if FEW_SHIFTS:  # the magic OR-ed in once per word, as in the GEMV
             lo = w | 0x4B000000
@@ -116,10 +121,44 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                 acc += part * s[None, :]  # the group scale once per run of planes, on the fp32 sums
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
-    if HAS_BIAS:
+    if HAS_BIAS and SPLIT_K == 1:
         acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    out = out_ptr + pid_k.to(tl.int64) * M * N + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _split_k_sum_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_sm_count: dict[int, int] = {}
+
+
+def split_k_for(M: int, N: int, K: int, cfg: dict, device: torch.device) -> int:
+    """Splits of K for few output tiles (small M, small N): enough programs for two per SM, each split at
+    least 4 blocks of K. From the shapes and the GPU's SM count only (CUDA-graph safe)."""
+    if device.type != "cuda":
+        return 1
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _sm_count:
+        _sm_count[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    tiles = triton.cdiv(M, cfg["block_m"]) * triton.cdiv(N, cfg["block_n"])
+    split = 1
+    while split < 8 and tiles * split < 2 * _sm_count[idx] and K // (8 * plane_words(K)) >= 8 * split:
+        split *= 2
+    return split
 
 
 def w4a16_gemm(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Tensor | None = None,
@@ -134,13 +173,20 @@ def w4a16_gemm(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Te
     if x.stride(1) != 1:
         x = x.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(M, cfg["block_m"]) * triton.cdiv(N, cfg["block_n"]),)
-    _w4a16_gemm_kernel[grid](x, t.qweight, t.scales, t.zeros, bias if bias is not None else t.scales, out,
+    split = cfg.get("split_k") or split_k_for(M, N, K, cfg, x.device)
+    part = out if split == 1 else torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(M, cfg["block_m"]) * triton.cdiv(N, cfg["block_n"]), split)
+    _w4a16_gemm_kernel[grid](x, t.qweight, t.scales, t.zeros, bias if bias is not None else t.scales, part,
                              M, N, K, t.scales.shape[1], x.stride(0), out.stride(0), t.qweight.stride(0),
                              t.scales.stride(0), GROUP=group_size, P=P, PPG=ppg, HAS_BIAS=bias is not None,
                              WIDE=x.dtype == torch.float32 or not x.is_cuda,
                              FEW_SHIFTS=cfg.get("few_shifts", cfg["block_m"] <= 32) and x.dtype != torch.float16,
                              SCALE_AFTER=cfg.get("scale_after", cfg["block_m"] <= 64), BLOCK_M=cfg["block_m"],
-                             BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, num_warps=cfg["num_warps"],
+                             BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, SPLIT_K=split, num_warps=cfg["num_warps"],
                              num_stages=cfg["num_stages"], **launch_options(x))
+    if split > 1:
+        block = 1024
+        _split_k_sum_kernel[(triton.cdiv(M * N, block),)](part, bias if bias is not None else part, out, M * N, N,
+                                                          SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block,
+                                                          num_warps=4, **launch_options(x))
     return out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["w4_gemv", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv", "fp8_gemm_m4096", "fp8_quant", "fp8_silu_quant",
-         "w4_dequant"]
+         "w4_dequant", "w4_split_k_sum"]
 
 
 def test_kernels_compile_for_sm90():

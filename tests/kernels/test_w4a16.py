@@ -105,6 +105,12 @@ def test_kernel_variants(dtype, n, k, group, m, symmetric, bias):
     test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shifts=False)
     test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, few_shifts=False)
     test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, scale_after=False)
+    test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, split_k=2)  # K over 2 programs
+
+
+def test_gemm_split_k_uneven():
+    # 3 blocks of K over 4 splits: one split has no block (its partial sum is zero).
+    test_gemm_matches_reference(torch.float32, 24, 768, 128, 5, False, True, split_k=4)
 
 
 def test_gemv_and_gemm_with_ordinary_values():
