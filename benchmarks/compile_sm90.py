@@ -133,6 +133,7 @@ def _split_k_sum():
 
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
+    "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
     "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,

@@ -8,10 +8,11 @@ W[n, k] = weight[n, k] * weight_scale[n]; a per-tensor checkpoint scale is repea
 On a GPU, `fp8_linear` picks from the shapes alone (CUDA-graph safe, no host syncs):
 - up to GEMV_MAX_M rows (decode): kernels/fp8_gemv.py, W8A16 (x is not quantized: more accurate than W8A8
   and as fast at batch 1, where the weight read is all the time);
-- more rows: x quantized per token (kernels/fp8_quant.py, one kernel) or with the static scale, then
-  torch._scaled_mm with rowwise scales (cuBLASLt/CUTLASS fp8 on Hopper; it needs bf16 out, the weight as a
-  column-major [K, N], K and N multiples of 16), or the Triton GEMM (kernels/fp8_gemm.py) where GEMM_BACKEND
-  says so, for fp32 outputs and for shapes _scaled_mm refuses.
+- more rows: x quantized per token (kernels/fp8_quant.py, one kernel) or with the static scale, then up to
+  TRITON_MAX_M rows the Triton GEMM (kernels/fp8_gemm.py; also for fp32 outputs and shapes _scaled_mm refuses),
+  above that torch._scaled_mm with rowwise scales and fast accumulation (CUTLASS fp8 on Hopper; it needs bf16
+  out, the weight as a column-major [K, N], K and N multiples of 16): the faster of the two at each size in
+  benchmarks/quant_kernels.py on an H200.
 On the CPU the torch reference runs (the CPU engine and the tests use it).
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 GEMV_MAX_M = 1  # rows up to which the W8A16 GEMV beats quantize + GEMM: its second row cost as much as the first (H200)
-GEMM_BACKEND = "scaled_mm"  # or "triton": the faster in benchmarks/quant_kernels.py on an H200
-FAST_ACCUM = False  # _scaled_mm's use_fast_accum
+TRITON_MAX_M = 128  # rows up to which the Triton FP8 GEMM beat _scaled_mm (H200 run 2: 1.0-1.6x bf16 at 2..64)
+GEMM_BACKEND = None  # None: by M as above; "scaled_mm" or "triton" forces one (the benchmark compares them)
+FAST_ACCUM = True  # _scaled_mm's use_fast_accum: 5-15% faster from 256 rows on (H200 run 2)
 
 
 def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +98,7 @@ def fp8_linear_quantized(xq: torch.Tensor, xs: torch.Tensor, weight: torch.Tenso
     if not xq.is_cuda:
         out = (xq.float() * xs) @ (weight.float() * weight_scale.float()[:, None]).t()
         return (out if bias is None else out + bias.float()).to(out_dtype)
-    backend = backend or GEMM_BACKEND
+    backend = backend or GEMM_BACKEND or ("triton" if xq.shape[0] <= TRITON_MAX_M else "scaled_mm")
     if backend == "scaled_mm" and out_dtype != torch.float32 and N % 16 == 0 and K % 16 == 0:
         out = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=weight_scale.view(1, N), out_dtype=torch.bfloat16,
                                use_fast_accum=FAST_ACCUM)

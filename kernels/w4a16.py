@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-GEMV_MAX_M = 2  # rows up to which the GEMV beats the GEMM (benchmarks/quant_kernels.py)
-GEMM_MAX_M = 48  # rows up to which the GEMM beats dequantizing the weight and cuBLAS (same benchmark, H200)
+GEMV_MAX_M = 1  # rows up to which the GEMV beats the GEMM (H200, benchmarks/quant_kernels.py: 2 rows cost 2x)
+GEMM_MAX_M = 64  # rows up to which the GEMM beats dequantizing the weight for cuBLAS (H200, same benchmark)
 
 
 class W4A16Tensors(NamedTuple):

@@ -22,10 +22,10 @@ import triton.language as tl
 from kernels.pdl import launch_options
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 
-# Before an H200 run of benchmarks/quant_kernels.py: 8 rows x 8 blocks over 2 warps gives each thread 8 rows of
-# the same activations (their load and scaling shared), 8 KB of weight per step, N / 8 programs; its main loop
-# is 4.6 instructions per weight element (benchmarks/compile_sm90.py), of which 3 are the LOP3, FADD, FFMA.
-DEFAULTS = dict(block_n=8, block_b=8, num_warps=2, num_stages=2, few_shifts=True)
+# H200 run 2 (benchmarks/quant_kernels.py): 8 rows x 8 blocks on 4 warps was the fastest variant at every 8B shape
+# (2 warps: fewer instructions per element, 4.6 against 7, but too few warps to hide the latency). Still only
+# ~1.1 TB/s of int4 weight: the kernel is bound by its arithmetic (see docs/perf-kernels.md).
+DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True)
 
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ["w4_gemv", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv", "fp8_gemm_m4096", "fp8_quant", "fp8_silu_quant",
-         "w4_dequant", "w4_split_k_sum"]
+NAMES = ["w4_gemv", "w4_gemv_2warps", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv", "fp8_gemm_m4096", "fp8_quant",
+         "fp8_silu_quant", "w4_dequant", "w4_split_k_sum"]
 
 
 def test_kernels_compile_for_sm90():
@@ -23,7 +23,8 @@ def test_kernels_compile_for_sm90():
     assert run.returncode == 0, run.stderr[-3000:]
     for name in NAMES:
         assert re.search(rf"^{name}: main loop \d+ instructions", run.stdout, re.M), run.stdout
-    # LOP3 + FADD + FFMA per weight element are the floor (3); the overhead around them once made it 7.4.
-    per = float(re.search(r"^w4_gemv: .* = ([\d.]+) per weight element", run.stdout, re.M).group(1))
+    # LOP3 + FADD + FFMA per weight element are the floor (3); with 8 rows per thread (2 warps) the overhead around
+    # them once made it 7.4, now 4.6.
+    per = float(re.search(r"^w4_gemv_2warps: .* = ([\d.]+) per weight element", run.stdout, re.M).group(1))
     assert per < 5.5, run.stdout
     assert "LDG.E.EF.128" in run.stdout.split("w4_gemv:")[1].split("\n")[2]  # 16-byte weight loads
