@@ -63,7 +63,7 @@ def _w4_gemv(cfg=None):
                 N="i32/16", K="i32/16", NUM_GROUPS="i32/16", stride_xm="i32/16", stride_om="i32/16",
                 stride_qn="i32/16", stride_sn="i32/16")
     const = dict(M=1, GROUP=128, P=32, PPG=4, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_B=cfg["block_b"],
-                 FEW_SHIFTS=cfg["few_shifts"], USE_PDL=True)
+                 FEW_SHIFTS=cfg["few_shifts"], PREFETCH=cfg["prefetch"], USE_PDL=True)
     per_thread = cfg["block_n"] * cfg["block_b"] * 256 // (32 * cfg["num_warps"])
     return compile_sm90(_w4a16_gemv_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
 

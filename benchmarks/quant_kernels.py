@@ -54,9 +54,9 @@ CHECK_MS = (16, 256, 4096)  # the GEMM checks; the GEMVs are checked at 1, 2 and
 GROUP = 128
 DEVICE = "cuda"  # --smoke: "cpu", tiny shapes, the Triton interpreter (checks the script itself, no GPU needed)
 LAYERS = 32
-W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, few_shifts=fs) for bn, bb, nw, ns, fs in
-           [(8, 8, 4, 2, True), (8, 8, 2, 2, True), (16, 16, 8, 2, True), (8, 16, 8, 3, True), (4, 16, 8, 3, True),
-            (16, 8, 8, 2, True), (8, 8, 4, 3, True)]]
+W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, prefetch=pf) for bn, bb, nw, ns, pf in
+           [(8, 8, 4, 2, True), (8, 8, 4, 2, False), (8, 8, 2, 2, True), (16, 16, 8, 2, True), (8, 16, 8, 3, True),
+            (4, 16, 8, 3, True), (16, 8, 8, 2, True), (8, 8, 8, 2, True)]]
 FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns) for bn, bk, nw, ns in
             [(4, 2048, 8, 3), (4, 1024, 4, 3), (8, 1024, 4, 2), (8, 2048, 8, 2), (4, 2048, 4, 1), (16, 512, 4, 2)]]
 W4_GEMM_ALT = {16: [dict(block_m=16, block_n=16, num_warps=2, num_stages=4),

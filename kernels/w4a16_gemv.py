@@ -13,7 +13,9 @@ once per program for all its rows. Without it, each nibble costs one more shift.
 Each program owns BLOCK_N whole rows and streams BLOCK_B blocks of the packed layout (kernels/w4a16.py) per
 step: a [BLOCK_N, BLOCK_B, P] tile of words, whose plane i (one shift) pairs with the P contiguous activations
 at 8 P b + P i. Rows of x beyond the first repeat the pass over the program's rows (read again from L2).
-With PDL (kernels/pdl.py) the first tile of the weight is loaded before waiting for the kernel before.
+With PDL (kernels/pdl.py) the first tile of the weight is loaded before waiting for the kernel before. With
+PREFETCH (the default) each step loads the next tile before working on its own, so a load is always in flight
+(the H200 runs showed the kernel short of warps to hide the memory latency).
 """
 import torch
 import triton
@@ -25,7 +27,7 @@ from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 # H200 run 2 (benchmarks/quant_kernels.py): 8 rows x 8 blocks on 4 warps was the fastest variant at every 8B shape
 # (2 warps: fewer instructions per element, 4.6 against 7, but too few warps to hide the latency). Still only
 # ~1.1 TB/s of int4 weight: the kernel is bound by its arithmetic (see docs/perf-kernels.md).
-DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True)
+DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True, prefetch=True)
 
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 
@@ -77,7 +79,7 @@ def _w4a16_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                        stride_xm, stride_om, stride_qn, stride_sn,
                        GROUP: tl.constexpr, P: tl.constexpr, PPG: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, FEW_SHIFTS: tl.constexpr,
-                       USE_PDL: tl.constexpr):
+                       PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     offs_n3 = offs_n.to(tl.int64)[:, None, None]
@@ -96,13 +98,21 @@ def _w4a16_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros([BLOCK_N, BLOCK_B, P], dtype=tl.float32)
-    acc = _accumulate(acc, w, x_ptr, s_rows, z_rows, nmask3, 0, offs_b3, offs_j3, K, NUM_GROUPS, GROUP, P, PPG,
-                      FEW_SHIFTS)
-    for blk0 in range(BLOCK_B, num_blocks, BLOCK_B):
-        wmask = nmask3 & (blk0 + offs_b3 < num_blocks)
-        w = tl.load(words + blk0 * P, mask=wmask, other=0, eviction_policy="evict_first")
-        acc = _accumulate(acc, w, x_ptr, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, K, NUM_GROUPS,
-                          GROUP, P, PPG, FEW_SHIFTS)
+    if PREFETCH:  # each step loads the next tile before working on the one it has: a load always in flight
+        for blk0 in range(BLOCK_B, num_blocks + BLOCK_B, BLOCK_B):
+            wmask = nmask3 & (blk0 + offs_b3 < num_blocks)  # all false on the last step: no memory traffic
+            w_next = tl.load(words + blk0 * P, mask=wmask, other=0, eviction_policy="evict_first")
+            acc = _accumulate(acc, w, x_ptr, s_rows, z_rows, nmask3, blk0 - BLOCK_B, offs_b3, offs_j3, K,
+                              NUM_GROUPS, GROUP, P, PPG, FEW_SHIFTS)
+            w = w_next
+    else:
+        acc = _accumulate(acc, w, x_ptr, s_rows, z_rows, nmask3, 0, offs_b3, offs_j3, K, NUM_GROUPS, GROUP, P,
+                          PPG, FEW_SHIFTS)
+        for blk0 in range(BLOCK_B, num_blocks, BLOCK_B):
+            wmask = nmask3 & (blk0 + offs_b3 < num_blocks)
+            w = tl.load(words + blk0 * P, mask=wmask, other=0, eviction_policy="evict_first")
+            acc = _accumulate(acc, w, x_ptr, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, K, NUM_GROUPS,
+                              GROUP, P, PPG, FEW_SHIFTS)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # every program has got this far: all are running
     out = tl.sum(tl.sum(acc, axis=2), axis=1)
@@ -142,5 +152,6 @@ def w4a16_gemv(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Te
                              M, N, K, t.scales.shape[1], x.stride(0), out.stride(0), t.qweight.stride(0),
                              t.scales.stride(0), GROUP=group_size, P=P, PPG=ppg, HAS_BIAS=bias is not None,
                              BLOCK_N=cfg["block_n"], BLOCK_B=block_b, FEW_SHIFTS=cfg["few_shifts"],
+                             PREFETCH=cfg["prefetch"],
                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_options(x))
     return out

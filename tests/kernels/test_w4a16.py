@@ -74,11 +74,11 @@ def test_planes_per_group_rules():
     (9, 320, 32, 1, False, False),  # K = 320: 8-word planes, one group per plane
     (7, 1024, 1024, 2, False, True),  # per-channel scale
 ])
-def test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shifts=True):
+def test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, **variant):
     _, _, _, t = _weights(n, k, group, symmetric, dtype)
     x = _x(m, k, dtype)
     b = (torch.randint(-8, 9, (n,)).float() / 2).to(dtype) if bias else None
-    out = w4a16_gemv(x, t, group, b, block_n=4, block_b=2, num_warps=1, num_stages=1, few_shifts=few_shifts)
+    out = w4a16_gemv(x, t, group, b, block_n=4, block_b=2, num_warps=1, num_stages=1, **variant)
     _check(out, w4a16_linear_ref(x, t, group, b), dtype)
 
 
@@ -103,6 +103,7 @@ def test_kernel_variants(dtype, n, k, group, m, symmetric, bias):
     # FEW_SHIFTS off (the plain variant the benchmark compares against); the GEMM scaling the weight plane (as its
     # large tiles do) instead of the partial sums.
     test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shifts=False)
+    test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, prefetch=False)
     test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, few_shifts=False)
     test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, scale_after=False)
     test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, split_k=2)  # K over 2 programs
