@@ -87,7 +87,8 @@ def _fp8_gemv():
     cfg = DEFAULTS
     args = dict(x_ptr="*bf16", w_ptr="*fp8e4nv", ws_ptr="*fp32", b_ptr="*fp32", out_ptr="*bf16", N="i32/16",
                 K="i32/16", stride_xm="i32/16", stride_om="i32/16", stride_wn="i32/16")
-    const = dict(M=1, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], USE_PDL=True)
+    const = dict(M=1, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], PREFETCH=cfg["prefetch"],
+                 USE_PDL=True)
     return compile_sm90(_fp8_gemv_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
         cfg["block_n"] * cfg["block_k"] // (32 * cfg["num_warps"])
 

@@ -57,8 +57,9 @@ LAYERS = 32
 W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, prefetch=pf) for bn, bb, nw, ns, pf in
            [(8, 8, 4, 2, True), (8, 8, 4, 2, False), (8, 8, 2, 2, True), (16, 16, 8, 2, True), (8, 16, 8, 3, True),
             (4, 16, 8, 3, True), (16, 8, 8, 2, True), (8, 8, 8, 2, True)]]
-FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns) for bn, bk, nw, ns in
-            [(4, 2048, 8, 3), (4, 1024, 4, 3), (8, 1024, 4, 2), (8, 2048, 8, 2), (4, 2048, 4, 1), (16, 512, 4, 2)]]
+FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns, prefetch=pf) for bn, bk, nw, ns, pf in
+            [(4, 2048, 8, 3, False), (4, 2048, 8, 3, True), (8, 1024, 4, 2, True), (8, 2048, 8, 2, False),
+             (4, 2048, 4, 1, True), (16, 512, 4, 2, False), (8, 1024, 4, 2, False)]]
 W4_GEMM_ALT = {16: [dict(block_m=16, block_n=16, num_warps=2, num_stages=4),
                     dict(block_m=16, block_n=64, num_warps=4, num_stages=3),
                     dict(block_m=16, block_n=128, num_warps=4, num_stages=3),

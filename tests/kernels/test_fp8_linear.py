@@ -61,12 +61,13 @@ def _fp8_weight(n, k, seed=0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("n,k,m,bias", [(37, 300, 1, True), (10, 512, 3, False), (5, 64, 2, True)])
-def test_gemv_w8a16_matches_reference(dtype, n, k, m, bias):
+@pytest.mark.parametrize("n,k,m,bias,prefetch", [(37, 300, 1, True, False), (10, 512, 3, False, True),
+                                                  (5, 64, 2, True, False), (37, 300, 1, False, True)])
+def test_gemv_w8a16_matches_reference(dtype, n, k, m, bias, prefetch):
     w, ws = _fp8_weight(n, k)
     x = torch.randn(m, k).to(dtype)
     b = torch.randn(n).to(dtype) if bias else None
-    out = fp8_gemv(x, w, ws, b, block_n=4, block_k=128, num_warps=1, num_stages=1)
+    out = fp8_gemv(x, w, ws, b, block_n=4, block_k=128, num_warps=1, num_stages=1, prefetch=prefetch)
     ref = fp8_gemv_ref(x, w, ws, b)
     assert out.dtype == dtype and out.shape == (m, n)
     tol = 1e-4 if dtype == torch.float32 else 1e-2  # fp32: only the order of the sums differs
