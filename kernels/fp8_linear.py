@@ -5,8 +5,15 @@ Every FP8 source (compressed-tensors float-quantized, llm-compressor FP8, `--qua
 checkpoint) lands in this one layout: weight [N, K] float8_e4m3fn, weight_scale [N] float32, so
 W[n, k] = weight[n, k] * weight_scale[n]; a per-tensor checkpoint scale is repeated over its rows.
 
-SKELETON: the torch reference only. The CUDA path (torch._scaled_mm or Triton, an FP8 GEMV) replaces the
-body of `fp8_linear`.
+On a GPU, `fp8_linear` picks from the shapes alone (CUDA-graph safe, no host syncs):
+- up to GEMV_MAX_M rows (decode): kernels/fp8_gemv.py, W8A16 (x is not quantized: more accurate than W8A8
+  and as fast at batch 1, where the weight read is all the time);
+- more rows: x quantized per token (kernels/fp8_quant.py, one kernel) or with the static scale, then up to
+  TRITON_MAX_M rows the Triton GEMM (kernels/fp8_gemm.py; also for fp32 outputs and shapes _scaled_mm refuses),
+  above that torch._scaled_mm with rowwise scales and fast accumulation (CUTLASS fp8 on Hopper; it needs bf16
+  out, the weight as a column-major [K, N], K and N multiples of 16): the faster of the two at each size in
+  benchmarks/quant_kernels.py on an H200.
+On the CPU the torch reference runs (the CPU engine and the tests use it).
 """
 from __future__ import annotations
 
@@ -14,6 +21,10 @@ import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+GEMV_MAX_M = 1  # rows up to which the W8A16 GEMV beats quantize + GEMM: its second row cost as much as the first (H200)
+TRITON_MAX_M = 128  # rows up to which the Triton FP8 GEMM beat _scaled_mm (H200 run 2: 1.0-1.6x bf16 at 2..64)
+GEMM_BACKEND = None  # None: by M as above; "scaled_mm" or "triton" forces one (the benchmark compares them)
+FAST_ACCUM = True  # _scaled_mm's use_fast_accum: 5-15% faster from 256 rows on (H200 run 2)
 
 
 def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +36,16 @@ def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def quantize_fp8_per_token(x: torch.Tensor, input_scale: torch.Tensor | None = None):
-    """x [M, K] -> (x_fp8 [M, K], scale [M, 1] float32): per row (dynamic), or the one static scale."""
+    """x [M, K] -> (x_fp8 [M, K], scale [M, 1] float32): per row (dynamic), or the one static scale.
+    CUDA tensors go through one Triton kernel (kernels/fp8_quant.py), others through the torch reference."""
+    if x.is_cuda:
+        from kernels.fp8_quant import quantize_fp8_rows
+        return quantize_fp8_rows(x, input_scale)
+    return quantize_fp8_per_token_ref(x, input_scale)
+
+
+def quantize_fp8_per_token_ref(x: torch.Tensor, input_scale: torch.Tensor | None = None):
+    """The torch reference of quantize_fp8_per_token."""
     if input_scale is None:
         scale = (x.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
     else:
@@ -36,7 +56,7 @@ def quantize_fp8_per_token(x: torch.Tensor, input_scale: torch.Tensor | None = N
 
 def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                    input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    xq, xs = quantize_fp8_per_token(x, input_scale)
+    xq, xs = quantize_fp8_per_token_ref(x, input_scale)
     out = (xq.float() * xs) @ (weight.float() * weight_scale.float()[:, None]).t()
     if bias is not None:
         out = out + bias.float()
@@ -46,4 +66,44 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16/fp32) -> [M, N] in x's dtype."""
-    return fp8_linear_ref(x, weight, weight_scale, input_scale, bias)
+    if not x.is_cuda:
+        return fp8_linear_ref(x, weight, weight_scale, input_scale, bias)
+    N, K = weight.shape
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    if M == 0:
+        return x.new_empty(*x.shape[:-1], N)
+    if M <= GEMV_MAX_M:
+        from kernels.fp8_gemv import fp8_gemv
+        out = fp8_gemv(x2, weight, weight_scale, bias)
+    else:
+        out = fp8_gemm_w8a8(x2, weight, weight_scale, input_scale, bias)
+    return out.view(*x.shape[:-1], N)
+
+
+def fp8_gemm_w8a8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                  input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                  backend: str | None = None) -> torch.Tensor:
+    """CUDA, x [M, K] -> [M, N] in x's dtype: quantize x, then _scaled_mm or the Triton GEMM."""
+    from kernels.fp8_quant import quantize_fp8_rows
+    xq, xs = quantize_fp8_rows(x, input_scale)
+    return fp8_linear_quantized(xq, xs, weight, weight_scale, bias, x.dtype, backend)
+
+
+def fp8_linear_quantized(xq: torch.Tensor, xs: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                         bias: torch.Tensor | None, out_dtype: torch.dtype, backend: str | None = None):
+    """W8A8 on inputs already quantized (e.g. by kernels.fp8_silu_quant.silu_and_mul_quant_fp8): xq [M, K] e4m3,
+    xs [M, 1] float32 contiguous -> [M, N] in out_dtype. CUDA: _scaled_mm or the Triton GEMM; CPU: torch."""
+    N, K = weight.shape
+    if not xq.is_cuda:
+        out = (xq.float() * xs) @ (weight.float() * weight_scale.float()[:, None]).t()
+        return (out if bias is None else out + bias.float()).to(out_dtype)
+    backend = backend or GEMM_BACKEND or ("triton" if xq.shape[0] <= TRITON_MAX_M else "scaled_mm")
+    if backend == "scaled_mm" and out_dtype != torch.float32 and N % 16 == 0 and K % 16 == 0:
+        out = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=weight_scale.view(1, N), out_dtype=torch.bfloat16,
+                               use_fast_accum=FAST_ACCUM)
+        if bias is not None:
+            out += bias
+        return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
+    from kernels.fp8_gemm import fp8_gemm
+    return fp8_gemm(xq, weight, xs, weight_scale, bias, out_dtype)
