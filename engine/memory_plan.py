@@ -23,6 +23,22 @@ CUDA_RESERVE_BYTES = 512 * MiB  # kept free beyond (1 - gpu_memory_utilization):
 CUDA_CONTEXT_BYTES = 600 * MiB
 ROTARY_TABLE_BYTES = 4  # each attention layer holds a float32 [max_model_len, head_dim] cos/sin table
 QUANTIZATIONS = ("none",)  # weights are held in --dtype; GGUF files are dequantized as they load
+# --kv-cache-dtype, as vLLM names them: auto is the model's dtype; fp8 and fp8_e4m3 are one byte per element
+# (float8_e4m3fn with per-layer scales, engine/layers/kv_quant.py), so twice the blocks in the same memory.
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
+
+
+def kv_cache_dtype(settings: Settings) -> str:
+    """'auto' or 'fp8_e4m3' (what fp8 means); any other --kv-cache-dtype is a ValueError naming the choices."""
+    name = settings.kv_cache_dtype
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype {name!r} is not supported (one of {', '.join(KV_CACHE_DTYPES)})")
+    return "auto" if name == "auto" else "fp8_e4m3"
+
+
+def kv_dtype_bytes(settings: Settings, model_dtype_bytes: int) -> int:
+    """Bytes of one cached K or V element: the model's dtype's, or 1 for fp8."""
+    return model_dtype_bytes if kv_cache_dtype(settings) == "auto" else 1
 
 
 def kv_bytes_per_block(num_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype_bytes: int) -> int:
@@ -114,6 +130,7 @@ class RankPlan:
     reserve: int  # what the runner leaves free after the KV pool (GPU)
     activations: int  # estimated peak of one step
     graph_pool: int  # estimated; 0 without CUDA graphs
+    kv_dtype: str = "auto"  # engine.memory_plan.kv_cache_dtype: auto (the model's dtype) or fp8_e4m3
 
     @property
     def kv_bytes(self) -> int:
@@ -129,7 +146,8 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     params = rank_parameters(cfg, tp, rank)
     weights = params * size
     buffers = cfg.num_layers * cfg.max_model_len * cfg.head_dim * ROTARY_TABLE_BYTES
-    per_block = kv_bytes_per_block(cfg.num_layers, kv, cfg.head_dim, settings.block_size, size)
+    per_block = kv_bytes_per_block(cfg.num_layers, kv, cfg.head_dim, settings.block_size,
+                                   kv_dtype_bytes(settings, size))
     gpu = device == "cuda"
     context = CUDA_CONTEXT_BYTES if gpu else 0
     free = max(0, total_bytes - context - weights - buffers) if gpu else 0
@@ -139,4 +157,5 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     activations = step_activation_bytes(cfg, settings.max_num_batched_tokens, sampled, tp, size)
     graphs = graph_pool_bytes(cfg, settings.max_num_seqs, tp, size) if gpu and not settings.enforce_eager else 0
     return RankPlan(rank, device, dtype, total_bytes, params, weights, buffers, context, free,
-                    per_block // settings.block_size, per_block, blocks, reserve, activations, graphs)
+                    per_block // settings.block_size, per_block, blocks, reserve, activations, graphs,
+                    kv_cache_dtype(settings))

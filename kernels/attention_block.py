@@ -1,6 +1,10 @@
 """The block loop that decode and prefill attention share: online softmax of a tile of queries over the
 paged KV cache, one BLOCK_N run of key positions at a time (kernels/decode_attention.py and
-kernels/prefill_attention.py each choose the positions and the tile)."""
+kernels/prefill_attention.py each choose the positions and the tile).
+
+An fp8 (e4m3) cache is read as its bytes and converted to q's dtype in registers (exact: every e4m3 value is a
+bf16/fp16 value); its per-layer scales never touch an element here: the callers fold k_scale into qk_scale and
+v_scale into the output (kv_scales)."""
 
 import torch
 import triton
@@ -11,6 +15,21 @@ def dot_precision(q: torch.Tensor) -> str:
     """fp32 inputs get full fp32 products ("ieee"), not tf32: fp32 runs exist to match a reference exactly.
     Other dtypes ignore the setting; the interpreter computes in fp32 (DOT_F32) either way."""
     return "ieee" if q.dtype == torch.float32 or not q.is_cuda else "tf32"
+
+
+def is_fp8(cache: torch.Tensor) -> bool:
+    return cache.dtype == torch.float8_e4m3fn
+
+
+def kv_scales(k_cache: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None):
+    """(k_scale, v_scale, KV_FP8) for a launch: the scale tensors (float32 scalars, read in the kernel so that a
+    CUDA graph sees scales loaded after capture and no host sync is needed) for an fp8 cache; for any other
+    cache none are read and the cache itself stands in for the pointers."""
+    if not is_fp8(k_cache):
+        return k_cache, k_cache, False
+    assert k_scale is not None and v_scale is not None, "an fp8 KV cache needs k_scale and v_scale"
+    assert k_scale.dtype == v_scale.dtype == torch.float32 and k_scale.numel() == v_scale.numel() == 1
+    return k_scale, v_scale, True
 
 
 @triton.jit
@@ -28,8 +47,7 @@ def attend(
         blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
         tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
         k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
+        k = k.to(q.dtype)  # fp8 -> q's dtype; a no-op for a cache in q's dtype (fp32 under DOT_F32)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale folds in log2(e)
         if CAUSAL_MASK:
             s = tl.where((offs_n[None, :] <= q_pos[:, None]) & nmask[None, :], s, float("-inf"))
@@ -38,8 +56,7 @@ def attend(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
-        if DOT_F32:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        v = v.to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return m_i, l_i, acc

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_block import attend, dot_precision
+from kernels.attention_block import attend, dot_precision, kv_scales
 
 DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
 _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
@@ -25,11 +25,11 @@ MIN_BLOCK_B = 256
 @triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
-    qk_scale, B,
+    k_scale_ptr, v_scale_ptr, qk_scale, B,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt,
     GROUP: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, KV_FP8: tl.constexpr,
 ):
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -59,6 +59,8 @@ def _prefill_kernel(
     if DOT_F32:  # the interpreter (triton 3.9) gets bf16 tl.dot wrong; GPUs use the native dtype
         q = q.to(tl.float32)
 
+    if KV_FP8:  # scores of the stored keys times k_scale are the real keys' scores
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -75,6 +77,8 @@ def _prefill_kernel(
                            unmasked_end, kv_end, kv_end, stride_cb, stride_ct, offs_d,
                            BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    if KV_FP8:
+        out = out * tl.load(v_scale_ptr)
     tl.store(out_ptr + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mmask[:, None])
 
@@ -82,10 +86,12 @@ def _prefill_kernel(
 def paged_prefill_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, scale: float,
-    out: torch.Tensor | None = None, **overrides,
+    out: torch.Tensor | None = None, k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+    **overrides,
 ) -> torch.Tensor:
     """q [T, Hq, D] new tokens of B sequences back to back; cu_seqlens_q [B+1] int32;
-    context_lens [B] int32 = cached prefix + new tokens. Returns [T, Hq, D] in q's dtype."""
+    context_lens [B] int32 = cached prefix + new tokens. Returns [T, Hq, D] in q's dtype.
+    An fp8 (e4m3) cache holds K / k_scale and V / v_scale: k_scale and v_scale are float32 scalar tensors."""
     T, HQ, D = q.shape
     _, block_size, HKV, Dk = k_cache.shape
     B = context_lens.shape[0]
@@ -100,22 +106,25 @@ def paged_prefill_attention(
     if T == 0 or B == 0:
         return out
     bm, bn = cfg["block_m"], cfg["block_n"]
+    k_scale, v_scale, kv_fp8 = kv_scales(k_cache, k_scale, v_scale)
     grid = (triton.cdiv(T, bm) + B, HQ)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale,
         scale * 1.4426950408889634, B,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=HQ // HKV, D=D, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_B=max(MIN_BLOCK_B, triton.next_power_of_2(B)), DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        KV_FP8=kv_fp8, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
 
-def paged_prefill_attention_ref(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale):
-    """Plain torch: per sequence, gather K/V of positions [0, ctx) and apply a causal mask offset
-    by the cached prefix; softmax in fp32."""
+def paged_prefill_attention_ref(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale,
+                                k_scale=None, v_scale=None):
+    """Plain torch: per sequence, gather K/V of positions [0, ctx) (times k_scale / v_scale, if given) and
+    apply a causal mask offset by the cached prefix; softmax in fp32."""
+    ks, vs = (1.0 if s is None else float(s) for s in (k_scale, v_scale))
     T, HQ, D = q.shape
     block_size, HKV = k_cache.shape[1], k_cache.shape[2]
     out = torch.zeros((T, HQ, D), dtype=torch.float32, device=q.device)
@@ -126,8 +135,8 @@ def paged_prefill_attention_ref(q, k_cache, v_cache, block_tables, cu_seqlens_q,
             continue
         pos = torch.arange(ctx, device=q.device)
         blocks = block_tables[b].long()[pos // block_size]
-        k = k_cache[blocks, pos % block_size].float().repeat_interleave(HQ // HKV, dim=1)
-        v = v_cache[blocks, pos % block_size].float().repeat_interleave(HQ // HKV, dim=1)
+        k = (k_cache[blocks, pos % block_size].float() * ks).repeat_interleave(HQ // HKV, dim=1)
+        v = (v_cache[blocks, pos % block_size].float() * vs).repeat_interleave(HQ // HKV, dim=1)
         s = torch.einsum("thd,nhd->htn", q[s0:s1].float(), k) * scale
         q_pos = torch.arange(ctx - n_new, ctx, device=q.device)
         s = s.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
