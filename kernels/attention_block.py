@@ -2,9 +2,10 @@
 paged KV cache, one BLOCK_N run of key positions at a time (kernels/decode_attention.py and
 kernels/prefill_attention.py each choose the positions and the tile).
 
-An fp8 (e4m3) cache is read as its bytes and converted to q's dtype in registers (exact: every e4m3 value is a
-bf16/fp16 value); its per-layer scales never touch an element here: the callers fold k_scale into qk_scale and
-v_scale into the output (kv_scales)."""
+An fp8 (e4m3) cache is read as its bytes and converted to q's dtype in registers (exact: every e4m3 value is an
+fp16 value; the callers hand an fp16 q, since e4m3 -> fp16 is one instruction per pair of values and bf16 takes
+two more); its per-layer scales never touch an element here: the callers fold k_scale into qk_scale and v_scale
+into the output (kv_scales)."""
 
 import torch
 import triton

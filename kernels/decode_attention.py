@@ -70,6 +70,8 @@ def _decode_kernel(
                 mask=gmask[:, None], other=0.0)
     if DOT_F32:  # the interpreter (triton 3.9) gets bf16 tl.dot wrong; GPUs use the native dtype
         q = q.to(tl.float32)
+    elif KV_FP8:  # e4m3 -> fp16 is one instruction per pair (bf16 takes two more), and exact: the dots run in fp16
+        q = q.to(tl.float16)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)

@@ -58,6 +58,8 @@ def _prefill_kernel(
     q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=mmask[:, None], other=0.0)
     if DOT_F32:  # the interpreter (triton 3.9) gets bf16 tl.dot wrong; GPUs use the native dtype
         q = q.to(tl.float32)
+    elif KV_FP8:  # e4m3 -> fp16 is one instruction per pair and exact: the dots run in fp16 (q within its range)
+        q = q.to(tl.float16)
 
     if KV_FP8:  # scores of the stored keys times k_scale are the real keys' scores
         qk_scale = qk_scale * tl.load(k_scale_ptr)
