@@ -193,7 +193,7 @@ def time_prefill() -> None:
         TABLE.append((f"prefill attention {kind}", "4 x 2048 new tokens", us))
 
 
-def time_engine(kv_dtype: str, batch: int, prompt_len: int, steps: int) -> dict:
+def time_engine(kv_dtype: str, batch: int, prompt_len: int, steps: int, hf_config: str, device: str) -> dict:
     """Median gap between full-batch overlapped decode steps (CUDA graphs), as structured_tpot measures TPOT."""
     import numpy as np
 
@@ -204,23 +204,24 @@ def time_engine(kv_dtype: str, batch: int, prompt_len: int, steps: int) -> dict:
     from shared.settings import Settings
 
     per_seq = triton.cdiv(prompt_len + steps + 1, BS)
-    settings = Settings(load_format="dummy", hf_config="llama-3.1-8b", dtype="bfloat16", device="cuda",
+    settings = Settings(load_format="dummy", hf_config=hf_config, dtype="bfloat16" if device == "cuda" else "float32",
+                        device=device,
                         max_model_len=4096, max_num_seqs=batch, max_num_batched_tokens=8192,
                         enable_prefix_caching=False, kv_cache_dtype=kv_dtype, num_kv_blocks=batch * per_seq + 64)
     t = time.perf_counter()
     llm = LLM(settings)
     say(f"     engine kv_cache_dtype={kv_dtype}: built in {time.perf_counter() - t:.1f}s")
     # the blocks the default sizing (--gpu-memory-utilization 0.9) gives on this GPU, by the runner's own rule
-    pool = plan_rank(llm.model_config, dataclasses.replace(settings, num_kv_blocks=0), "cuda",
-                     torch.cuda.mem_get_info()[1]).kv_blocks
+    total = torch.cuda.mem_get_info()[1] if device == "cuda" else 0
+    pool = plan_rank(llm.model_config, dataclasses.replace(settings, num_kv_blocks=0), device, total).kv_blocks
     rng = np.random.default_rng(0)
     vocab = llm.model_config.vocab_size
     outputs: dict[str, list[int]] = {}
     gaps: list[float] = []
-    for rep in range(2):  # the first run warms up (graphs replay, allocator); the second is timed
+    for rep in range(2):  # the first run warms up (graphs replay, allocator) on short prompts; the second is timed
         gaps.clear()
         for i in range(batch):
-            llm.scheduler.add_request(f"r{rep}-{i}", 0, rng.integers(3, vocab, prompt_len).tolist(),
+            llm.scheduler.add_request(f"r{rep}-{i}", 0, rng.integers(3, vocab, prompt_len if rep else 64).tolist(),
                                       SamplingParams(temperature=0.0, max_tokens=steps if rep else 4,
                                                      ignore_eos=True).validate())
         last = None
@@ -242,7 +243,8 @@ def time_engine(kv_dtype: str, batch: int, prompt_len: int, steps: int) -> dict:
         f"default pool {pool} blocks")
     del llm
     gc.collect()
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return res
 
 
@@ -253,18 +255,23 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=2016)  # contexts 2016..2080 while timed: about 2048
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--hf-config", default="llama-3.1-8b", help="the engine's dummy model: a named shape or a path")
+    ap.add_argument("--device", default="cuda", help="cpu: only the engine part (a quick check of this script)")
     args = ap.parse_args()
-    say(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    ok = run_checks()
-    time_decode(not args.no_sweep)
-    time_prefill()
+    ok = True
+    if args.device == "cuda":
+        say(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+        ok = run_checks()
+        time_decode(not args.no_sweep)
+        time_prefill()
     engine = []
     if not args.skip_engine:
-        engine = [time_engine(d, args.batch, args.prompt_len, args.steps) for d in ("auto", "fp8")]
+        engine = [time_engine(d, args.batch, args.prompt_len, args.steps, args.hf_config, args.device)
+                  for d in ("auto", "fp8")]
         same = sum(a[:8] == b[:8] for a, b in zip(engine[0]["tokens"], engine[1]["tokens"]))
         say(f"     dummy weights: {same}/{args.batch} sequences' first 8 greedy tokens agree between caches")
         for e in engine:
-            TABLE.append((f"engine decode step {'bf16' if e['kv_dtype'] == 'auto' else 'fp8'}",
+            TABLE.append((f"engine decode step {'model dtype' if e['kv_dtype'] == 'auto' else 'fp8'}",
                           f"batch {args.batch}, ctx ~2048, pool {e['pool_blocks']} blocks", 1e3 * e["tpot_ms"]))
     print("\n=== fp8 KV cache, one GPU ===")
     print(f"{'what':30s} {'variant':48s} {'us':>10s}")
@@ -277,9 +284,9 @@ def main():
     print(f"\ndecode attention B=64 ctx=2048: defaults bf16/fp8 = {dflt['bf16'] / dflt['fp8']:.2f}x, "
           f"best bf16 / best fp8 = {best['bf16'] / best['fp8']:.2f}x (must-hold 4: >= 1.3x)")
     if engine:
-        print(f"engine decode step batch {args.batch}: bf16 cache {engine[0]['tpot_ms']:.3f} ms, fp8 cache "
-              f"{engine[1]['tpot_ms']:.3f} ms = {engine[0]['tpot_ms'] / engine[1]['tpot_ms']:.2f}x; default pool "
-              f"{engine[0]['pool_blocks']} vs {engine[1]['pool_blocks']} blocks "
+        print(f"engine decode step batch {args.batch}: auto (bf16 on a GPU) cache {engine[0]['tpot_ms']:.3f} ms, "
+              f"fp8 cache {engine[1]['tpot_ms']:.3f} ms = {engine[0]['tpot_ms'] / engine[1]['tpot_ms']:.2f}x; "
+              f"default pool {engine[0]['pool_blocks']} vs {engine[1]['pool_blocks']} blocks "
               f"({engine[1]['pool_blocks'] / max(1, engine[0]['pool_blocks']):.2f}x)")
     print(f"checks: {'all ok' if ok else 'SOME FAILED'}; total {time.perf_counter() - T0:.0f}s")
     if os.environ.get("OUT"):
