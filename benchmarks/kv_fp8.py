@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import time
+import traceback
 
 import torch
 import triton
@@ -248,6 +249,15 @@ def time_engine(kv_dtype: str, batch: int, prompt_len: int, steps: int, hf_confi
     return res
 
 
+def section(name, fn, *args):
+    """One part of the run: a failure is printed and the rest still runs (the GPU run is one call). False if so."""
+    try:
+        return fn(*args)
+    except Exception:
+        say(f"FAIL {name}:\n{traceback.format_exc()}")
+        return False
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-sweep", action="store_true")
@@ -261,15 +271,18 @@ def main():
     ok = True
     if args.device == "cuda":
         say(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-        ok = run_checks()
-        time_decode(not args.no_sweep)
-        time_prefill()
+        ok = section("checks", run_checks) is True
+        ok &= section("decode timing", time_decode, not args.no_sweep) is not False
+        ok &= section("prefill timing", time_prefill) is not False
     engine = []
     if not args.skip_engine:
-        engine = [time_engine(d, args.batch, args.prompt_len, args.steps, args.hf_config, args.device)
-                  for d in ("auto", "fp8")]
-        same = sum(a[:8] == b[:8] for a, b in zip(engine[0]["tokens"], engine[1]["tokens"]))
-        say(f"     dummy weights: {same}/{args.batch} sequences' first 8 greedy tokens agree between caches")
+        engine = [e for d in ("auto", "fp8")
+                  if (e := section(f"engine {d}", time_engine, d, args.batch, args.prompt_len, args.steps,
+                                   args.hf_config, args.device))]
+        if len(engine) == 2:
+            same = sum(a[:8] == b[:8] for a, b in zip(engine[0]["tokens"], engine[1]["tokens"]))
+            say(f"     dummy weights: {same}/{args.batch} sequences' first 8 greedy tokens agree between caches")
+        ok &= len(engine) == 2
         for e in engine:
             TABLE.append((f"engine decode step {'model dtype' if e['kv_dtype'] == 'auto' else 'fp8'}",
                           f"batch {args.batch}, ctx ~2048, pool {e['pool_blocks']} blocks", 1e3 * e["tpot_ms"]))
@@ -283,7 +296,7 @@ def main():
                        float("nan")) for kind in ("bf16", "fp8")}
     print(f"\ndecode attention B=64 ctx=2048: defaults bf16/fp8 = {dflt['bf16'] / dflt['fp8']:.2f}x, "
           f"best bf16 / best fp8 = {best['bf16'] / best['fp8']:.2f}x (must-hold 4: >= 1.3x)")
-    if engine:
+    if len(engine) == 2:
         print(f"engine decode step batch {args.batch}: auto (bf16 on a GPU) cache {engine[0]['tpot_ms']:.3f} ms, "
               f"fp8 cache {engine[1]['tpot_ms']:.3f} ms = {engine[0]['tpot_ms'] / engine[1]['tpot_ms']:.2f}x; "
               f"default pool {engine[0]['pool_blocks']} vs {engine[1]['pool_blocks']} blocks "
