@@ -22,6 +22,7 @@ CUDA_RESERVE_BYTES = 512 * MiB  # kept free beyond (1 - gpu_memory_utilization):
 # only the estimate assumes it, the runner measures.
 CUDA_CONTEXT_BYTES = 600 * MiB
 ROTARY_TABLE_BYTES = 4  # each attention layer holds a float32 [max_model_len, head_dim] cos/sin table
+KV_SCALE_BYTES = 8  # and its float32 k_scale and v_scale (engine.layers.attention.Attention)
 QUANTIZATIONS = ("none",)  # weights are held in --dtype; GGUF files are dequantized as they load
 # --kv-cache-dtype, as vLLM names them: auto is the model's dtype; fp8 and fp8_e4m3 are one byte per element
 # (float8_e4m3fn with per-layer scales, engine/layers/kv_quant.py), so twice the blocks in the same memory.
@@ -145,7 +146,7 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     q, kv = rank_heads(cfg, tp, rank)
     params = rank_parameters(cfg, tp, rank)
     weights = params * size
-    buffers = cfg.num_layers * cfg.max_model_len * cfg.head_dim * ROTARY_TABLE_BYTES
+    buffers = cfg.num_layers * (cfg.max_model_len * cfg.head_dim * ROTARY_TABLE_BYTES + KV_SCALE_BYTES)
     per_block = kv_bytes_per_block(cfg.num_layers, kv, cfg.head_dim, settings.block_size,
                                    kv_dtype_bytes(settings, size))
     gpu = device == "cuda"

@@ -12,6 +12,10 @@ reference's top two logits are closer than 2 x LOGIT_TOL (a tie within the toler
 may break), at most once per model: 11 of the 12 sequences are identical, the twelfth parts at a margin of 0.0014.
 """
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,6 +51,22 @@ def test_fp8_doubles_the_blocks():
     assert (plans["auto"].kv_dtype, plans["fp8"].kv_dtype) == ("auto", "fp8_e4m3")
 
 
+def test_estimate_takes_the_kv_cache_dtype(capsys):
+    from services.cli import main
+
+    shape = ["--load-format", "dummy", "--hf-config", "llama-3.1-8b", "--max-model-len", "8192", "--gpu-memory", "139"]
+    plans = {}
+    for kv in ("auto", "fp8"):
+        assert main(["estimate", *shape, "--kv-cache-dtype", kv, "--json"]) == 0
+        plans[kv] = json.loads(capsys.readouterr().out)["ranks"][0]
+    assert plans["fp8"]["kv_blocks"] - 2 * plans["auto"]["kv_blocks"] in (0, 1)
+    assert main(["estimate", *shape, "--kv-cache-dtype", "fp8"]) == 0
+    text = capsys.readouterr().out
+    assert "fp8_e4m3 (1 byte, per-layer scales)" in text and "64.0 KiB" in text
+    assert main(["estimate", *shape, "--kv-cache-dtype", "fp8_e5m2"]) == 2
+    assert "kv_cache_dtype 'fp8_e5m2' is not supported" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["fp8_e5m2", "int8", "FP8", ""])
 def test_other_kv_cache_dtypes_are_refused(name):
     with pytest.raises(ValueError, match="kv_cache_dtype .* is not supported .*auto, fp8, fp8_e4m3"):
@@ -60,6 +80,17 @@ def test_the_runner_refuses_before_loading(tmp_path):
     with pytest.raises(ValueError, match="kv_cache_dtype 'fp8_e5m2'"):
         ModelRunner(Settings(load_format="dummy", hf_config="llama-3-70b", device="cpu", kv_cache_dtype="fp8_e5m2"),
                     show_progress=False)
+
+
+def test_serve_refuses_at_start():
+    """`ferry serve` names the bad value and exits before it starts any process."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "services.cli", "serve", "--kv-cache-dtype", "fp8_e5m2"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "refusing to start: kv_cache_dtype 'fp8_e5m2' is not supported (one of auto, fp8, fp8_e4m3)" in proc.stderr
+    assert "started" not in proc.stderr
 
 
 def _run(model_dir, kv, prompts=PROMPTS, **overrides):
@@ -127,18 +158,24 @@ def test_fp8_with_prefix_caching_and_preemption(tiny):
 
 
 def test_calibrated_scales_are_used(tiny):
-    """A layer's k_scale / v_scale buffers (what a checkpoint's calibrated scales load into) change what is stored
-    and are folded back out: with scales of 2 the logits stay within the tolerance of the fp32 cache's."""
+    """A layer's k_scale / v_scale buffers, where a checkpoint's calibrated scales load (named as vLLM's files name
+    them), change what is stored and are folded back out: the logits stay within the tolerance of the fp32
+    cache's."""
     name, path, (_, ref_tokens, ref_logits) = tiny
-    from engine.layers.attention import Attention
+    from engine.layers.kv_quant import kv_scale_buffer_name
     from engine.llm import LLM
 
     llm = LLM(Settings(model=str(path), dtype="float32", device="cpu", num_kv_blocks=64, block_size=4,
                        kv_cache_dtype="fp8"))
-    for m in llm.runner.model.modules():
-        if isinstance(m, Attention):
-            m.k_scale.fill_(2.0)
-            m.v_scale.fill_(0.5)
+    buffers = dict(llm.runner.model.named_buffers())
+    layers = llm.runner.model_config.num_layers
+    checkpoint = {**{f"model.layers.{i}.self_attn.k_scale": torch.tensor(2.0) for i in range(layers)},
+                  **{f"model.layers.{i}.self_attn.v_proj.output_scale": torch.tensor([0.5]) for i in range(layers)}}
+    for key, value in checkpoint.items():
+        buffers[kv_scale_buffer_name(key)].copy_(value.reshape(()))
+    assert buffers["model.layers.1.self_attn.attn.k_scale"].item() == 2.0
+    assert buffers["model.layers.1.self_attn.attn.v_scale"].item() == 0.5
+    assert kv_scale_buffer_name("model.layers.0.self_attn.k_proj.weight") is None
     recorder = RecordingSampler(llm.runner.sampler)
     llm.runner.sampler = recorder
     out = [o[0] for o in llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=STEPS, ignore_eos=True))]
