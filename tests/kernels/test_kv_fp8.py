@@ -91,15 +91,16 @@ def test_prefill_reads_fp8(ks, vs):
 
 
 def test_fp8_cache_error_against_full_precision():
-    """e4m3 keeps 3 mantissa bits: each element within 2^-4 relative (half an ulp), about 2% RMS for normal data.
-    Attention averages those errors over the context, so its output moves by about that much or less."""
+    """e4m3 keeps 3 mantissa bits: each element within 2^-4 relative (half a step), 2-4% RMS. With random V the
+    output is an average of values of either sign, so its relative error stays about that of one element (the
+    H200 run measured 3.9% at 2048 tokens), plus what the keys' error does to the weights: under 8%."""
     lens = [17, 64, 100]
     k, v, k8, v8, bt, ctx = _fp8_cache(lens, 2, 64, 0.05, 0.05, seed=3)
-    q = torch.randn(len(lens), 8, 64)
+    q = torch.randn(len(lens), 8, 64, generator=torch.Generator().manual_seed(3))
     exact = paged_decode_attention_ref(q, k, v, bt, ctx, 0.125)
     out = paged_decode_attention(q, k8, v8, bt, ctx, 0.125, k_scale=torch.tensor(0.05), v_scale=torch.tensor(0.05))
     rel = ((out - exact).norm() / exact.norm()).item()
-    assert 1e-3 < rel < 4e-2, rel  # it does quantize, and no more than e4m3 allows
+    assert 1e-2 < rel < 8e-2, rel  # it does quantize, and no more than e4m3 allows
 
 
 def test_an_fp8_cache_needs_its_scales():
@@ -117,17 +118,20 @@ sig = dict(q_ptr="*bf16", k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", block_
            cu_seqlens_ptr="*i32", context_lens_ptr="*i32", out_ptr="*bf16", k_scale_ptr="*fp32",
            v_scale_ptr="*fp32", qk_scale="fp32", B="i32", stride_qt="i32", stride_qh="i32", stride_ot="i32",
            stride_oh="i32", stride_cb="i32", stride_ct="i32", stride_ch="i32", stride_bt="i32")
-cx = dict(GROUP=4, D=128, BLOCK_SIZE=16, BLOCK_M=128, BLOCK_N=64, BLOCK_B=256, DOT_F32=False, PRECISION="tf32",
-          KV_FP8=True)
-src = ASTSource(_prefill_kernel, dict(sig, **{k: "constexpr" for k in cx}), constexprs=cx)
-ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3}).asm["ptx"]
-print("e4m3" in ptx)
+found = []
+for mode in (0, 1, 2):  # kernels.attention_block.FP8_MODES
+    cx = dict(GROUP=4, D=128, BLOCK_SIZE=16, BLOCK_M=128, BLOCK_N=64, BLOCK_B=256, DOT_F32=False, PRECISION="tf32",
+              KV_FP8=True, FP8_MODE=mode)
+    src = ASTSource(_prefill_kernel, dict(sig, **{k: "constexpr" for k in cx}), constexprs=cx)
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3}).asm["ptx"]
+    found.append("cvt.rn.f16x2.e4m3x2" in ptx)
+print(all(found))
 """
 
 
 def test_fp8_prefill_compiles_for_hopper():
-    """The interpreter does not lower fp8: compile the prefill kernel for sm_90 as the GPU would (the decode and
-    store kernels' fp8 variants compile in tests/kernels/test_pdl.py)."""
+    """The interpreter does not lower fp8 (nor run PTX): compile the prefill kernel for sm_90 as the GPU would, in
+    each fp8 mode (the decode and store kernels' fp8 variants compile in tests/kernels/test_pdl.py)."""
     env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
