@@ -188,6 +188,10 @@ def time_decode(sweep: bool) -> None:
                     num_stages=st, num_splits=1, fp8_mode=mode)
         run("fp8", f"{mode} bn=128 warps=4 stages=2 splits=1", block_n=128, num_warps=4, num_stages=2, num_splits=1,
             fp8_mode=mode)
+    for mode in ("asm", "asm_vt"):  # deeper pipelines: more bytes in flight per program
+        for bn in (64, 128):
+            run("fp8", f"{mode} bn={bn} warps=4 stages=4 splits=1", block_n=bn, num_warps=4, num_stages=4,
+                num_splits=1, fp8_mode=mode)
     for ns in (2, 4):
         run("fp8", f"default, splits={ns}", num_splits=ns)
 
