@@ -58,16 +58,23 @@ def attend(
     q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
     lo, hi, kv_end, stride_cb, stride_ct, offs_d,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr, FP8_MODE: tl.constexpr = 0,
+    PRECISION: tl.constexpr, FP8_MODE: tl.constexpr = 0, MASK_N: tl.constexpr = True,
 ):
     """Online softmax of q's rows over the paged K/V of positions [lo, hi) (none at or past kv_end), carried in
-    (m_i, l_i, acc); CAUSAL_MASK also drops keys past each row's q_pos. Decode and prefill attention share it."""
+    (m_i, l_i, acc); CAUSAL_MASK also drops keys past each row's q_pos. Decode and prefill attention share it.
+    MASK_N False: the caller knows every run of [lo, hi) is whole and before kv_end, so no load is masked."""
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < kv_end
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        if MASK_N:
+            blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        else:
+            blk = tl.load(bt_row + offs_n // BLOCK_SIZE).to(tl.int64)
         tok = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_ct + head_off
-        k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+        if MASK_N:
+            k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+        else:
+            k = tl.load(k_cache_ptr + tok[None, :] + offs_d[:, None])
         if FP8_MODE > 0:  # an fp8 cache on a GPU, q in fp16
             k = e4m3_to_f16(k)
         else:
@@ -80,10 +87,16 @@ def attend(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if FP8_MODE == 2:
-            v = tl.load(v_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+            if MASK_N:
+                v = tl.load(v_cache_ptr + tok[None, :] + offs_d[:, None], mask=nmask[None, :], other=0.0)
+            else:
+                v = tl.load(v_cache_ptr + tok[None, :] + offs_d[:, None])
             v = tl.trans(e4m3_to_f16(v))
         else:
-            v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
+            if MASK_N:
+                v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
+            else:
+                v = tl.load(v_cache_ptr + tok[:, None] + offs_d[None, :])
             v = e4m3_to_f16(v) if FP8_MODE == 1 else v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=PRECISION)
         m_i = m_new

@@ -17,9 +17,10 @@ from kernels.pdl import launch_options, pdl_start
 
 # Tuned on an H100 (see docs/perf-kernels.md); the bench overrides them to sweep.
 DEFAULTS = dict(block_n=64, num_warps=4, num_stages=3, waves=1, max_splits=64, min_partition=256)
-# An fp8 cache: a key run of the same bytes is twice as many tokens; fp8_mode: see kernels/attention_block.py
-# (benchmarks/kv_fp8.py sweeps them).
-FP8_DEFAULTS = dict(DEFAULTS, block_n=128, fp8_mode="asm")
+# An fp8 cache: a key run of the same bytes is twice as many tokens; fp8_mode: see kernels/attention_block.py.
+# benchmarks/kv_fp8.py sweeps them (H200, batch 64 x 2048: block_n 128 best, the three modes within 4%).
+# split_tail: whole BLOCK_N runs without masks, then the partial one.
+FP8_DEFAULTS = dict(DEFAULTS, block_n=128, fp8_mode="cast")
 _INTERPRET_DEFAULTS = dict(block_n=16, num_warps=1, num_stages=1, waves=1, max_splits=8, min_partition=16)
 
 _NUM_SMS: dict[int, int] = {}
@@ -49,7 +50,7 @@ def _decode_kernel(
     stride_cb, stride_ct, stride_ch, stride_bt,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-    KV_FP8: tl.constexpr, FP8_MODE: tl.constexpr, USE_PDL: tl.constexpr,
+    KV_FP8: tl.constexpr, FP8_MODE: tl.constexpr, SPLIT_TAIL: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pdl_start(USE_PDL)
     if KV_FP8:  # scores of the stored keys times k_scale are the real keys' scores
@@ -81,9 +82,19 @@ def _decode_kernel(
     head_off = kvh.to(tl.int64) * stride_ch
     # The one query sees every position up to the end of the context: as a causal mask at end - 1, the
     # mask also covers the split's last, partial block.
-    m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off,
-                           tl.zeros([BLOCK_G], tl.int32) + end - 1, qk_scale, start, end, end, stride_cb, stride_ct,
-                           offs_d, BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION, FP8_MODE)
+    last = tl.zeros([BLOCK_G], tl.int32) + end - 1
+    if SPLIT_TAIL:  # whole runs of BLOCK_N first, with no masks at all; then the one partial run, masked
+        full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
+        m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, last, qk_scale,
+                               start, full_end, end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, False,
+                               DOT_F32, PRECISION, FP8_MODE, False)
+        m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, last, qk_scale,
+                               full_end, end, end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, True,
+                               DOT_F32, PRECISION, FP8_MODE)
+    else:
+        m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, last, qk_scale,
+                               start, end, end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, True, DOT_F32,
+                               PRECISION, FP8_MODE)
     if KV_FP8:  # the values' scale, once on the accumulator (the splits' merge is linear in it)
         acc = acc * tl.load(v_scale_ptr)
 
@@ -188,7 +199,8 @@ def paged_decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, BLOCK_G=block_g, D=D, BLOCK_SIZE=block_size, BLOCK_N=cfg["block_n"],
         SINGLE_SPLIT=num_splits == 1, DOT_F32=not q.is_cuda, PRECISION=dot_precision(q), KV_FP8=kv_fp8,
-        FP8_MODE=fp8_mode(k_cache, q, cfg), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        FP8_MODE=fp8_mode(k_cache, q, cfg), SPLIT_TAIL=cfg.get("split_tail", False), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
         **launch_options(q),
     )
     if num_splits > 1:

@@ -121,7 +121,7 @@ sig = dict(q_ptr="*bf16", k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", block_
 found = []
 for mode in (0, 1, 2):  # kernels.attention_block.FP8_MODES
     cx = dict(GROUP=4, D=128, BLOCK_SIZE=16, BLOCK_M=128, BLOCK_N=64, BLOCK_B=256, DOT_F32=False, PRECISION="tf32",
-              KV_FP8=True, FP8_MODE=mode)
+              KV_FP8=True, FP8_MODE=mode, SPLIT_TAIL=mode == 1)
     src = ASTSource(_prefill_kernel, dict(sig, **{k: "constexpr" for k in cx}), constexprs=cx)
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3}).asm["ptx"]
     found.append("cvt.rn.f16x2.e4m3x2" in ptx)
@@ -139,3 +139,26 @@ def test_fp8_prefill_compiles_for_hopper():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "True"  # the e4m3 conversion is in the code
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_split_tail_matches_the_reference(fp8):
+    """split_tail (whole BLOCK_N runs unmasked, then the partial one): decode over ragged lengths and idle splits,
+    prefill with cached prefixes, in the model's dtype and in fp8."""
+    lens = [1, 15, 16, 17, 33, 64]
+    k, v, k8, v8, bt, ctx = _fp8_cache(lens, 2, 64, 0.37, 0.21, seed=5)
+    kc, vc, kw = (k8, v8, dict(k_scale=torch.tensor(0.37), v_scale=torch.tensor(0.21))) if fp8 else (k, v, {})
+    q = torch.randn(len(lens), 8, 64)
+    ref = paged_decode_attention_ref(q, kc, vc, bt, ctx, 0.125, kw.get("k_scale"), kw.get("v_scale"))
+    for ns in (1, 4):
+        out = paged_decode_attention(q, kc, vc, bt, ctx, 0.125, num_splits=ns, split_tail=True, **kw)
+        torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+    new, prefix = [1, 15, 17, 33], [16, 5, 0, 32]
+    k, v, k8, v8, bt, ctx = _fp8_cache([n + p for n, p in zip(new, prefix)], 2, 64, 0.37, 0.21, seed=6)
+    kc, vc = (k8, v8) if fp8 else (k, v)
+    cu = torch.zeros(len(new) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(new).cumsum(0)
+    q = torch.randn(sum(new), 8, 64)
+    out = paged_prefill_attention(q, kc, vc, bt, cu, ctx, 0.125, split_tail=True, **kw)
+    ref = paged_prefill_attention_ref(q, kc, vc, bt, cu, ctx, 0.125, kw.get("k_scale"), kw.get("v_scale"))
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)

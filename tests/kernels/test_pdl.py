@@ -53,7 +53,7 @@ KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr argumen
              HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32, stride_cb=I32, stride_ct=I32,
              stride_ch=I32, stride_bt=I32),
         dict(GROUP=4, BLOCK_G=16, D=128, BLOCK_SIZE=16, BLOCK_N=64, SINGLE_SPLIT=False, DOT_F32=False,
-             PRECISION="tf32", KV_FP8=False, FP8_MODE=0), 4),
+             PRECISION="tf32", KV_FP8=False, FP8_MODE=0, SPLIT_TAIL=False), 4),
     "_decode_kernel fp8": (  # an fp8 cache: the scales are read after the wait too
         "kernels.decode_attention",
         dict(q_ptr=BF, k_cache_ptr=FP8, v_cache_ptr=FP8, block_tables_ptr="*i32", context_lens_ptr="*i32",
@@ -61,7 +61,7 @@ KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr argumen
              qk_scale=F32, num_splits=I32, HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32,
              stride_cb=I32, stride_ct=I32, stride_ch=I32, stride_bt=I32),
         dict(GROUP=4, BLOCK_G=16, D=128, BLOCK_SIZE=16, BLOCK_N=128, SINGLE_SPLIT=True, DOT_F32=False,
-             PRECISION="tf32", KV_FP8=True, FP8_MODE=1), 4),
+             PRECISION="tf32", KV_FP8=True, FP8_MODE=1, SPLIT_TAIL=True), 4),
     "_decode_kernel fp8 asm_vt": (  # the other way of reading V (kernels/attention_block.py)
         "kernels.decode_attention",
         dict(q_ptr=BF, k_cache_ptr=FP8, v_cache_ptr=FP8, block_tables_ptr="*i32", context_lens_ptr="*i32",
@@ -69,7 +69,7 @@ KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr argumen
              qk_scale=F32, num_splits=I32, HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32,
              stride_cb=I32, stride_ct=I32, stride_ch=I32, stride_bt=I32),
         dict(GROUP=4, BLOCK_G=16, D=128, BLOCK_SIZE=16, BLOCK_N=128, SINGLE_SPLIT=True, DOT_F32=False,
-             PRECISION="tf32", KV_FP8=True, FP8_MODE=2), 4),
+             PRECISION="tf32", KV_FP8=True, FP8_MODE=2, SPLIT_TAIL=False), 4),
     "_reduce_kernel": ("kernels.decode_attention",
                        dict(out_ptr=BF, acc_ws_ptr="*fp32", ml_ws_ptr="*fp32", context_lens_ptr="*i32",
                             num_splits=I32, HQ=I32, stride_ob=I32, stride_oh=I32),
