@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from engine.layers.kv_quant import kv_scale_buffer_name
 from engine.model_config import ModelConfig
 from engine.quant.convert import finish_quantized_layers
 
@@ -69,6 +70,7 @@ def gguf_weights(path: str, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tenso
 
 def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers())
     if cfg.load_format == "dummy":
         _fill_dummy(model)
         finish_quantized_layers(model)
@@ -85,6 +87,12 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True)
             continue
         if cfg.tie_word_embeddings and name == "lm_head.weight":
             continue  # tied: the embedding is the LM head
+        kv_scale = kv_scale_buffer_name(name)
+        if kv_scale is not None:  # calibrated K/V scales: what an fp8 KV cache divides by (engine/layers/kv_quant.py)
+            if kv_scale not in buffers or tensor.numel() != 1:
+                raise KeyError(f"checkpoint tensor {name} {tuple(tensor.shape)} is not a KV scale of this model")
+            buffers[kv_scale].copy_(tensor.reshape(()).float())
+            continue
         target, shard = name, None
         for ckpt, (ours, shard_id) in model.packed_modules.items():
             if f".{ckpt}." in name:

@@ -22,9 +22,26 @@ CUDA_RESERVE_BYTES = 512 * MiB  # kept free beyond (1 - gpu_memory_utilization):
 # only the estimate assumes it, the runner measures.
 CUDA_CONTEXT_BYTES = 600 * MiB
 ROTARY_TABLE_BYTES = 4  # each attention layer holds a float32 [max_model_len, head_dim] cos/sin table
+KV_SCALE_BYTES = 8  # and its float32 k_scale and v_scale (engine.layers.attention.Attention)
 # --quantization: none holds weights in --dtype (GGUF files are dequantized as they load); the others hold the
 # linear layers' weights as engine/quant lays them out for the kernels (linear_weight_bytes).
 QUANTIZATIONS = ("none", "awq", "gptq", "compressed-tensors", "fp8")
+# --kv-cache-dtype, as vLLM names them: auto is the model's dtype; fp8 and fp8_e4m3 are one byte per element
+# (float8_e4m3fn with per-layer scales, engine/layers/kv_quant.py), so twice the blocks in the same memory.
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
+
+
+def kv_cache_dtype(settings: Settings) -> str:
+    """'auto' or 'fp8_e4m3' (what fp8 means); any other --kv-cache-dtype is a ValueError naming the choices."""
+    name = settings.kv_cache_dtype
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype {name!r} is not supported (one of {', '.join(KV_CACHE_DTYPES)})")
+    return "auto" if name == "auto" else "fp8_e4m3"
+
+
+def kv_dtype_bytes(settings: Settings, model_dtype_bytes: int) -> int:
+    """Bytes of one cached K or V element: the model's dtype's, or 1 for fp8."""
+    return model_dtype_bytes if kv_cache_dtype(settings) == "auto" else 1
 
 
 def kv_bytes_per_block(num_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype_bytes: int) -> int:
@@ -147,6 +164,7 @@ class RankPlan:
     reserve: int  # what the runner leaves free after the KV pool (GPU)
     activations: int  # estimated peak of one step
     graph_pool: int  # estimated; 0 without CUDA graphs
+    kv_dtype: str = "auto"  # engine.memory_plan.kv_cache_dtype: auto (the model's dtype) or fp8_e4m3
 
     @property
     def kv_bytes(self) -> int:
@@ -161,8 +179,9 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     q, kv = rank_heads(cfg, tp, rank)
     params = rank_parameters(cfg, tp, rank)
     weights = rank_weight_bytes(cfg, tp, rank, size)
-    buffers = cfg.num_layers * cfg.max_model_len * cfg.head_dim * ROTARY_TABLE_BYTES
-    per_block = kv_bytes_per_block(cfg.num_layers, kv, cfg.head_dim, settings.block_size, size)
+    buffers = cfg.num_layers * (cfg.max_model_len * cfg.head_dim * ROTARY_TABLE_BYTES + KV_SCALE_BYTES)
+    per_block = kv_bytes_per_block(cfg.num_layers, kv, cfg.head_dim, settings.block_size,
+                                   kv_dtype_bytes(settings, size))
     gpu = device == "cuda"
     context = CUDA_CONTEXT_BYTES if gpu else 0
     free = max(0, total_bytes - context - weights - buffers) if gpu else 0
@@ -172,4 +191,5 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     activations = step_activation_bytes(cfg, settings.max_num_batched_tokens, sampled, tp, size)
     graphs = graph_pool_bytes(cfg, settings.max_num_seqs, tp, size) if gpu and not settings.enforce_eager else 0
     return RankPlan(rank, device, dtype, total_bytes, params, weights, buffers, context, free,
-                    per_block // settings.block_size, per_block, blocks, reserve, activations, graphs)
+                    per_block // settings.block_size, per_block, blocks, reserve, activations, graphs,
+                    kv_cache_dtype(settings))

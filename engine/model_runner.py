@@ -14,6 +14,7 @@ import torch
 
 from engine.gpu_idle import GpuIdleMeter
 from engine.layers.attention import Attention, AttentionMetadata, attention_context, torch_backend_indices
+from engine.layers.kv_quant import kv_cache_torch_dtype
 from engine.loader import load_weights
 from engine.memory_plan import kv_bytes_per_block, kv_pool_blocks
 from engine.model_config import ModelConfig, load_model_config
@@ -62,6 +63,7 @@ class ModelRunner:
             set_enabled(knobs.pdl)  # before the warm-up compiles kernels and the graphs capture them
         init_tensor_parallel(settings.tensor_parallel_size, rank, self.device, knobs.dist_timeout_s)
         self.dtype = resolve_dtype(settings, self.device)
+        self.kv_dtype = kv_cache_torch_dtype(settings, self.dtype)  # a bad --kv-cache-dtype fails before loading
         enable_peer_all_reduce(self.dtype, self.device, cfg.hidden_size, knobs)
         self.block_size = settings.block_size
         default_dtype = torch.get_default_dtype()
@@ -121,19 +123,20 @@ class ModelRunner:
         cfg, s = self.model_config, self.settings
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         kv_heads = layers[0].num_kv_heads
-        bytes_per_block = kv_bytes_per_block(len(layers), kv_heads, cfg.head_dim, s.block_size, self.dtype.itemsize)
+        kv_dtype = self.kv_dtype  # --kv-cache-dtype fp8: one byte, twice the blocks
+        bytes_per_block = kv_bytes_per_block(len(layers), kv_heads, cfg.head_dim, s.block_size, kv_dtype.itemsize)
         # the one sizing rule, shared with `ferry estimate` (engine/memory_plan.py)
         free, total = torch.cuda.mem_get_info(self.device) if self.device.type == "cuda" else (0, 0)
         num_blocks = kv_pool_blocks(s, bytes_per_block, self.device.type, free, total)
         # enough for one max_model_len sequence, else requests would be rejected needlessly
         if num_blocks < 1:
             raise RuntimeError("no memory left for the KV cache")
-        cache = torch.zeros(2, len(layers), num_blocks, s.block_size, kv_heads, cfg.head_dim, dtype=self.dtype,
+        cache = torch.zeros(2, len(layers), num_blocks, s.block_size, kv_heads, cfg.head_dim, dtype=kv_dtype,
                             device=self.device)
         for i, layer in enumerate(layers):
             layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]  # views: they keep the pool alive
-        log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, s.block_size,
-                 cache.numel() * cache.element_size() / 2**20)
+        log.info("KV cache: %d blocks of %d tokens, %s (%.1f MiB)", num_blocks, s.block_size,
+                 str(kv_dtype).removeprefix("torch."), cache.numel() * cache.element_size() / 2**20)
         return num_blocks
 
     # ------------------------------------------------------------------ one step

@@ -12,11 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_block import attend, dot_precision
+from kernels.attention_block import attend, dot_precision, fp8_mode, is_fp8, kv_scales
 from kernels.pdl import launch_options, pdl_start
 
 # Tuned on an H100 (see docs/perf-kernels.md); the bench overrides them to sweep.
 DEFAULTS = dict(block_n=64, num_warps=4, num_stages=3, waves=1, max_splits=64, min_partition=256)
+# An fp8 cache: a key run of the same bytes is twice as many tokens; fp8_mode: see kernels/attention_block.py.
+# benchmarks/kv_fp8.py sweeps them (H200, batch 64 x 2048: block_n 128 best, the three modes within 4%).
+# split_tail: whole BLOCK_N runs without masks, then the partial one.
+FP8_DEFAULTS = dict(DEFAULTS, block_n=128, fp8_mode="cast")
 _INTERPRET_DEFAULTS = dict(block_n=16, num_warps=1, num_stages=1, waves=1, max_splits=8, min_partition=16)
 
 _NUM_SMS: dict[int, int] = {}
@@ -40,15 +44,17 @@ def _partition_len(ctx, num_splits, BLOCK_N: tl.constexpr):
 @triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
-    out_ptr, acc_ws_ptr, ml_ws_ptr,
+    out_ptr, acc_ws_ptr, ml_ws_ptr, k_scale_ptr, v_scale_ptr,
     qk_scale, num_splits, HQ,
     stride_qb, stride_qh, stride_ob, stride_oh,
     stride_cb, stride_ct, stride_ch, stride_bt,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    KV_FP8: tl.constexpr, FP8_MODE: tl.constexpr, SPLIT_TAIL: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pdl_start(USE_PDL)
+    if KV_FP8:  # scores of the stored keys times k_scale are the real keys' scores
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -66,6 +72,8 @@ def _decode_kernel(
                 mask=gmask[:, None], other=0.0)
     if DOT_F32:  # the interpreter (triton 3.9) gets bf16 tl.dot wrong; GPUs use the native dtype
         q = q.to(tl.float32)
+    elif KV_FP8:  # e4m3 -> fp16 is one instruction per pair (bf16 takes two more), and exact: the dots run in fp16
+        q = q.to(tl.float16)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -74,9 +82,21 @@ def _decode_kernel(
     head_off = kvh.to(tl.int64) * stride_ch
     # The one query sees every position up to the end of the context: as a causal mask at end - 1, the
     # mask also covers the split's last, partial block.
-    m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off,
-                           tl.zeros([BLOCK_G], tl.int32) + end - 1, qk_scale, start, end, end, stride_cb, stride_ct,
-                           offs_d, BLOCK_SIZE, BLOCK_N, True, DOT_F32, PRECISION)
+    last = tl.zeros([BLOCK_G], tl.int32) + end - 1
+    if SPLIT_TAIL:  # whole runs of BLOCK_N first, with no masks at all; then the one partial run, masked
+        full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
+        m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, last, qk_scale,
+                               start, full_end, end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, False,
+                               DOT_F32, PRECISION, FP8_MODE, False)
+        m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, last, qk_scale,
+                               full_end, end, end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, True,
+                               DOT_F32, PRECISION, FP8_MODE)
+    else:
+        m_i, l_i, acc = attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, head_off, last, qk_scale,
+                               start, end, end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, True, DOT_F32,
+                               PRECISION, FP8_MODE)
+    if KV_FP8:  # the values' scale, once on the accumulator (the splits' merge is linear in it)
+        acc = acc * tl.load(v_scale_ptr)
 
     if SINGLE_SPLIT:
         # A zero-length context yields zeros instead of 0/0.
@@ -134,10 +154,11 @@ def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     context_lens: torch.Tensor, scale: float, max_context_len: int | None = None,
     num_splits: int | None = None, workspace: torch.Tensor | None = None, out: torch.Tensor | None = None,
-    **overrides,
+    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None, **overrides,
 ) -> torch.Tensor:
     """q [B, Hq, D]; caches [blocks, block_size, Hkv, D]; block_tables [B, max_blocks] int32;
     context_lens [B] int32 (includes the current token). Returns [B, Hq, D] in q's dtype.
+    An fp8 (e4m3) cache holds K / k_scale and V / v_scale: k_scale and v_scale are float32 scalar tensors.
 
     max_context_len (a host int, an upper bound) only sizes the split count; without it the
     block-table width is used. workspace: optional flat fp32 tensor of at least
@@ -148,8 +169,9 @@ def paged_decode_attention(
     assert k_cache.stride(3) == 1 and v_cache.stride() == k_cache.stride()
     if q.stride(2) != 1:
         q = q.contiguous()
-    cfg = dict(DEFAULTS if q.is_cuda else _INTERPRET_DEFAULTS)
+    cfg = dict((FP8_DEFAULTS if is_fp8(k_cache) else DEFAULTS) if q.is_cuda else _INTERPRET_DEFAULTS)
     cfg.update(overrides)
+    k_scale, v_scale, kv_fp8 = kv_scales(k_cache, k_scale, v_scale)
     if out is None:
         out = torch.empty((B, HQ, D), dtype=q.dtype, device=q.device)
     if B == 0:
@@ -171,13 +193,15 @@ def paged_decode_attention(
         acc_ws = ml_ws = out  # unused
     qk_scale = scale * 1.4426950408889634  # exp(x) == exp2(x * log2(e))
     _decode_kernel[(B, HKV, num_splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, acc_ws, ml_ws,
+        q, k_cache, v_cache, block_tables, context_lens, out, acc_ws, ml_ws, k_scale, v_scale,
         qk_scale, num_splits, HQ,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, BLOCK_G=block_g, D=D, BLOCK_SIZE=block_size, BLOCK_N=cfg["block_n"],
-        SINGLE_SPLIT=num_splits == 1, DOT_F32=not q.is_cuda, PRECISION=dot_precision(q),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_options(q),
+        SINGLE_SPLIT=num_splits == 1, DOT_F32=not q.is_cuda, PRECISION=dot_precision(q), KV_FP8=kv_fp8,
+        FP8_MODE=fp8_mode(k_cache, q, cfg), SPLIT_TAIL=cfg.get("split_tail", False), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+        **launch_options(q),
     )
     if num_splits > 1:
         _reduce_kernel[(B, HQ)](
@@ -188,8 +212,11 @@ def paged_decode_attention(
     return out
 
 
-def paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale) -> torch.Tensor:
-    """Plain torch: gather each sequence's K/V from its blocks, softmax in fp32."""
+def paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, k_scale=None,
+                               v_scale=None) -> torch.Tensor:
+    """Plain torch: gather each sequence's K/V from its blocks (times k_scale / v_scale, if given), softmax in
+    fp32."""
+    ks, vs = (1.0 if s is None else float(s) for s in (k_scale, v_scale))
     B, HQ, D = q.shape
     block_size, HKV = k_cache.shape[1], k_cache.shape[2]
     out = torch.zeros((B, HQ, D), dtype=torch.float32, device=q.device)
@@ -199,8 +226,8 @@ def paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, 
             continue
         pos = torch.arange(n, device=q.device)
         blocks = block_tables[b].long()[pos // block_size]
-        k = k_cache[blocks, pos % block_size].float()  # [n, Hkv, D]
-        v = v_cache[blocks, pos % block_size].float()
+        k = k_cache[blocks, pos % block_size].float() * ks  # [n, Hkv, D]
+        v = v_cache[blocks, pos % block_size].float() * vs
         k = k.repeat_interleave(HQ // HKV, dim=1)
         v = v.repeat_interleave(HQ // HKV, dim=1)
         s = torch.einsum("hd,nhd->hn", q[b].float(), k) * scale

@@ -1,8 +1,8 @@
 """`ferry estimate`: how a model would use a GPU's memory under given settings, before choosing a GPU.
 
     ferry estimate --model DIR|FILE.gguf|NAME [--max-model-len N] [--tensor-parallel-size N] [--dtype D]
-                   [--quantization none|awq|gptq|compressed-tensors|fp8] [--max-num-seqs N] [--gpu-memory GiB]
-                   [--json] [any serve setting]
+                   [--quantization none|awq|gptq|compressed-tensors|fp8] [--kv-cache-dtype auto|fp8]
+                   [--max-num-seqs N] [--gpu-memory GiB] [--json] [any serve setting]
 
 Only the model's shape is read (config.json, or a GGUF file's metadata): no weights, no GPU. A quantized
 checkpoint's quantization_config (or --quantization, as `ferry serve` takes it) sizes its linear weights. The KV
@@ -92,12 +92,13 @@ def render(e: Estimate) -> str:
         rows.append(("GPU memory", _gib(p.total)))
     per = "per GPU" if p.device == "cuda" else "on the CPU"
     rows += [(f"weights {per}", f"{_gib(p.weights)} ({p.parameters / 1e9:.3f} B parameters)"),
-             ("rotary tables", _gib(p.buffers))]
+             ("rotary tables, KV scales", _gib(p.buffers))]
     if p.device == "cuda":
         rows += [("CUDA context (assumed)", _gib(p.context)), ("free before the KV pool", _gib(p.free_before_kv)),
                  ("kept free (reserve)", _gib(p.reserve))]
     per_seq = p.kv_bytes_per_token * e.max_model_len
-    rows += [("KV cache per token", f"{p.kv_bytes_per_token / 1024:.1f} KiB"),
+    kv_dtype = f"auto ({p.dtype})" if p.kv_dtype == "auto" else f"{p.kv_dtype} (1 byte, per-layer scales)"
+    rows += [("KV cache dtype", kv_dtype), ("KV cache per token", f"{p.kv_bytes_per_token / 1024:.1f} KiB"),
              ("KV for one full sequence", _gib(per_seq)),
              (f"KV for {e.max_num_seqs} full sequences", _gib(per_seq * e.max_num_seqs)),
              ("KV pool", f"{_gib(p.kv_bytes)}: {p.kv_blocks} blocks of {e.block_size} tokens"),

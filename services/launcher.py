@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 
+from engine.memory_plan import kv_cache_dtype
 from engine.model_config import resolve_model_path
 from shared.errors import FerryError
 from shared.hub_names import is_hub_id
@@ -99,6 +100,12 @@ def fetch_hub_models(settings, log: logging.Logger) -> bool:
 def serve(argv: list[str]) -> int:
     settings = load_settings(argv)  # fail on bad flags here, before starting anything
     log = setup_logging("launcher", settings.log_level, settings.log_format)
+    try:  # issue 18: a KV cache dtype ferry does not have fails here, not later in each runner's log
+        for group in model_groups(settings):
+            kv_cache_dtype(group.settings)
+    except ValueError as e:
+        log.error("refusing to start: %s", e)
+        return 2
     own_dir = not settings.run_dir
     run_dir = settings.run_dir or tempfile.mkdtemp(prefix="ferry-")
     own_keys = run_dir.startswith("tcp://") and not settings.curve_keys_dir

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.layers.backend import building_on_cuda
+from engine.layers.kv_quant import FP8_KV, store_kv
 
 
 @dataclass
@@ -74,16 +75,20 @@ def current_attention_metadata() -> AttentionMetadata:
     return _metadata
 
 
-def torch_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def torch_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, k_scale=None,
+                          v_scale=None) -> torch.Tensor:
     # index_select / index_copy_ rather than advanced indexing: the latter is many times slower on CPU.
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     flat_k, flat_v = k_cache.view(-1, num_kv_heads, head_dim), v_cache.view(-1, num_kv_heads, head_dim)
-    flat_k.index_copy_(0, meta.slot_mapping, k)
-    flat_v.index_copy_(0, meta.slot_mapping, v)
+    store_kv(flat_k, meta.slot_mapping, k, k_scale)
+    store_kv(flat_v, meta.slot_mapping, v, v_scale)
     B, C = meta.gather_slots.shape
     slots = meta.gather_slots.view(-1)
     keys = flat_k.index_select(0, slots).view(B, C, num_kv_heads, head_dim).transpose(1, 2)  # [B, Hkv, C, D]
     values = flat_v.index_select(0, slots).view(B, C, num_kv_heads, head_dim).transpose(1, 2)
+    fp8 = k_cache.dtype == FP8_KV
+    if fp8:  # dequantize: k_scale folds into the softmax scale, v_scale into the output
+        keys, values, scale = keys.to(q.dtype), values.to(q.dtype), scale * float(k_scale)
     group = q.shape[1] // num_kv_heads
     if group > 1:
         keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
@@ -94,14 +99,17 @@ def torch_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, sc
         queries = q.new_zeros(B * L, q.shape[1], head_dim).index_copy_(0, meta.q_rows, q).view(B, L, -1, head_dim)
     out = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values, attn_mask=meta.mask,
                                          scale=scale).transpose(1, 2)
+    if fp8:
+        out = out * float(v_scale)
     if meta.is_decode:
         return out.reshape(B, -1, head_dim)
     return out.reshape(B * L, -1, head_dim).index_select(0, meta.q_rows)
 
 
-def torch_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float):
+def torch_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                    k_scale=None, v_scale=None):
     q, k = rotary(positions, q, k)
-    return torch_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
+    return torch_paged_attention(q, k, v, k_cache, v_cache, meta, scale, k_scale, v_scale)
 
 
 def select_attention():
@@ -111,28 +119,37 @@ def select_attention():
         return torch_attention
     from kernels import paged_decode_attention, paged_prefill_attention, rotary_store_kv
 
-    def triton_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float):
-        rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, k_cache, v_cache, meta.slot_mapping)
+    def triton_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                         k_scale=None, v_scale=None):
+        scales = dict(k_scale=k_scale, v_scale=v_scale)  # read only for an fp8 cache
+        rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, k_cache, v_cache, meta.slot_mapping, **scales)
         if meta.is_decode:
-            return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
+            return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, **scales)
         nd = meta.num_decode_seqs
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         if nd:  # the decode rows are q[:nd] (one token each, first in the batch)
             paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens[:nd], scale,
-                                   max_context_len=meta.max_context_len, out=out[:nd])
+                                   max_context_len=meta.max_context_len, out=out[:nd], **scales)
         # cu_seqlens_q holds absolute rows of q, so the prefill kernel takes the remaining sequences as they are
         return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.cu_seqlens_q[nd:],
-                                       meta.context_lens[nd:], scale, out=out)
+                                       meta.context_lens[nd:], scale, out=out, **scales)
     return triton_attention
 
 
 class Attention(nn.Module):
-    """Paged attention for one layer; the runner assigns k_cache and v_cache after allocating the pool."""
+    """Paged attention for one layer; the runner assigns k_cache and v_cache after allocating the pool.
+
+    k_scale and v_scale: the layer's fp8 KV scales (float32 scalars, 1.0 unless a checkpoint's calibrated ones
+    are copied in: engine.layers.kv_quant.kv_scale_buffer_name), read by the kernels from the device, so CUDA
+    graphs need no recapture. Buffers, not parameters: no checkpoint has to bring them. Unused by a cache in the
+    model's dtype."""
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
         self.k_cache = self.v_cache = torch.empty(0)
+        self.register_buffer("k_scale", torch.ones((), dtype=torch.float32))
+        self.register_buffer("v_scale", torch.ones((), dtype=torch.float32))
         self.attend = select_attention()
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -140,4 +157,4 @@ class Attention(nn.Module):
         """q [T, Hq, D], k and v [T, Hkv, D] before the rotary embedding (strided views of the fused qkv
         output are fine) -> [T, Hq, D]."""
         return self.attend(positions, q, k, v, rotary, self.k_cache, self.v_cache, current_attention_metadata(),
-                           self.scale)
+                           self.scale, self.k_scale, self.v_scale)
