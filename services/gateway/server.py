@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
 
 from aiohttp import web
 
@@ -122,8 +123,6 @@ class Gateway:
     async def _stop(self, app):
         await self.guard.stop()
         await self.router.stop()
-
-    # ------------------------------------------------------------------ small routes
 
     async def models(self, request):
         return web.json_response({"object": "list", "data": [s.card(self.created) for s in self.router.served]})
@@ -354,6 +353,11 @@ class Run:
     async def _stream(self, request: web.Request, first) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        with suppress(ConnectionResetError):  # the client left mid-stream: release() aborts its sequences
+            await self._write_stream(resp, first)
+        return resp
+
+    async def _write_stream(self, resp: web.StreamResponse, first) -> None:
         p, chat = self.p, self.p.chat
         chunk = R.chat_chunk if chat else R.completion_chunk
         if chat:
@@ -388,10 +392,9 @@ class Run:
         except FerryError as e:  # the pipeline failed the request (Run.next)
             await resp.write(R.sse(e.to_dict()))
             await resp.write(R.sse("[DONE]"))
-            return resp
+            return
         self._finished()
         if p.include_usage:
             await resp.write(R.sse(chunk(self.rid, self.created, p.model, [], self.collector.usage())))
         await resp.write(R.sse("[DONE]"))
-        return resp
 
