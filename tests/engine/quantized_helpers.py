@@ -7,22 +7,9 @@ import torch
 from fixtures.prompts import TINY_PROMPT
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
+from tests.engine.test_tiny_models_vs_transformers import RecordingSampler  # noqa: F401 (re-exported)
 
 STEPS = 16
-
-
-class RecordingSampler:
-    """Wraps the runner's sampler to keep every step's logits."""
-
-    def __init__(self, inner):
-        self.inner, self.logits = inner, []
-
-    def sample(self, logits, states, grammar_masks=None):
-        self.logits.append(logits.detach().clone())
-        return self.inner.sample(logits, states, grammar_masks)
-
-    def finish(self, *args):
-        return self.inner.finish(*args)
 
 
 def tiny_settings(path: str, **overrides) -> Settings:
