@@ -6,12 +6,13 @@ ladder (1, 2, 4, 8, 16, 24, 32, 48, 64, ...) and replaying the smallest graph th
 step into one launch. Inputs live in static device buffers the graphs were captured on; each step
 copies its inputs there in one host-to-device transfer from a pinned mirror. Padding rows write
 their K/V nowhere (slot -1) and attend over nothing (context length 0), so they cost a few idle
-programs and change no real row. Prefill and mixed steps run eagerly.
+programs and change no real row. Steps with prompt tokens: engine/mixed_graphs.py.
 """
 from __future__ import annotations
 
 import bisect
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -91,15 +92,16 @@ class CudaGraphRunner:
     """Captures model(input_ids, positions) for each ladder size; replay() runs one decode step."""
 
     def __init__(self, model: torch.nn.Module, max_num_seqs: int, max_model_len: int, block_size: int,
-                 device: torch.device):
+                 device: torch.device, pool=None):
+        """pool: another ladder's memory pool to share (engine/mixed_graphs.py: steps never overlap)."""
         self.model, self.block_size = model, block_size
         self.ladder = graph_batch_sizes(max_num_seqs)
         max_blocks = -(-max_model_len // block_size)
         self.inputs = DecodeInputs(self.ladder[-1], max_blocks, device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self._metas: list[AttentionMetadata] = []  # the graphs read these tensors: keep them alive
-        self._capture()
+        captured = capture_ladder(self.ladder, self._metadata, self._forward, pool)
+        self.captured = captured  # its pool may be shared; its metadata must outlive the graphs
+        self.graphs, self.outputs, self.pool = captured.graphs, captured.outputs, captured.pool
+        log.info("captured decode CUDA graphs for batch sizes %s", self.ladder)
 
     def _metadata(self, bs: int) -> AttentionMetadata:
         inp = self.inputs
@@ -111,28 +113,6 @@ class CudaGraphRunner:
 
     def _forward(self, bs: int) -> torch.Tensor:
         return self.model(self.inputs.device("input_ids", bs), self.inputs.device("positions", bs))
-
-    @torch.inference_mode()
-    def _capture(self) -> None:
-        torch.cuda.synchronize()
-        pool = None
-        mode = "thread_local" if tp_size() > 1 else "global"
-        for bs in reversed(self.ladder):  # largest first: smaller graphs reuse its memory pool
-            meta = self._metadata(bs)
-            with attention_context(meta):
-                for _ in range(2):  # compile every kernel variant outside the capture
-                    self._forward(bs)
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                # thread-local capture under TP: the NCCL watchdog thread keeps querying its events while this
-                # thread captures, and must not invalidate the capture (a precaution; global mode was not tried)
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
-                    self.outputs[bs] = self._forward(bs)
-            pool = graph.pool()
-            self.graphs[bs] = graph
-            self._metas.append(meta)
-        torch.cuda.synchronize()
-        log.info("captured decode CUDA graphs for batch sizes %s", self.ladder)
 
     def can_run(self, num_tokens: np.ndarray, table_width: int) -> bool:
         """Pure decode (one new token per sequence, chunk ends included) of a batch that a graph holds."""
@@ -150,6 +130,43 @@ class CudaGraphRunner:
             fill_inputs(self.inputs.device("input_ids", n))
         self.graphs[bs].replay()
         return self.outputs[bs][:n]
+
+
+@torch.inference_mode()
+def capture_ladder(sizes: list[int], metadata, forward, pool=None):
+    """Capture forward(size) under attention_context(metadata(size)) for every size, largest first so that the
+    smaller graphs reuse its memory pool. Returns a CapturedLadder.
+
+    With tensor parallelism the graphs hold the layers' NCCL all-reduces: every rank captures the same sizes in
+    the same order, so the collectives pair up at capture and replay."""
+    ladder = CapturedLadder({}, {}, None, [])
+    torch.cuda.synchronize()
+    mode = "thread_local" if tp_size() > 1 else "global"
+    for size in sorted(sizes, reverse=True):
+        meta = metadata(size)
+        with attention_context(meta):
+            for _ in range(2):  # compile every kernel variant outside the capture
+                forward(size)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            # thread-local capture under TP: the NCCL watchdog thread keeps querying its events while this
+            # thread captures, and must not invalidate the capture (a precaution; global mode was not tried)
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
+                ladder.outputs[size] = forward(size)
+        pool = graph.pool()
+        ladder.graphs[size] = graph
+        ladder.metas.append(meta)
+    torch.cuda.synchronize()
+    ladder.pool = pool
+    return ladder
+
+
+@dataclass(eq=False)
+class CapturedLadder:
+    graphs: dict  # size -> torch.cuda.CUDAGraph
+    outputs: dict  # size -> the output tensor its replays write
+    pool: object  # the memory pool, for another ladder to share
+    metas: list  # the graphs read these metadata tensors (some are not views of an inputs buffer): kept alive
 
 
 def replay_time_ms(graph: torch.cuda.CUDAGraph, n: int = 20) -> float:

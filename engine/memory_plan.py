@@ -137,13 +137,16 @@ def step_activation_bytes(cfg: ModelConfig, tokens: int, sampled_rows: int, tp: 
     return tokens * per_token * dtype_bytes + 2 * sampled_rows * cfg.vocab_size * 4
 
 
-def graph_pool_bytes(cfg: ModelConfig, max_num_seqs: int, tp: int, dtype_bytes: int) -> int:
-    """The decode CUDA graphs' memory pool: the largest batch's intermediates (smaller graphs reuse them) plus
-    every graph's output [bs, hidden] (engine.cuda_graphs.graph_batch_sizes)."""
+def graph_pool_bytes(cfg: ModelConfig, max_num_seqs: int, tp: int, dtype_bytes: int, mixed_max_tokens: int = 0) -> int:
+    """The CUDA graphs' one memory pool (decode and mixed graphs share it): the largest step's intermediates
+    (smaller graphs reuse them) plus every graph's output [rows, hidden] (engine.cuda_graphs.graph_batch_sizes,
+    engine.mixed_graphs.mixed_token_sizes)."""
     from engine.cuda_graphs import graph_batch_sizes  # imports torch: the gateway's model facts never get here
+    from engine.mixed_graphs import mixed_token_sizes
 
-    outputs = sum(graph_batch_sizes(max_num_seqs)) * cfg.hidden_size * dtype_bytes
-    return step_activation_bytes(cfg, max_num_seqs, 0, tp, dtype_bytes) + outputs
+    rows = sum(graph_batch_sizes(max_num_seqs)) + sum(mixed_token_sizes(mixed_max_tokens))
+    largest = max(max_num_seqs, mixed_max_tokens)
+    return step_activation_bytes(cfg, largest, 0, tp, dtype_bytes) + rows * cfg.hidden_size * dtype_bytes
 
 
 @dataclass(slots=True)
@@ -189,7 +192,8 @@ def plan_rank(cfg: ModelConfig, settings: Settings, device: str, total_bytes: in
     reserve = int(total_bytes * (1 - settings.gpu_memory_utilization) + CUDA_RESERVE_BYTES) if gpu else 0
     sampled = min(settings.max_num_seqs, settings.max_num_batched_tokens)
     activations = step_activation_bytes(cfg, settings.max_num_batched_tokens, sampled, tp, size)
-    graphs = graph_pool_bytes(cfg, settings.max_num_seqs, tp, size) if gpu and not settings.enforce_eager else 0
+    graphs = (graph_pool_bytes(cfg, settings.max_num_seqs, tp, size, settings.cuda_graph_max_tokens)
+              if gpu and not settings.enforce_eager else 0)
     return RankPlan(rank, device, dtype, total_bytes, params, weights, buffers, context, free,
                     per_block // settings.block_size, per_block, blocks, reserve, activations, graphs,
                     kv_cache_dtype(settings))

@@ -88,6 +88,7 @@ class ModelRunner:
         self.idle_meter = GpuIdleMeter() if self.device.type == "cuda" else None
         self.finished_runs: list = []  # IdleRuns the meter closed, for the service to log
         self._warm_up()
+        self.mixed_graphs = self._capture_mixed_graphs()  # first: the largest activations; decode graphs share its pool
         self.graphs = self._capture_cuda_graphs()
 
     @torch.inference_mode()
@@ -116,8 +117,18 @@ class ModelRunner:
             return None
         from engine.cuda_graphs import CudaGraphRunner
 
+        pool = self.mixed_graphs.pool if self.mixed_graphs is not None else None
         return CudaGraphRunner(self.model, self.settings.max_num_seqs, self.model_config.max_model_len,
-                               self.block_size, self.device)
+                               self.block_size, self.device, pool)
+
+    def _capture_mixed_graphs(self):
+        s = self.settings
+        if self.device.type != "cuda" or s.enforce_eager or s.cuda_graph_max_tokens <= 0:
+            return None
+        from engine.mixed_graphs import MixedGraphRunner
+
+        return MixedGraphRunner(self.model, s.cuda_graph_max_tokens, s.max_num_seqs, self.model_config.max_model_len,
+                                self.block_size, self.device)
 
     def _allocate_kv_cache(self) -> int:
         cfg, s = self.model_config, self.settings
@@ -207,6 +218,8 @@ class ModelRunner:
         if self.graphs is not None and self.graphs.can_run(inputs.num_tokens, inputs.table_width):
             hidden = self.graphs.run(token_ids, inputs.positions, inputs.slots, inputs.context_lens,
                                      inputs.block_tables, fill_pending)
+        elif self.mixed_graphs is not None and (size := self.mixed_graphs.size_for(inputs)) is not None:
+            hidden = self.mixed_graphs.run(inputs, token_ids, size, fill_pending)
         else:
             hidden = self._run_eager(inputs, token_ids, fill_pending)
         prompt_scores = self._score_prompts(inputs, hidden) if self.prompt_scored else []

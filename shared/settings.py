@@ -39,6 +39,7 @@ class Settings:
     num_kv_blocks: int = 0  # >0 overrides the sizing above (tests)
     tensor_parallel_size: int = 1
     enforce_eager: bool = False  # no CUDA graphs
+    cuda_graph_max_tokens: int = 512  # steps with prompt tokens up to this many tokens replay a CUDA graph; 0: eager
 
     # processes and sockets
     host: str = "127.0.0.1"

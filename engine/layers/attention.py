@@ -6,6 +6,7 @@ each layer's Attention module writes its new K/V into its cache slots and attend
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -15,6 +16,18 @@ from torch import nn
 
 from engine.layers.backend import building_on_cuda
 from engine.layers.kv_quant import FP8_KV, store_kv
+
+
+@dataclass
+class FixedRows:
+    """A step with prompt tokens inside a CUDA graph (engine/mixed_graphs.py), whose row counts are fixed at
+    capture: the decode kernel runs over rows [0, decode_rows) with the metadata's context_lens and block_tables
+    (context 0 past the step's real decodes); the prefill kernel over MAX_PROMPT_SEQS prompt sequences (padding
+    ones have no new tokens), whose cu_seqlens hold absolute rows of q."""
+    decode_rows: int
+    prompt_cu_seqlens: torch.Tensor  # [P+1] int32
+    prompt_context_lens: torch.Tensor  # [P] int32
+    prompt_block_tables: torch.Tensor  # [P, max_blocks] int32
 
 
 @dataclass
@@ -32,6 +45,7 @@ class AttentionMetadata:
     gather_slots: torch.Tensor | None = None  # [B, C] int64
     mask: torch.Tensor | None = None  # [B, 1, L, C] bool: query may see key
     q_rows: torch.Tensor | None = None  # [T] row of each new token in the padded [B * L] query block
+    fixed_rows: FixedRows | None = None  # a step with prompt tokens in a CUDA graph (the Triton backend only)
 
     @property
     def is_decode(self) -> bool:
@@ -117,23 +131,39 @@ def select_attention():
     cache (kernels.rotary_store_kv), then the decode and/or prefill kernel; plain torch elsewhere."""
     if not building_on_cuda():
         return torch_attention
+    return triton_attention
+
+
+@functools.cache
+def _triton_kernels():
+    """Imported at the first call: only a CUDA build (or a kernel test) needs triton."""
     from kernels import paged_decode_attention, paged_prefill_attention, rotary_store_kv
 
-    def triton_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                         k_scale=None, v_scale=None):
-        scales = dict(k_scale=k_scale, v_scale=v_scale)  # read only for an fp8 cache
-        rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, k_cache, v_cache, meta.slot_mapping, **scales)
-        if meta.is_decode:
-            return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, **scales)
-        nd = meta.num_decode_seqs
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        if nd:  # the decode rows are q[:nd] (one token each, first in the batch)
-            paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens[:nd], scale,
-                                   max_context_len=meta.max_context_len, out=out[:nd], **scales)
-        # cu_seqlens_q holds absolute rows of q, so the prefill kernel takes the remaining sequences as they are
-        return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.cu_seqlens_q[nd:],
-                                       meta.context_lens[nd:], scale, out=out, **scales)
-    return triton_attention
+    return paged_decode_attention, paged_prefill_attention, rotary_store_kv
+
+
+def triton_attention(positions, q, k, v, rotary, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                     k_scale=None, v_scale=None):
+    paged_decode_attention, paged_prefill_attention, rotary_store_kv = _triton_kernels()
+    scales = dict(k_scale=k_scale, v_scale=v_scale)  # read only for an fp8 cache
+    rotary_store_kv(positions, q, k, v, rotary.cos_sin_cache, k_cache, v_cache, meta.slot_mapping, **scales)
+    if meta.is_decode:
+        return paged_decode_attention(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, **scales)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    fixed = meta.fixed_rows
+    if fixed is not None:  # in a CUDA graph: the decode/prompt split is data (rows past it attend to nothing)
+        nd = fixed.decode_rows
+        paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables, meta.context_lens, scale,
+                               max_context_len=meta.max_context_len, out=out[:nd], **scales)
+        return paged_prefill_attention(q, k_cache, v_cache, fixed.prompt_block_tables, fixed.prompt_cu_seqlens,
+                                       fixed.prompt_context_lens, scale, out=out, **scales)
+    nd = meta.num_decode_seqs
+    if nd:  # the decode rows are q[:nd] (one token each, first in the batch)
+        paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens[:nd], scale,
+                               max_context_len=meta.max_context_len, out=out[:nd], **scales)
+    # cu_seqlens_q holds absolute rows of q, so the prefill kernel takes the remaining sequences as they are
+    return paged_prefill_attention(q, k_cache, v_cache, meta.block_tables[nd:], meta.cu_seqlens_q[nd:],
+                                   meta.context_lens[nd:], scale, out=out, **scales)
 
 
 class Attention(nn.Module):
