@@ -63,10 +63,10 @@ class Recorder:
     def __init__(self, inner):
         self.inner, self.rows = inner, {}
 
-    def sample(self, logits, states):
+    def sample(self, logits, states, grammar_masks=None):
         for row, s in zip(logits, states):
             self.rows.setdefault(tuple(s.prompt_token_ids), []).append(row.float().cpu())
-        return self.inner.sample(logits, states)
+        return self.inner.sample(logits, states, grammar_masks)
 
     def finish(self, *args):
         return self.inner.finish(*args)
