@@ -41,7 +41,10 @@ def _partition_len(ctx, num_splits, BLOCK_N: tl.constexpr):
     return tl.maximum(part, BLOCK_N)
 
 
-@triton.jit
+# The split count and the block-table width vary step to step (eager steps pad tables to their longest sequence):
+# neither is specialized on, so no new batch compiles a new variant (a first-use compile stalls a live server for
+# a second or more; only SINGLE_SPLIT picks one of two).
+@triton.jit(do_not_specialize=["num_splits", "stride_bt"])
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     out_ptr, acc_ws_ptr, ml_ws_ptr, k_scale_ptr, v_scale_ptr,
@@ -111,7 +114,7 @@ def _decode_kernel(
             tl.store(ml_ws_ptr + row * 2 + 1, l_i, mask=gmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _reduce_kernel(
     out_ptr, acc_ws_ptr, ml_ws_ptr, context_lens_ptr,
     num_splits, HQ, stride_ob, stride_oh,
@@ -206,7 +209,8 @@ def paged_decode_attention(
     if num_splits > 1:
         _reduce_kernel[(B, HQ)](
             out, acc_ws, ml_ws, context_lens, num_splits, HQ, out.stride(0), out.stride(1),
-            D=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_N=cfg["block_n"], num_warps=4,
+            D=D, BLOCK_S=triton.next_power_of_2(max(cfg["max_splits"], num_splits)), BLOCK_N=cfg["block_n"],
+            num_warps=4,  # BLOCK_S: one width for every split count (one compiled variant; masked loads cost ~nothing)
             **launch_options(q),
         )
     return out

@@ -20,10 +20,10 @@ _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
 MIN_BLOCK_B = 256
 
 
-# B varies step to step, and a mixed step passes the metadata from row num_decode_seqs on (offsets that may or
-# may not be 16-byte aligned): neither is specialized on, so that no new batch shape compiles a new variant
+# B and the block-table width vary step to step, and a mixed step passes the metadata from row num_decode_seqs on
+# (offsets that may or may not be 16-byte aligned): none is specialized on, so that no new batch shape compiles a new variant
 # (a first-use compile stalls a live server for over a second).
-@triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr"])
+@triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr", "stride_bt"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
     k_scale_ptr, v_scale_ptr, qk_scale, B,
