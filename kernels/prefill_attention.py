@@ -21,8 +21,8 @@ MIN_BLOCK_B = 256
 
 
 # B and the block-table width vary step to step, and a mixed step passes the metadata from row num_decode_seqs on
-# (offsets that may or may not be 16-byte aligned): none is specialized on, so that no new batch shape compiles a new variant
-# (a first-use compile stalls a live server for over a second).
+# (offsets that may or may not be 16-byte aligned): none is specialized on, so that no new batch shape compiles a
+# new variant (a first-use compile stalls a live server for over a second).
 @triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr", "stride_bt"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
