@@ -42,6 +42,7 @@ if ls .gpu/wheels/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl || exit 1
 fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/ferry-triton-cache}  # where first-use compiles are seen
 FERRY_PY=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $R/gpu.txt
 
@@ -90,6 +91,7 @@ workloads() {  # side url
   local s=$1 u=$2 p=$POISSON_REQUESTS
   bench "$s" "$u" - 20 --workload fixed --num-requests 64 --input-len 300 --output-len 16 --prompt-seed 900
   bench "$s" "$u" - 30 --num-requests "$WARM_REQUESTS" --prompt-seed 901
+  touch "$R/$s.warm"  # Triton kernels compiled after this stalled a live server: listed at the end
   bench "$s" "$u" batch1.1.json 10 --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1
   bench "$s" "$u" batch1.2.json 10 --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1 \
       --prompt-seed 1
@@ -98,6 +100,10 @@ workloads() {  # side url
   bench "$s" "$u" sharegpt1000.json 45 --num-requests "$SG_REQUESTS" --prompt-seed 200
   bench "$s" "$u" long200.json 30 --workload fixed --num-requests "$LONG_REQUESTS" --input-len 2000 \
       --output-len 128 --prompt-seed 400
+  echo "$s: Triton kernels compiled after the warm-up (each stalled the server):" \
+    "$(find "$TRITON_CACHE_DIR" -newer "$R/$s.warm" -name '*.json' ! -name '__grp__*' 2>/dev/null | wc -l)"
+  find "$TRITON_CACHE_DIR" -newer "$R/$s.warm" -name '*.json' ! -name '__grp__*' 2>/dev/null | xargs -r -n1 basename |
+    sort | uniq -c | head -20
 }
 
 # ---- ferry
