@@ -68,6 +68,18 @@ def _w4_gemv(cfg=None):
     return compile_sm90(_w4a16_gemv_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
 
 
+def _w4_gemv_packed(cfg=None, dtype="bf16"):
+    from kernels.w4a16_gemv_packed import DEFAULTS, _w4a16_gemv_packed_kernel
+    cfg = dict(DEFAULTS, **(cfg or {}))
+    args = dict(x_ptr=f"*{dtype}", qw_ptr="*i32", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}", b_ptr=f"*{dtype}",
+                out_ptr=f"*{dtype}", N="i32/16", K="i32/16", NUM_GROUPS="i32/16", stride_xm="i32/16",
+                stride_om="i32/16", stride_qn="i32/16", stride_sn="i32/16")
+    const = dict(M=1, GROUP=128, P=32, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_B=cfg["block_b"], ASM=True,
+                 F16=dtype == "fp16", MAGIC=1024.0 if dtype == "fp16" else 128.0, USE_PDL=True)
+    per_thread = cfg["block_n"] * cfg["block_b"] * 256 // (32 * cfg["num_warps"])
+    return compile_sm90(_w4a16_gemv_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
+
+
 def _w4_gemm(M=4096):
     from kernels.w4a16_gemm import GROUP_M, _w4a16_gemm_kernel, config_for
     cfg = config_for(M)
@@ -135,6 +147,7 @@ def _split_k_sum():
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
+    "w4_gemv_packed": _w4_gemv_packed, "w4_gemv_packed_f16": lambda: _w4_gemv_packed(dtype="fp16"),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
     "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
