@@ -74,8 +74,8 @@ def _w4_gemv_packed(cfg=None, dtype="bf16"):
     args = dict(x_ptr=f"*{dtype}", qw_ptr="*i32", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}", b_ptr=f"*{dtype}",
                 out_ptr=f"*{dtype}", N="i32/16", K="i32/16", NUM_GROUPS="i32/16", stride_xm="i32/16",
                 stride_om="i32/16", stride_qn="i32/16", stride_sn="i32/16")
-    const = dict(M=1, GROUP=128, P=32, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_B=cfg["block_b"], ASM=True,
-                 F16=dtype == "fp16", MAGIC=1024.0 if dtype == "fp16" else 128.0, USE_PDL=True)
+    const = dict(M=1, GROUP=128, P=32, PAIRED=True, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_B=cfg["block_b"],
+                 ASM=True, F16=dtype == "fp16", MAGIC=1024.0 if dtype == "fp16" else 128.0, USE_PDL=True)
     per_thread = cfg["block_n"] * cfg["block_b"] * 256 // (32 * cfg["num_warps"])
     return compile_sm90(_w4a16_gemv_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
 

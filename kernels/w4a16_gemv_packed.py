@@ -85,44 +85,81 @@ def _word_partials(w, x0, x1, x2, x3, xs0, xs1, xs2, xs3, zp, z_a, z_b, ASM: tl.
 
 
 @triton.jit
-def _step(acc, w, x_row, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, K, NUM_GROUPS, GROUP: tl.constexpr,
-          P: tl.constexpr, ASM: tl.constexpr, F16: tl.constexpr, MAGIC: tl.constexpr):
-    """acc [BN, BB, P] += this step's products: w [BN, BB, P] int32 words of blocks blk0 + b."""
+def _half(pair, F16: tl.constexpr, HI: tl.constexpr):
+    """One 16-bit float of an int32 pair (low or high half) as fp32."""
+    if F16:
+        h = (pair >> 16) if HI else pair
+        return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    if HI:
+        return (pair & -65536).to(tl.float32, bitcast=True)  # a bf16 in the top half of a word is that fp32
+    return (pair << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _add_magic(pair, F16: tl.constexpr):
+    """(z_A, z_B) packed -> (MAGIC + z_A, MAGIC + z_B) packed, exact for integer zeros up to 16."""
+    if F16:
+        return tl.inline_asm_elementwise("{ .reg .b32 m; mov.b32 m, 0x64006400; add.rn.f16x2 $0, $1, m; }",
+                                         "=r,r", [pair], dtype=tl.int32, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise("{ .reg .b32 m; mov.b32 m, 0x43004300; add.rn.bf16x2 $0, $1, m; }",
+                                     "=r,r", [pair], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _step(acc, w, x_row, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, num_blocks, NUM_GROUPS,
+          GROUP: tl.constexpr, P: tl.constexpr, PAIRED: tl.constexpr, ASM: tl.constexpr, F16: tl.constexpr,
+          MAGIC: tl.constexpr):
+    """acc [BN, BB, P] += this step's products: w [BN, BB, P] int32 words of blocks blk0 + b. Blocks past the end
+    (and rows past N) get scale 0, so their words and activations need no mask: those are read from a valid
+    block instead (the last), which saves zeroing registers for masked loads."""
     blk = blk0 + offs_b3  # [1, BB, 1]
-    g_a = (blk * (8 * P)) // GROUP  # planes 0..3 share one group, planes 4..7 one (planes_per_group 4 or 8)
-    g_b = (blk * (8 * P) + 4 * P) // GROUP
-    s_a = tl.load(s_rows + g_a, mask=nmask3 & (g_a < NUM_GROUPS), other=0.0).to(tl.float32)
-    s_b = tl.load(s_rows + g_b, mask=nmask3 & (g_b < NUM_GROUPS), other=0.0).to(tl.float32)
-    z_a16 = tl.load(z_rows + g_a, mask=nmask3 & (g_a < NUM_GROUPS), other=0.0)
-    z_b16 = tl.load(z_rows + g_b, mask=nmask3 & (g_b < NUM_GROUPS), other=0.0)
-    k0 = blk * (8 * P) + offs_j3  # [1, BB, P]: plane 0 of each word
-    kmask = k0 < K
-    x0 = (tl.load(x_row + k0, mask=kmask, other=0.0), tl.load(x_row + k0 + 4 * P, mask=kmask, other=0.0))
-    x1 = (tl.load(x_row + k0 + P, mask=kmask, other=0.0), tl.load(x_row + k0 + 5 * P, mask=kmask, other=0.0))
-    x2 = (tl.load(x_row + k0 + 2 * P, mask=kmask, other=0.0), tl.load(x_row + k0 + 6 * P, mask=kmask, other=0.0))
-    x3 = (tl.load(x_row + k0 + 3 * P, mask=kmask, other=0.0), tl.load(x_row + k0 + 7 * P, mask=kmask, other=0.0))
-    if ASM:  # (MAGIC + z) is exact in 16 bits for integer zeros up to 16 (and 8 bits of mantissa)
-        zp = _pack_pair((z_a16.to(tl.float32) + MAGIC).to(z_a16.dtype),
-                        (z_b16.to(tl.float32) + MAGIC).to(z_b16.dtype))
+    if PAIRED:  # group = 4 P: the two groups of block b are scales[n, 2b : 2b + 2], one 32-bit load
+        bmask = nmask3 & (blk < num_blocks)
+        s_pair = tl.load(s_rows + blk, mask=bmask, other=0)
+        z_pair = tl.load(z_rows + blk, mask=bmask, other=0)
+        s_a, s_b = _half(s_pair, F16, False), _half(s_pair, F16, True)
+        if ASM:
+            zp = _add_magic(z_pair, F16)
+            z_a, z_b = 0.0, 0.0
+        else:
+            zp = 0
+            z_a, z_b = _half(z_pair, F16, False), _half(z_pair, F16, True)
+    else:  # planes 0..3 share one group, planes 4..7 one (planes_per_group 4 or 8)
+        g_a = (blk * (8 * P)) // GROUP
+        g_b = (blk * (8 * P) + 4 * P) // GROUP
+        s_a = tl.load(s_rows + g_a, mask=nmask3 & (g_a < NUM_GROUPS), other=0.0).to(tl.float32)
+        s_b = tl.load(s_rows + g_b, mask=nmask3 & (g_b < NUM_GROUPS), other=0.0).to(tl.float32)
+        z_a16 = tl.load(z_rows + g_a, mask=nmask3 & (g_a < NUM_GROUPS), other=0.0)
+        z_b16 = tl.load(z_rows + g_b, mask=nmask3 & (g_b < NUM_GROUPS), other=0.0)
+        z_a, z_b = z_a16.to(tl.float32), z_b16.to(tl.float32)
+        if ASM:
+            zp = _pack_pair((z_a + MAGIC).to(z_a16.dtype), (z_b + MAGIC).to(z_b16.dtype))
+        else:
+            zp = 0
+    k0 = tl.minimum(blk, num_blocks - 1) * (8 * P) + offs_j3  # [1, BB, P]: plane 0 of each word
+    x0 = (tl.load(x_row + k0), tl.load(x_row + k0 + 4 * P))
+    x1 = (tl.load(x_row + k0 + P), tl.load(x_row + k0 + 5 * P))
+    x2 = (tl.load(x_row + k0 + 2 * P), tl.load(x_row + k0 + 6 * P))
+    x3 = (tl.load(x_row + k0 + 3 * P), tl.load(x_row + k0 + 7 * P))
+    if ASM:
         xs0, xs1 = _pack_pair(x0[0], x0[1]), _pack_pair(x1[0], x1[1])
         xs2, xs3 = _pack_pair(x2[0], x2[1]), _pack_pair(x3[0], x3[1])
-        pa, pb = _word_partials(w, x0, x1, x2, x3, xs0, xs1, xs2, xs3, zp, 0.0, 0.0, ASM, F16)
+        pa, pb = _word_partials(w, x0, x1, x2, x3, xs0, xs1, xs2, xs3, zp, z_a, z_b, ASM, F16)
     else:
         f0 = (x0[0].to(tl.float32), x0[1].to(tl.float32))
         f1 = (x1[0].to(tl.float32), x1[1].to(tl.float32))
         f2 = (x2[0].to(tl.float32), x2[1].to(tl.float32))
         f3 = (x3[0].to(tl.float32), x3[1].to(tl.float32))
-        pa, pb = _word_partials(w, f0, f1, f2, f3, 0, 0, 0, 0, 0, z_a16.to(tl.float32), z_b16.to(tl.float32),
-                                ASM, F16)
+        pa, pb = _word_partials(w, f0, f1, f2, f3, 0, 0, 0, 0, zp, z_a, z_b, ASM, F16)
     return acc + pa * s_a + pb * s_b
 
 
 @triton.jit
 def _w4a16_gemv_packed_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM_GROUPS,
                               stride_xm, stride_om, stride_qn, stride_sn,
-                              GROUP: tl.constexpr, P: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_B: tl.constexpr, ASM: tl.constexpr, F16: tl.constexpr, MAGIC: tl.constexpr,
-                              USE_PDL: tl.constexpr):
+                              GROUP: tl.constexpr, P: tl.constexpr, PAIRED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, ASM: tl.constexpr, F16: tl.constexpr,
+                              MAGIC: tl.constexpr, USE_PDL: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
     offs_n3 = offs_n.to(tl.int64)[:, None, None]
@@ -130,22 +167,26 @@ def _w4a16_gemv_packed_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N,
     offs_b3 = tl.arange(0, BLOCK_B)[None, :, None]
     offs_j3 = tl.arange(0, P)[None, None, :]
     words = qw_ptr + offs_n3 * stride_qn + offs_b3 * P + offs_j3
-    s_rows = s_ptr + offs_n3 * stride_sn
-    z_rows = z_ptr + offs_n3 * stride_sn
+    if PAIRED:  # scales and zeros read as int32 pairs (16-bit values, an even number per row)
+        s_rows = s_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + offs_n3 * (stride_sn // 2)
+        z_rows = z_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + offs_n3 * (stride_sn // 2)
+    else:
+        s_rows = s_ptr + offs_n3 * stride_sn
+        z_rows = z_ptr + offs_n3 * stride_sn
     num_blocks = K // (8 * P)
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
     # Row 0: the first weight tile is loaded before waiting for the kernel before (PDL); each step then loads the
     # next tile before working on its own, so that a load is always in flight.
-    w = tl.load(words, mask=nmask3 & (offs_b3 < num_blocks), other=0, eviction_policy="evict_first")
+    w = tl.load(words, mask=nmask3 & (offs_b3 < num_blocks), eviction_policy="evict_first")  # masked: scale 0
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros([BLOCK_N, BLOCK_B, P], dtype=tl.float32)
     for blk0 in range(BLOCK_B, num_blocks + BLOCK_B, BLOCK_B):
         wmask = nmask3 & (blk0 + offs_b3 < num_blocks)  # all false on the last step: no memory traffic
-        w_next = tl.load(words + blk0 * P, mask=wmask, other=0, eviction_policy="evict_first")
-        acc = _step(acc, w, x_ptr, s_rows, z_rows, nmask3, blk0 - BLOCK_B, offs_b3, offs_j3, K, NUM_GROUPS, GROUP,
-                    P, ASM, F16, MAGIC)
+        w_next = tl.load(words + blk0 * P, mask=wmask, eviction_policy="evict_first")
+        acc = _step(acc, w, x_ptr, s_rows, z_rows, nmask3, blk0 - BLOCK_B, offs_b3, offs_j3, num_blocks,
+                    NUM_GROUPS, GROUP, P, PAIRED, ASM, F16, MAGIC)
         w = w_next
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # every program has got this far: all are running
@@ -157,9 +198,9 @@ def _w4a16_gemv_packed_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N,
         x_row = x_ptr + m * stride_xm
         acc = tl.zeros([BLOCK_N, BLOCK_B, P], dtype=tl.float32)
         for blk0 in range(0, num_blocks, BLOCK_B):
-            w = tl.load(words + blk0 * P, mask=nmask3 & (blk0 + offs_b3 < num_blocks), other=0)
-            acc = _step(acc, w, x_row, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, K, NUM_GROUPS, GROUP, P,
-                        ASM, F16, MAGIC)
+            w = tl.load(words + blk0 * P, mask=nmask3 & (blk0 + offs_b3 < num_blocks))
+            acc = _step(acc, w, x_row, s_rows, z_rows, nmask3, blk0, offs_b3, offs_j3, num_blocks, NUM_GROUPS,
+                        GROUP, P, PAIRED, ASM, F16, MAGIC)
         out = tl.sum(tl.sum(acc, axis=2), axis=1)
         if HAS_BIAS:
             out += bias
@@ -172,6 +213,12 @@ def packed_supported(x: torch.Tensor, K: int, group_size: int) -> bool:
     if planes_per_group(K, group_size) not in (4, 8):
         return False
     return x.dtype in MAGIC_BITS or not x.is_cuda
+
+
+def _paired(t: W4A16Tensors, K: int, group_size: int) -> bool:
+    """Whether the two groups of a block can be read as one int32 of scales and one of zeros."""
+    return (planes_per_group(K, group_size) == 4 and t.scales.element_size() == 2 and t.scales.stride(0) % 2 == 0
+            and t.scales.data_ptr() % 4 == 0 and t.zeros.data_ptr() % 4 == 0)
 
 
 def w4a16_gemv_packed(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Tensor | None = None,
@@ -194,6 +241,7 @@ def w4a16_gemv_packed(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: t
     _w4a16_gemv_packed_kernel[grid](
         x, t.qweight, t.scales, t.zeros, bias if bias is not None else t.scales, out, M, N, K, t.scales.shape[1],
         x.stride(0), out.stride(0), t.qweight.stride(0), t.scales.stride(0), GROUP=group_size, P=P,
+        PAIRED=_paired(t, K, group_size),
         HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_B=block_b, ASM=x.is_cuda,
         F16=x.dtype == torch.float16, MAGIC=magic, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **launch_options(x))
