@@ -105,6 +105,17 @@ def _fp8_gemv():
         cfg["block_n"] * cfg["block_k"] // (32 * cfg["num_warps"])
 
 
+def _fp8_gemv_wide(cfg=None):
+    from kernels.fp8_gemv_wide import DEFAULTS, _fp8_gemv_wide_kernel
+    cfg = dict(DEFAULTS, **(cfg or {}))
+    args = dict(x_ptr="*bf16", w_ptr="*fp8e4nv", ws_ptr="*fp32", b_ptr="*fp32", out_ptr="*bf16", N="i32/16",
+                K="i32/16", stride_xm="i32/16", stride_om="i32/16", stride_wn="i32/16")
+    const = dict(M=1, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_W=cfg["block_w"], ASM=True, X_BF16=True,
+                 USE_PDL=True)
+    return compile_sm90(_fp8_gemv_wide_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
+        cfg["block_n"] * cfg["block_w"] * 4 // (32 * cfg["num_warps"])
+
+
 def _fp8_gemm(M=4096):
     from kernels.fp8_gemm import GROUP_M, _fp8_gemm_kernel, config_for
     cfg = config_for(M)
@@ -149,7 +160,9 @@ KERNELS = {
     "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
     "w4_gemv_packed": _w4_gemv_packed, "w4_gemv_packed_f16": lambda: _w4_gemv_packed(dtype="fp16"),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
-    "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
+    "fp8_gemv": _fp8_gemv, "fp8_gemv_wide": _fp8_gemv_wide,
+    "fp8_gemv_wide_16x1024": lambda: _fp8_gemv_wide(dict(block_n=16, block_w=1024, num_warps=8)),
+    "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
     "w4_split_k_sum": _split_k_sum,
 }
