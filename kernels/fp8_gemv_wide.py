@@ -5,9 +5,11 @@ elements per instruction, exact: every e4m3 value is an fp16 value), one fp16 ->
 (16-bit products cannot be used: bf16 activations overflow fp16, and e4m3 -> bf16 costs more than it saves).
 kernels/fp8_gemv.py spends 3.9 (benchmarks/compile_sm90.py): Triton gives the 8-bit weight tile and the 16-bit
 activations different layouts and moves the activations through shared memory every step. Here the weight is
-read as int32 words (4 elements; 4 words = one 16-byte load per thread and row) converted by PTX (WORD_ASM:
-two cvt, four fp16 -> fp32), and activation c of every word is a [1, BLOCK_W] load in the words' own layout, so
-no layout changes; every thread holds all BLOCK_N rows of its columns, so each activation serves BLOCK_N rows.
+read as int32 words (4 elements), two words (8 bytes) per thread and row, converted by PTX (WORD_ASM: two cvt,
+four fp16 -> fp32); with bf16 activations the 4 of a word are one int64, so the activations of a thread's two
+words are one 16-byte load with the same register layout as the weight's: no shared memory, no barrier (3.55
+per element; 3.30 with 16 rows). Every thread holds all BLOCK_N rows of its columns, so each activation serves
+BLOCK_N rows.
 Each step loads the next weight tile before working on its own. The interpreter (no PTX) converts the bytes with
 Triton casts instead. Same contract as fp8_gemv; `fp8_gemv(variant="wide")` calls it. Needs K % 4 == 0.
 """
@@ -70,7 +72,9 @@ def _fp8_gemv_wide_kernel(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, M, N, K, stride_
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n[:, None] < N
     words = w_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + offs_n.to(tl.int64)[:, None] * (stride_wn // 4)
-    offs_w = tl.arange(0, BLOCK_W)[None, :]  # [1, BW]
+    # Two words (8 bytes) per thread and row: the activations of two words are 16 bytes, so both loads get the
+    # same register layout and the activations need no trip through shared memory.
+    offs_w = tl.max_contiguous(tl.arange(0, BLOCK_W), 2)[None, :]  # [1, BW]
     KW = K // 4
     w = tl.load(words + offs_w, mask=nmask & (offs_w < KW), other=0, eviction_policy="evict_first")
     if USE_PDL:
