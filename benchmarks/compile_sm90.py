@@ -68,6 +68,18 @@ def _w4_gemv(cfg=None):
     return compile_sm90(_w4a16_gemv_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
 
 
+def _w4_gemv_packed(cfg=None, dtype="bf16"):
+    from kernels.w4a16_gemv_packed import DEFAULTS, _w4a16_gemv_packed_kernel
+    cfg = dict(DEFAULTS, **(cfg or {}))
+    args = dict(x_ptr=f"*{dtype}", qw_ptr="*i32", s_ptr=f"*{dtype}", z_ptr=f"*{dtype}", b_ptr=f"*{dtype}",
+                out_ptr=f"*{dtype}", N="i32/16", K="i32/16", NUM_GROUPS="i32/16", stride_xm="i32/16",
+                stride_om="i32/16", stride_qn="i32/16", stride_sn="i32/16")
+    const = dict(M=1, GROUP=128, P=32, PAIRED=True, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_B=cfg["block_b"],
+                 ASM=True, F16=dtype == "fp16", MAGIC=1024.0 if dtype == "fp16" else 128.0, USE_PDL=True)
+    per_thread = cfg["block_n"] * cfg["block_b"] * 256 // (32 * cfg["num_warps"])
+    return compile_sm90(_w4a16_gemv_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
+
+
 def _w4_gemm(M=4096):
     from kernels.w4a16_gemm import GROUP_M, _w4a16_gemm_kernel, config_for
     cfg = config_for(M)
@@ -91,6 +103,17 @@ def _fp8_gemv():
                  USE_PDL=True)
     return compile_sm90(_fp8_gemv_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
         cfg["block_n"] * cfg["block_k"] // (32 * cfg["num_warps"])
+
+
+def _fp8_gemv_wide(cfg=None):
+    from kernels.fp8_gemv_wide import DEFAULTS, _fp8_gemv_wide_kernel
+    cfg = dict(DEFAULTS, **(cfg or {}))
+    args = dict(x_ptr="*bf16", w_ptr="*fp8e4nv", ws_ptr="*fp32", b_ptr="*fp32", out_ptr="*bf16", N="i32/16",
+                K="i32/16", stride_xm="i32/16", stride_om="i32/16", stride_wn="i32/16")
+    const = dict(M=1, HAS_BIAS=False, BLOCK_N=cfg["block_n"], BLOCK_W=cfg["block_w"], ASM=True, X_BF16=True,
+                 USE_PDL=True)
+    return compile_sm90(_fp8_gemv_wide_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
+        cfg["block_n"] * cfg["block_w"] * 4 // (32 * cfg["num_warps"])
 
 
 def _fp8_gemm(M=4096):
@@ -135,8 +158,11 @@ def _split_k_sum():
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
+    "w4_gemv_packed": _w4_gemv_packed, "w4_gemv_packed_f16": lambda: _w4_gemv_packed(dtype="fp16"),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
-    "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
+    "fp8_gemv": _fp8_gemv, "fp8_gemv_wide": _fp8_gemv_wide,
+    "fp8_gemv_wide_16x1024": lambda: _fp8_gemv_wide(dict(block_n=16, block_w=1024, num_warps=8)),
+    "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
     "w4_split_k_sum": _split_k_sum,
 }

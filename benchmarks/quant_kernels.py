@@ -11,8 +11,13 @@
    _scaled_mm with and without fast accumulation, or plus the Triton GEMM; the dispatch). Each variant is a CUDA
    graph of many calls cycling through copies of the weight that total over 400 MB (so each call reads its
    weight from HBM, as a model's layers do), replayed after a warm-up; the median of several replays.
-3. A table last: microseconds per call, speedups over bf16, GB/s of weight read at M = 1, and the 32-layer
+3. A table: microseconds per call, speedups over bf16, GB/s of weight read at M = 1, and the 32-layer
    sum of the four projections at M = 1 (what the decode step's linear layers cost per token).
+4. Last, the GEMV variants side by side at M = 1, 2, 4, 8: bf16, W4A16 fp32 (kernels/w4a16_gemv.py) and packed
+   (kernels/w4a16_gemv_packed.py), FP8 tile (kernels/fp8_gemv.py) and wide (kernels/fp8_gemv_wide.py): the best
+   block configuration of each, microseconds and TB/s of weight bytes.
+--quick: only M = 1, 2, 4, 8, the GEMV variants (two block configurations each) and the dispatch, GEMV checks
+only (one H200 call, about a minute).
 Writes quant_kernels.json under $OUT when that is set.
 """
 import argparse
@@ -49,11 +54,16 @@ w4mod = importlib.import_module("kernels.w4a16")
 
 H, I, HQ, HKV, D = 4096, 14336, 32, 8, 128
 SHAPES = {"qkv": ((HQ + 2 * HKV) * D, H), "o": (H, HQ * D), "gate_up": (2 * I, H), "down": (H, I)}
-MS = [1, 2, 4, 16, 64, 256, 1024, 4096]
+MS = [1, 2, 4, 8, 16, 64, 256, 1024, 4096]
 CHECK_MS = (16, 256, 4096)  # the GEMM checks; the GEMVs are checked at 1, 2 and 4
 GROUP = 128
 DEVICE = "cuda"  # --smoke: "cpu", tiny shapes, the Triton interpreter (checks the script itself, no GPU needed)
 LAYERS = 32
+W4_GEMV_PACKED = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns) for bn, bb, nw, ns in
+                  [(8, 16, 4, 2), (8, 8, 2, 2), (16, 16, 8, 2), (4, 16, 2, 2), (8, 32, 8, 2), (16, 8, 4, 2)]]
+FP8_GEMV_WIDE = [dict(block_n=bn, block_w=bw, num_warps=nw, num_stages=ns) for bn, bw, nw, ns in
+                 [(8, 512, 4, 1), (16, 512, 4, 1), (4, 512, 4, 1), (8, 1024, 4, 1), (8, 256, 2, 1)]]
+GEMV_MS = (1, 2, 4, 8)  # the rows at which the GEMVs are timed (they serve 1 today; the table says whether more)
 W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, prefetch=pf) for bn, bb, nw, ns, pf in
            [(8, 8, 4, 2, True), (8, 8, 4, 2, False), (8, 8, 2, 2, True), (16, 16, 8, 2, True), (8, 16, 8, 3, True),
             (4, 16, 8, 3, True), (16, 8, 8, 2, True), (8, 8, 8, 2, True)]]
@@ -155,10 +165,16 @@ def check(name, N, K, results, ok):
         ok &= good
         lines.append(f"  {name:8} {what:34} max abs {mx:.3e}  rel {rel:.2e}  {'ok' if good else 'FAIL'}")
 
-    for M in (1, 2, 4):
+    for M in (1, 2, 4, 8):
         x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
-        note(f"w4a16 gemv M={M}", w4a16_gemv(x, t, GROUP), x.float() @ w_deq.t(), 1e-2)
-        note(f"fp8 gemv (W8A16) M={M}", fp8_gemv(x, w8, ws), x.float() @ w8_deq.t(), 1e-2)
+        note(f"w4a16 gemv M={M}", w4a16_gemv(x, t, GROUP, variant="fp32"), x.float() @ w_deq.t(), 1e-2)
+        for cfg in W4_GEMV_PACKED[:2]:
+            note(f"w4a16 gemv packed {_cfg_name(cfg)} M={M}", w4a16_gemv(x, t, GROUP, variant="packed", **cfg),
+                 x.float() @ w_deq.t(), 1e-2)
+        note(f"fp8 gemv (W8A16) M={M}", fp8_gemv(x, w8, ws, variant="tile"), x.float() @ w8_deq.t(), 1e-2)
+        for cfg in FP8_GEMV_WIDE[:2]:
+            note(f"fp8 gemv wide {_cfg_name(cfg)} M={M}", fp8_gemv(x, w8, ws, variant="wide", **cfg),
+                 x.float() @ w8_deq.t(), 1e-2)
     for M in CHECK_MS:
         x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
         ref4 = x.float() @ w_deq.t()
@@ -190,12 +206,33 @@ def check(name, N, K, results, ok):
     return ok
 
 
+def gemv_variants(M, quick):
+    """The GEMVs, old and new: name -> (kind, fn(x, weight)); names start with the table's column prefixes."""
+    v = {}
+    for cfg in W4_GEMV[:2] if quick else W4_GEMV:
+        v[f"w4 gemv {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemv(x, t, GROUP, variant="fp32", **cfg))
+    for cfg in W4_GEMV_PACKED[:2] if quick else W4_GEMV_PACKED:
+        v[f"w4 packed {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemv(x, t, GROUP, variant="packed",
+                                                                                  **cfg))
+    for cfg in FP8_GEMV[:2] if quick else FP8_GEMV:
+        v[f"fp8 gemv {_cfg_name(cfg)}"] = ("fp8", lambda x, w, cfg=cfg: fp8_gemv(x, w[0], w[1], variant="tile",
+                                                                                 **cfg))
+    for cfg in FP8_GEMV_WIDE[:2] if quick else FP8_GEMV_WIDE:
+        v[f"fp8 wide {_cfg_name(cfg)}"] = ("fp8", lambda x, w, cfg=cfg: fp8_gemv(x, w[0], w[1], variant="wide",
+                                                                                 **cfg))
+    return v
+
+
 def variants(M, quick):
     """name -> (kind, fn(x, weight)) for this M; kind picks the weight set (bf16, w4, fp8)."""
     v = {"bf16": ("bf16", (lambda x, w: gemv(x, w)) if M == 1 else (lambda x, w: F.linear(x, w)))}
-    if M <= 4:
-        for cfg in W4_GEMV[:4] if quick else W4_GEMV:
-            v[f"w4 gemv {_cfg_name(cfg)}"] = ("w4", lambda x, t, cfg=cfg: w4a16_gemv(x, t, GROUP, **cfg))
+    if quick:  # the GEMVs and the dispatch only
+        v.update(gemv_variants(M, quick))
+        v["w4a16_linear"] = ("w4", lambda x, t: w4a16_linear(x, t, GROUP))
+        v["fp8_linear"] = ("fp8", lambda x, w: fp8_linear(x, w[0], w[1]))
+        return v
+    if M <= 8:
+        v.update(gemv_variants(M, quick))
     v[f"w4 gemm {_cfg_name(w4_config_for(M))}"] = ("w4", lambda x, t: w4a16_gemm(x, t, GROUP))
     alts = W4_GEMM_ALT.get(16 if M <= 16 else (64 if M <= 64 else 4096), [])
     for cfg in alts[:1] if quick and M <= 16 else ([] if quick else alts):
@@ -203,9 +240,6 @@ def variants(M, quick):
     if M >= 16:
         v["w4 dequant+F.linear"] = ("w4", lambda x, t: F.linear(x, w4a16_dequantize_dense(t, GROUP, x.dtype)))
     v["w4a16_linear"] = ("w4", lambda x, t: w4a16_linear(x, t, GROUP))
-    if M <= 4:
-        for cfg in FP8_GEMV[:3] if quick else FP8_GEMV:
-            v[f"fp8 gemv {_cfg_name(cfg)}"] = ("fp8", lambda x, w, cfg=cfg: fp8_gemv(x, w[0], w[1], **cfg))
     v["fp8 quant+scaled_mm"] = ("fp8", lambda x, w: fp8_gemm_w8a8(x, w[0], w[1], backend="scaled_mm"))
     v["fp8 quant+scaled_mm exact"] = ("fp8", lambda x, w: _scaled_mm_exact(x, w))
     v["fp8 quant+triton"] = ("fp8", lambda x, w: fp8_gemm_w8a8(x, w[0], w[1], backend="triton"))
@@ -237,9 +271,11 @@ def main() -> None:
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, interpreter: tries the script only")
     args = ap.parse_args()
+    global DEVICE, SHAPES, MS, CHECK_MS
+    if args.quick:
+        MS, CHECK_MS = list(GEMV_MS), ()
     if args.smoke:
-        global DEVICE, SHAPES, MS, CHECK_MS
-        DEVICE, MS, CHECK_MS = "cpu", [1, 2, 16], (16,)
+        DEVICE, MS, CHECK_MS = "cpu", [1, 2, 16] if not args.quick else [1, 2], () if args.quick else (16,)
         SHAPES = {"qkv": (48, 256), "down": (32, 512)}
     t_start = time.time()
     print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}  torch {torch.__version__}  "
@@ -270,7 +306,7 @@ def main() -> None:
         for M in MS:
             x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
             calls = 48 if M <= 64 else (16 if M <= 1024 else 6)
-            row = dict(shape=name, N=N, K=K, M=M, us={}, gbs={})
+            row = dict(shape=name, N=N, K=K, M=M, us={}, gbs={}, mb=mbs)
             for vname, (kind, fn) in variants(M, args.quick).items():
                 try:
                     us = time_us(fn, sets[kind], x, calls)
@@ -293,6 +329,7 @@ def main() -> None:
         del sets
         torch.cuda.empty_cache()
     print_table(rows, copy_tbs)
+    print_gemv_table(rows)
     print(f"\nchecks {'all ok' if ok else 'FAILED'}; total {time.time() - t_start:.0f} s")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "quant_kernels.json"), "w") as fh:
@@ -305,6 +342,28 @@ def _best(us: dict, prefix: str):
         return None, float("nan")
     k = min(cands, key=cands.get)
     return k, cands[k]
+
+
+def print_gemv_table(rows):
+    """The GEMV variants side by side: best block configuration of each, us and TB/s of weight bytes."""
+    cols = [("bf16", "bf16", "bf16"), ("w4 gemv ", "w4 fp32", "w4"), ("w4 packed ", "w4 packed", "w4"),
+            ("fp8 gemv ", "fp8 tile", "fp8"), ("fp8 wide ", "fp8 wide", "fp8")]
+    print("\n## GEMV variants (best block configuration of each: us, TB/s of weight bytes; x = speedup over bf16)")
+    print("| shape | M | " + " | ".join(c[1] for c in cols) + " | best w4 | best fp8 |")
+    print("| --- | ---: |" + " ---: |" * len(cols) + " --- | --- |")
+    for r in rows:
+        if r["M"] not in GEMV_MS:
+            continue
+        bf = r["us"].get("bf16", float("nan"))
+        cells, best = [], {}
+        for prefix, _, kind in cols:
+            k, us = (prefix, r["us"].get(prefix, float("nan"))) if prefix == "bf16" else _best(r["us"], prefix)
+            tbs = r["mb"][kind] * 1e-6 / (us * 1e-6) if us == us else float("nan")
+            cells.append(f"{us:.1f} ({tbs:.2f} TB/s, {bf / us:.2f}x)")
+            if kind != "bf16" and (kind not in best or us < best[kind][1]):
+                best[kind] = (k, us)
+        print(f"| {r['shape']} | {r['M']} | " + " | ".join(cells) + " | " +
+              " | ".join(str(best.get(kind, ("-",))[0]) for kind in ("w4", "fp8")) + " |")
 
 
 def print_table(rows, copy_tbs):

@@ -11,9 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.fp8_gemv_wide import fp8_gemv_wide
 from kernels.pdl import launch_options
 
 DEFAULTS = dict(block_n=4, block_k=2048, num_warps=8, num_stages=3, prefetch=False)  # the fastest in H200 run 2
+VARIANT = "tile"  # or "wide": kernels/fp8_gemv_wide.py (weight read as int32 words, PTX conversion; not yet timed)
 
 
 @triton.jit
@@ -75,8 +77,11 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, ws_ptr, b_ptr, out_ptr, M, N, K, stride_xm, s
 def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
              **overrides) -> torch.Tensor:
     """x [M, K] (M small, any float dtype) -> [M, N] in x's dtype; weight [N, K] e4m3 with unit stride along K,
-    weight_scale [N] float32. With PDL the weight is read before the kernel before has finished."""
+    weight_scale [N] float32. With PDL the weight is read before the kernel before has finished. variant= picks
+    the kernel (VARIANT by default); the other keywords are its DEFAULTS' block sizes."""
     M, K = x.shape
+    if overrides.pop("variant", VARIANT) == "wide" and K % 4 == 0:
+        return fp8_gemv_wide(x, weight, weight_scale, bias, **overrides)
     N = weight.shape[0]
     assert weight.shape[1] == K and weight.stride(1) == 1
     cfg = dict(DEFAULTS, **overrides)

@@ -23,11 +23,15 @@ import triton.language as tl
 
 from kernels.pdl import launch_options
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
+from kernels.w4a16_gemv_packed import packed_supported, w4a16_gemv_packed
 
 # H200 run 2 (benchmarks/quant_kernels.py): 8 rows x 8 blocks on 4 warps was the fastest variant at every 8B shape
 # (2 warps: fewer instructions per element, 4.6 against 7, but too few warps to hide the latency). Still only
 # ~1.1 TB/s of int4 weight: the kernel is bound by its arithmetic (see docs/perf-kernels.md).
 DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True, prefetch=True)
+# "fp32": this file's kernel; "packed": kernels/w4a16_gemv_packed.py (two elements per instruction; 3.0 SASS
+# instructions per element against 4.8-6.9, not yet timed on a GPU) where it takes the call, this kernel elsewhere.
+VARIANT = "fp32"
 
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 
@@ -136,8 +140,11 @@ def _w4a16_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
 def w4a16_gemv(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Tensor | None = None,
                **overrides) -> torch.Tensor:
     """x [M, K] (M small) -> [M, N] in x's dtype. With PDL the weight is read before the kernel just before
-    this one has finished: it must not be that kernel's output."""
+    this one has finished: it must not be that kernel's output. variant= picks the kernel (VARIANT by default);
+    the other keywords are the chosen kernel's block sizes (its DEFAULTS)."""
     M, K = x.shape
+    if overrides.pop("variant", VARIANT) == "packed" and packed_supported(x, K, group_size):
+        return w4a16_gemv_packed(x, t, group_size, bias, **overrides)
     N = t.qweight.shape[0]
     P = plane_words(K)
     ppg = planes_per_group(K, group_size)
