@@ -29,9 +29,10 @@ from kernels.w4a16_gemv_packed import packed_supported, w4a16_gemv_packed
 # (2 warps: fewer instructions per element, 4.6 against 7, but too few warps to hide the latency). Still only
 # ~1.1 TB/s of int4 weight: the kernel is bound by its arithmetic (see docs/perf-kernels.md).
 DEFAULTS = dict(block_n=8, block_b=8, num_warps=4, num_stages=2, few_shifts=True, prefetch=True)
-# "fp32": this file's kernel; "packed": kernels/w4a16_gemv_packed.py (two elements per instruction; 3.0 SASS
-# instructions per element against 4.8-6.9, not yet timed on a GPU) where it takes the call, this kernel elsewhere.
-VARIANT = "fp32"
+# "packed": kernels/w4a16_gemv_packed.py (two elements per instruction; 3.0 SASS instructions per element against
+# 4.8-6.9) where it takes the call, this file's kernel ("fp32") elsewhere. H200: packed 1.7-2.3x this kernel's speed
+# at M = 1 at the 8B shapes (docs/perf-kernels.md).
+VARIANT = "packed"
 
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float whose mantissa bits are the integer OR-ed into it
 
