@@ -179,10 +179,10 @@ class DetokenizerService:
             elif isinstance(msg, TokenBatch):
                 firsts = self._first_tokens_in(msg) if self.trace is not None else ()
                 outputs, aborts = self.detok.on_batch(msg)
-                for gid, outs in by_gateway(outputs).items():  # one frame per gateway per step, not per request
-                    self.out.to_gateway(gid, RequestOutputs(gid, outs))
                 for rid in firsts:
                     self.trace.hop(rid, "detok_out")
+                for gid, outs in by_gateway(outputs).items():  # one frame per gateway per step, not per request
+                    self.out.to_gateway(gid, RequestOutputs(gid, outs))
                 for rid, index in aborts:  # a stop string ended it: the engine can stop generating
                     self.out.to_scheduler(AbortRequest(rid, -1, "stop", index))
             elif isinstance(msg, RequestError):

@@ -126,8 +126,6 @@ class EngineClient:
             self.runs.pop(req.request_id, None)
             self.pending.discard(req.request_id)
             raise NotReady("no tokenizer worker is available")
-        if self.trace is not None:
-            self.trace.hop(req.request_id, "gw_out")
 
     def num_pending(self) -> int:
         """Requests submitted through this gateway that have produced no output yet."""

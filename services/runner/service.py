@@ -56,6 +56,7 @@ class RunnerService:
         # issue 17, --trace-first-token: hops of the steps that start sequences (their first tokens), else None
         self.trace = trace
         self.traced_steps: set[int] = set()  # main thread: traced steps whose results have not gone out
+        self.pending_prompt = False  # main thread: the outstanding step carried prompt tokens
 
     # ------------------------------------------------------------------ heartbeat thread
 
@@ -135,6 +136,11 @@ class RunnerService:
             if self.rank == 0:  # the rank that sends results
                 self.traced_steps.add(plan.step_id)
         try:
+            if plan is not None and self.pending_prompt and self.runner.pending_done():
+                # The outstanding step carried prompt tokens (first tokens, issue 17) and its work is done: its
+                # result goes out before the next step is launched, not after (on the CPU that launch is the
+                # whole next forward). Decode steps keep launch-then-finish: the GPU never waits for the host.
+                self._send(self.runner.flush())
             result = self.runner.submit(plan) if plan is not None else self.runner.flush()
         except Exception as e:
             self.log.exception("step %d failed", self.last_step_id)
@@ -144,17 +150,22 @@ class RunnerService:
                                                               error=f"{type(e).__name__}: {e}")))
             return EXIT_STEP_FAILED
         self.busy_since = None
+        # packed int32 columns: more token ids than sequences means some sequence ran a prompt chunk
+        self.pending_prompt = plan is not None and len(plan.token_ids) > len(plan.seq_ids)
         self.meter.step_done(time.monotonic() - started)
         if traced:
             self.trace.step_hop(plan.step_id, "run_submitted")
-        if self.rank == 0 and result is not None:
-            self.out.to_scheduler(self._signed(result))
-        if self.trace is not None and result is not None and result.step_id in self.traced_steps:
-            self.traced_steps.discard(result.step_id)
-            self.trace.step_hop(result.step_id, "run_result_out")
+        self._send(result)
         while self.runner.finished_runs:
             self.log.info("%s", self.runner.finished_runs.pop(0))
         return None
+
+    def _send(self, result: StepResult | None) -> None:
+        if self.trace is not None and result is not None and result.step_id in self.traced_steps:
+            self.traced_steps.discard(result.step_id)
+            self.trace.step_hop(result.step_id, "run_result_out")
+        if self.rank == 0 and result is not None:
+            self.out.to_scheduler(self._signed(result))
 
     def _signed(self, result: StepResult) -> StepResult:
         result.session, result.rank, result.instance = self.session, self.rank, self.instance

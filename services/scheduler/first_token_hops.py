@@ -26,7 +26,7 @@ class SchedulerHops:
         self.awaiting_plan[first_seq_id] = rid
 
     def planned(self, plan: StepPlan) -> None:
-        """After the plan went to every rank."""
+        """Just before the plan goes to the ranks (every "out" hop is stamped before its send)."""
         if not self.awaiting_plan:
             return
         for sid, samples in zip(unpack_ids(plan.seq_ids).tolist(), plan.sample_mask):

@@ -177,10 +177,10 @@ class SchedulerService:
         deltas = self.sched.update(result)  # drops a result that does not answer the oldest plan in flight
         if len(self.sched.requests) < num_live:
             self.stats_dirty = True  # a request ended: its blocks are free
-        if deltas:
-            self.out.to_detokenizer(TokenBatch(deltas))
         if traced:
             self.hops.tokens_out(traced)
+        if deltas:
+            self.out.to_detokenizer(TokenBatch(deltas))
 
     def _on_runner(self, msg: RunnerReady, now: float) -> None:
         if not 0 <= msg.rank < self.world:
@@ -301,13 +301,12 @@ class SchedulerService:
                 self.stalled = bool(self.sched.inflight)
                 break
             plan.session = self.session  # a runner takes plans of the session it joined only
+            if self.hops is not None:
+                self.hops.planned(plan)
             for rank in range(self.world):
                 if not self.out.to_runner(rank, plan):
                     self.reset(f"runner rank {rank} is not connected")
                     break
-            else:
-                if self.hops is not None:
-                    self.hops.planned(plan)
         self._maybe_publish(now)
 
     def not_ready_reason(self, now: float) -> str:

@@ -49,9 +49,9 @@ class TokenizerService:
                 return
             prepared = self.builder.prepare(req)
             self.log.debug("%s: %d prompt tokens", req.request_id, len(prepared.prompt_token_ids) // 4)
-            self.out.to_scheduler(prepared)
-            if self.trace is not None:
+            if self.trace is not None:  # "out" hops are stamped as the message leaves: before the send
                 self.trace.hop(req.request_id, "tok_out")
+            self.out.to_scheduler(prepared)
             self.out.to_gateway(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
         except FerryError as e:
             self.errors += 1
