@@ -1,6 +1,11 @@
 """Where a first token waits: the per-hop breakdown of one run served with --trace-first-token (issue 17).
 
     python benchmarks/first_token_hops.py LOG [LOG ...]     (ferry serve's output, or each process's log)
+    python benchmarks/first_token_hops.py --drive http://127.0.0.1:8000 --requests 30 LOG
+
+--drive first sends that many streaming /v1/completions requests one after the other (a 5-token prompt of token
+ids, 8 tokens out) and adds the client's own hops: client_send (before the request is written) and
+client_first_chunk (its first SSE event, text or not), joined by the id the chunks carry.
 
 Every process logs `first-token rid=... hop=... t_us=...` lines (shared/first_token_trace.py); the runner logs
 by step id and the scheduler names the step that sampled each request's first token, so its runner hops join
@@ -10,9 +15,13 @@ since its first hop, in milliseconds; hops are shown in the order of their media
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import re
 import statistics
 import sys
+import time
+import urllib.parse
 
 LINE = re.compile(r"first-token (rid|step)=(\S+) hop=(\w+) t_us=(\d+)(?: step=(\d+))?")
 
@@ -52,17 +61,49 @@ def breakdown(by_rid: dict[str, dict[str, int]]) -> list[tuple[str, float, float
     return sorted(rows, key=lambda r: r[2])
 
 
+def drive(url: str, num_requests: int, prompt: list[int], max_tokens: int) -> list[str]:
+    """Send the requests one at a time; the client's hop lines, in the servers' line format."""
+    where = urllib.parse.urlsplit(url)
+    lines = []
+    for _ in range(num_requests):
+        conn = http.client.HTTPConnection(where.hostname, where.port or 80, timeout=120)
+        body = json.dumps({"model": _model(conn), "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                           "temperature": 0.0, "stream": True})
+        sent = time.time_ns() // 1000
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        first, rid = None, None
+        for raw in resp:
+            if raw.startswith(b"data: {"):
+                if first is None:
+                    first, rid = time.time_ns() // 1000, json.loads(raw[6:]).get("id")
+        conn.close()
+        if rid is None:
+            raise SystemExit(f"no chunk came back (HTTP {resp.status})")
+        lines += [f"first-token rid={rid} hop=client_send t_us={sent}",
+                  f"first-token rid={rid} hop=client_first_chunk t_us={first}"]
+    return lines
+
+
+def _model(conn: http.client.HTTPConnection) -> str:
+    conn.request("GET", "/v1/models")
+    return json.loads(conn.getresponse().read())["data"][0]["id"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("logs", nargs="+", help="log files ('-': standard input)")
     ap.add_argument("--skip", type=int, default=0, help="leave out the first N requests (warm-up)")
+    ap.add_argument("--drive", default="", help="a ferry's URL: send --requests first, timed by the client too")
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--max-tokens", type=int, default=8)
     args = ap.parse_args(argv)
-    lines = []
+    lines = drive(args.drive, args.requests, [1, 2, 3, 4, 5], args.max_tokens) if args.drive else []
     for path in args.logs:
         if path == "-":
             lines += sys.stdin.readlines()
         else:
-            with open(path, errors="replace") as fh:
+            with open(path, errors="replace") as fh:  # read after driving: the servers' lines are there now
                 lines += fh.readlines()
     by_rid = read_hops(lines)
     first = sorted(by_rid, key=lambda rid: min(by_rid[rid].values()))[args.skip:]

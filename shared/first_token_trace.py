@@ -20,15 +20,20 @@ class FirstTokenTrace:
     def __init__(self, log: logging.Logger):
         self.log = log
 
-    def hop(self, rid: str, name: str, step: int | None = None) -> None:
-        t_us = time.time_ns() // 1000
+    def hop(self, rid: str, name: str, step: int | None = None, t_us: int | None = None) -> None:
+        """t_us: when it happened, if not now (a hop timed before the request had its id)."""
+        t_us = now_us() if t_us is None else t_us
         if step is None:
             self.log.info("%s rid=%s hop=%s t_us=%d", PREFIX, rid, name, t_us)
         else:
             self.log.info("%s rid=%s hop=%s t_us=%d step=%d", PREFIX, rid, name, t_us, step)
 
     def step_hop(self, step: int, name: str) -> None:
-        self.log.info("%s step=%d hop=%s t_us=%d", PREFIX, step, name, time.time_ns() // 1000)
+        self.log.info("%s step=%d hop=%s t_us=%d", PREFIX, step, name, now_us())
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def first_token_trace(settings, log: logging.Logger) -> FirstTokenTrace | None:

@@ -337,8 +337,6 @@ class Run:
     async def answer(self, request: web.Request) -> web.StreamResponse:
         # Wait for the first output before answering, so that a rejected prompt gets a plain 4xx.
         first = await self.next()
-        if self.client.trace is not None:  # issue 17: the handler has its first output
-            self.client.trace.hop(self.rid, "gw_handler")
         if self.p.stream:
             return await self._stream(request, first)
         await self.collect(first)

@@ -8,10 +8,9 @@ from openai import OpenAI
 
 from benchmarks.first_token_hops import breakdown, main, read_hops
 
-PATH = ["gw_in", "tok_in", "tok_out", "sched_in", "sched_admitted", "sched_plan_out", "run_plan_in",
+PATH = ["gw_http_in", "gw_in", "tok_in", "tok_out", "sched_in", "sched_admitted", "sched_plan_out", "run_plan_in",
         "run_step_start", "run_submitted", "run_result_out", "sched_result_in", "sched_tokens_out", "detok_in",
-        "detok_out", "gw_reply_in",
-        "gw_handler"]
+        "detok_out", "gw_reply_in", "gw_headers_out"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def test_each_requests_first_token_is_timed_at_every_hop(server, capsys):
         times = [hops[h] for h in PATH]
         assert all(a <= b for a, b in zip(times, times[1:])), (rid, dict(zip(PATH, times)))
     rows = {hop: (gap, since_first, n) for hop, gap, since_first, n in breakdown(by_rid)}
-    assert rows["gw_in"][1] == 0 and rows["gw_handler"][2] == len(ids)
+    assert rows["gw_http_in"][1] == 0 and rows["gw_headers_out"][2] == len(ids)
     log_path = server.log_path
     assert main([log_path]) == 0
     printed = capsys.readouterr().out
