@@ -101,6 +101,8 @@ class Settings:
     grammar_tokenizer: str = ""  # the model whose tokenizer grammars are compiled against; "": --model (benchmarks
     # with dummy weights name the default model here, so that a grammar has real tokens to allow)
     max_grammar_chars: int = 65536  # a schema, regex, grammar or tools list longer than this is a 400
+    # the first-token path (issue 17)
+    trace_first_token: bool = False  # log each request's first token at every hop (benchmarks/first_token_hops.py)
 
     def resolved_name(self) -> str:
         if self.served_model_name:

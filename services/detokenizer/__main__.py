@@ -12,6 +12,7 @@ from services.detokenizer.service import DetokenizerService
 from services.heartbeat import start_heartbeat
 from services.runtime import start_service
 from services.worker_outbox import WorkerOutbox
+from shared.first_token_trace import first_token_trace
 from shared.messages import DetokRegister, RequestError, TokenBatch
 from shared.sockets import PullSocket, endpoint
 
@@ -23,7 +24,8 @@ def main(argv=None):
     tokenizer = load_tokenizer(settings)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "detokenizer"), expect=(DetokRegister, TokenBatch, RequestError))
-    service = DetokenizerService(tokenizer, WorkerOutbox(settings, ctx), os.getpid())
+    service = DetokenizerService(tokenizer, WorkerOutbox(settings, ctx), os.getpid(),
+                                 first_token_trace(settings, log))
     start_heartbeat(ctx, endpoint(settings, "scheduler"), service.heartbeat, settings.heartbeat_interval)
     log.info("detokenizer ready")
     while True:

@@ -163,26 +163,44 @@ class Outbox(Protocol):
 class DetokenizerService:
     """The detokenizer process: each message through Detokenizer, what it returns out; what its heartbeat says."""
 
-    def __init__(self, tokenizer, out: Outbox, pid: int):
+    def __init__(self, tokenizer, out: Outbox, pid: int, trace=None):
         self.detok = Detokenizer(tokenizer)
         self.out = out
         self.pid = pid
+        self.trace = trace  # shared.first_token_trace.FirstTokenTrace with --trace-first-token, else None
+        self.awaiting_first: set[str] = set()  # tracing: registered requests whose first tokens have not come
 
     def on_message(self, msg) -> None:
         try:
             if isinstance(msg, DetokRegister):
                 self.detok.register(msg)
+                if self.trace is not None:
+                    self.awaiting_first.add(msg.request_id)
             elif isinstance(msg, TokenBatch):
+                firsts = self._first_tokens_in(msg) if self.trace is not None else ()
                 outputs, aborts = self.detok.on_batch(msg)
+                for rid in firsts:
+                    self.trace.hop(rid, "detok_out")
                 for gid, outs in by_gateway(outputs).items():  # one frame per gateway per step, not per request
                     self.out.to_gateway(gid, RequestOutputs(gid, outs))
                 for rid, index in aborts:  # a stop string ended it: the engine can stop generating
                     self.out.to_scheduler(AbortRequest(rid, -1, "stop", index))
             elif isinstance(msg, RequestError):
+                self.awaiting_first.discard(msg.request_id)
                 for gid, out in self.detok.fail(msg):
                     self.out.to_gateway(gid, out)
         except Exception:  # one bad message must not take the process down
             log.exception("dropped a message that could not be handled: %r", type(msg).__name__)
+
+    def _first_tokens_in(self, batch: TokenBatch) -> list[str]:
+        """Tracing only: the requests whose first tokens this batch brings (each logged as it came in)."""
+        firsts = []
+        for d in batch.deltas:
+            if d.request_id in self.awaiting_first:
+                self.awaiting_first.discard(d.request_id)
+                self.trace.hop(d.request_id, "detok_in")
+                firsts.append(d.request_id)
+        return firsts
 
     def heartbeat(self) -> Heartbeat:
         """What the heartbeat thread sends (services/heartbeat.py), also while a long batch decodes."""

@@ -8,8 +8,10 @@ from aiohttp import web
 
 from services.gateway.connections import SPARE_FDS, GuardedSite, raise_fd_limit
 from services.gateway.drain import drain
+from services.gateway.first_token_hops import install_first_token_hops
 from services.gateway.server import Gateway
 from services.runtime import orphaned, start_service
+from shared.first_token_trace import first_token_trace
 
 
 async def serve(settings, log):
@@ -18,7 +20,9 @@ async def serve(settings, log):
     gateway.guard.max_connections = max(1, min(settings.max_connections, fds - SPARE_FDS))
     # aiohttp's own limits on the request head; its keep-alive timer only backs up the guard's read timeout.
     # shutdown_timeout: what aiohttp gives handlers after drain() has ended every request.
-    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None, shutdown_timeout=5.0,
+    app = gateway.app()
+    install_first_token_hops(app, first_token_trace(settings, log))  # issue 17: only with --trace-first-token
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0,
                            keepalive_timeout=max(75.0, settings.http_read_timeout),
                            max_line_size=settings.max_header_bytes, max_field_size=settings.max_header_bytes)
     await runner.setup()

@@ -16,6 +16,7 @@ from services.gateway.tokenizer_pool import TokenizerPool
 from services.heartbeat import start_heartbeat
 from services.scheduler.service import NO_TOKENIZERS
 from shared.errors import NotReady, ServiceUnavailable
+from shared.first_token_trace import first_token_trace
 from shared.messages import (
     AbortRequest,
     EngineStats,
@@ -63,6 +64,7 @@ class EngineClient:
         self.last_reply_at = time.monotonic()  # any reply for any request: the pipeline is moving
         self.draining = False  # SIGTERM: no new requests (services/gateway/drain.py)
         self.heartbeat = None
+        self.trace = first_token_trace(settings, log)  # issue 17: --trace-first-token, else None
 
     def _worker_socket(self, wid: int) -> AsyncPushSocket:
         sock = self.worker_socks.get(wid)
@@ -116,6 +118,8 @@ class EngineClient:
         reason = self.not_ready_reason()
         if reason:
             raise NotReady(f"the server is not ready: {reason}")
+        if self.trace is not None:
+            self.trace.hop(req.request_id, "gw_in")
         self.runs[req.request_id] = (queue, prompt_index)
         self.pending.add(req.request_id)
         if not self.pool.send(req.request_id, req):
@@ -159,6 +163,8 @@ class EngineClient:
         self.pool.passed_on(rid)
         if type(msg) is Tokenized:
             return
+        if self.trace is not None and rid in self.pending:  # its first output
+            self.trace.hop(rid, "gw_reply_in")
         self.pending.discard(rid)
         entry = self.runs.get(rid)
         if entry is not None:  # else: the client is gone already

@@ -22,6 +22,7 @@ import zmq
 
 from services.runner.service import RunnerService
 from services.runtime import start_service
+from shared.first_token_trace import first_token_trace
 from shared.messages import SchedulerPing, StepPlan
 from shared.sockets import PullSocket, PushSocket, endpoint
 
@@ -101,7 +102,8 @@ def main(argv=None):
     runner = ModelRunner(settings, rank=rank)
     ctx = zmq.Context()
     service = RunnerService(runner, ResultOutbox(settings, ctx), rank, os.getpid(), settings.peer_timeout,
-                            time.monotonic(), session_grace=3 * settings.heartbeat_interval)
+                            time.monotonic(), session_grace=3 * settings.heartbeat_interval,
+                            trace=first_token_trace(settings, log))
     Heartbeats(settings, ctx, service).start()
     PlanInbox(settings, ctx, service).start()
     log.info("runner rank %d ready: %d KV blocks", rank, runner.num_kv_blocks)

@@ -34,7 +34,7 @@ class RunnerService:
     """
 
     def __init__(self, runner, out: Outbox, rank: int, pid: int, peer_timeout: float, now: float,
-                 instance: str | None = None, session_grace: float = 0.0):
+                 instance: str | None = None, session_grace: float = 0.0, trace=None):
         self.runner = runner  # engine.model_runner.ModelRunner, or a fake with the same few members
         self.out = out  # step results; only rank 0 sends them
         self.rank, self.pid = rank, pid
@@ -53,6 +53,10 @@ class RunnerService:
         self.stepped = False  # set by the main thread once a plan ran: from then on this rank holds state
         self.plans: queue.Queue[StepPlan] = queue.Queue()  # reader thread -> main thread
         self.meter = RunnerMeter(rank, runner)  # steps, step time, idle share for /metrics (issue 16)
+        # issue 17, --trace-first-token: hops of the steps that start sequences (their first tokens), else None
+        self.trace = trace
+        self.traced_steps: set[int] = set()  # main thread: traced steps whose results have not gone out
+        self.pending_prompt = False  # main thread: the outstanding step carried prompt tokens
 
     # ------------------------------------------------------------------ heartbeat thread
 
@@ -81,6 +85,8 @@ class RunnerService:
                 return EXIT_SESSION_CHANGED
             self.session, self.last_own_ping = msg.session, now
         elif self.session and msg.session == self.session:  # before our handshake, or another session's: not ours
+            if self.trace is not None and msg.new_seqs:
+                self.trace.step_hop(msg.step_id, "run_plan_in")
             self.plans.put(msg)
         elif self.session:
             self.log.warning("dropped plan %s of session %.12s (ours is %.12s)", msg.step_id, msg.session,
@@ -124,7 +130,17 @@ class RunnerService:
         self.busy_since, started = now, time.monotonic()
         if plan is not None:
             self.last_step_id, self.stepped = plan.step_id, True
+        traced = self.trace is not None and plan is not None and bool(plan.new_seqs)
+        if traced:
+            self.trace.step_hop(plan.step_id, "run_step_start")
+            if self.rank == 0:  # the rank that sends results
+                self.traced_steps.add(plan.step_id)
         try:
+            if plan is not None and self.pending_prompt and self.runner.pending_done():
+                # The outstanding step carried prompt tokens (first tokens, issue 17) and its work is done: its
+                # result goes out before the next step is launched, not after (on the CPU that launch is the
+                # whole next forward). Decode steps keep launch-then-finish: the GPU never waits for the host.
+                self._send(self.runner.flush())
             result = self.runner.submit(plan) if plan is not None else self.runner.flush()
         except Exception as e:
             self.log.exception("step %d failed", self.last_step_id)
@@ -134,12 +150,22 @@ class RunnerService:
                                                               error=f"{type(e).__name__}: {e}")))
             return EXIT_STEP_FAILED
         self.busy_since = None
+        # packed int32 columns: more token ids than sequences means some sequence ran a prompt chunk
+        self.pending_prompt = plan is not None and len(plan.token_ids) > len(plan.seq_ids)
         self.meter.step_done(time.monotonic() - started)
-        if self.rank == 0 and result is not None:
-            self.out.to_scheduler(self._signed(result))
+        if traced:
+            self.trace.step_hop(plan.step_id, "run_submitted")
+        self._send(result)
         while self.runner.finished_runs:
             self.log.info("%s", self.runner.finished_runs.pop(0))
         return None
+
+    def _send(self, result: StepResult | None) -> None:
+        if self.trace is not None and result is not None and result.step_id in self.traced_steps:
+            self.traced_steps.discard(result.step_id)
+            self.trace.step_hop(result.step_id, "run_result_out")
+        if self.rank == 0 and result is not None:
+            self.out.to_scheduler(self._signed(result))
 
     def _signed(self, result: StepResult) -> StepResult:
         result.session, result.rank, result.instance = self.session, self.rank, self.instance

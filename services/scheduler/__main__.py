@@ -6,7 +6,9 @@ import time
 import zmq
 
 from services.runtime import start_service
+from services.scheduler.first_token_hops import SchedulerHops
 from services.scheduler.service import SchedulerService
+from shared.first_token_trace import first_token_trace
 from shared.messages import AbortRequest, EngineRequest, Heartbeat, RunnerReady, StepResult
 from shared.sockets import PubSocket, PullSocket, PushSocket, endpoint
 
@@ -38,8 +40,10 @@ def main(argv=None):
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "scheduler"), expect=(EngineRequest, AbortRequest, Heartbeat))
     from_runners = PullSocket(ctx, endpoint(settings, "runner_out"), expect=(StepResult, RunnerReady))
+    trace = first_token_trace(settings, log)
     service = SchedulerService(settings, config, lambda blocks: Scheduler(settings, config, blocks),
-                               SocketOutbox(settings, ctx), time.monotonic())
+                               SocketOutbox(settings, ctx), time.monotonic(),
+                               SchedulerHops(trace) if trace is not None else None)
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(from_runners.sock, zmq.POLLIN)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from services.scheduler.checks import heartbeat_is_plausible, pid_alive, result_is_ours
+from services.scheduler.first_token_hops import SchedulerHops
 from services.scheduler.process_health import ProcessBook
 from shared.codec import pack_ids, unpack_ids
 from shared.errors import EngineFailure, FerryError, InvalidParameter, NotReady, ServiceUnavailable
@@ -57,7 +58,8 @@ class _Peer:
 
 
 class SchedulerService:
-    def __init__(self, settings, model_config, make_scheduler: Callable[[int], object], out: Outbox, now: float):
+    def __init__(self, settings, model_config, make_scheduler: Callable[[int], object], out: Outbox, now: float,
+                 hops: SchedulerHops | None = None):
         self.settings = settings
         self.model_config = model_config
         self.make_scheduler = make_scheduler
@@ -82,6 +84,7 @@ class SchedulerService:
         self.health = ProcessBook(settings.peer_timeout, self.same_host, expected)  # for /metrics (issue 16)
         self.runner_status: dict[int, object] = {}  # rank -> its last RunnerStatus
         self.last_metrics = -1e9
+        self.hops = hops  # issue 17: --trace-first-token's hops, else None
 
     # ------------------------------------------------------------------ input
 
@@ -118,6 +121,8 @@ class SchedulerService:
         self.out.to_detokenizer(RequestError.of(rid, gateway_id, err))
 
     def _add(self, req: EngineRequest) -> None:
+        if self.hops is not None:
+            self.hops.arrived(req.request_id)
         if req.gateway_id in self.dead_gateways:
             log.info("dropped %s: its gateway %d is gone", req.request_id, req.gateway_id)
             return
@@ -144,6 +149,8 @@ class SchedulerService:
         self.out.to_detokenizer(DetokRegister(req.request_id, req.gateway_id, p.n, tail, p.stop,
                                               p.include_stop_str_in_output, p.skip_special_tokens, p.logprobs,
                                               p.prompt_logprobs, p.echo, p.logprobs_follow_text))
+        if self.hops is not None:
+            self.hops.admitted(req.request_id, self.sched.requests[req.request_id].seqs[0].seq_id)
 
     def _abort(self, rid: str) -> bool:
         """False when the request is not (or no longer) here: it may still be on its way."""
@@ -165,10 +172,13 @@ class SchedulerService:
             else:
                 log.warning("dropped an error for step %s, not in flight: %s", result.step_id, result.error)
             return
+        traced = self.hops.result_in(result) if self.hops is not None else None
         num_live = len(self.sched.requests)
         deltas = self.sched.update(result)  # drops a result that does not answer the oldest plan in flight
         if len(self.sched.requests) < num_live:
             self.stats_dirty = True  # a request ended: its blocks are free
+        if traced:
+            self.hops.tokens_out(traced)
         if deltas:
             self.out.to_detokenizer(TokenBatch(deltas))
 
@@ -245,6 +255,8 @@ class SchedulerService:
         self.sched = None  # its requests and plans in flight go with it
         self.down_reason = reason
         self.session = uuid.uuid4().hex  # surviving ranks hold stale sequences: they restart
+        if self.hops is not None:
+            self.hops.forget()
         self.stats_dirty = True
 
     # ------------------------------------------------------------------ the loop body
@@ -289,6 +301,8 @@ class SchedulerService:
                 self.stalled = bool(self.sched.inflight)
                 break
             plan.session = self.session  # a runner takes plans of the session it joined only
+            if self.hops is not None:
+                self.hops.planned(plan)
             for rank in range(self.world):
                 if not self.out.to_runner(rank, plan):
                     self.reset(f"runner rank {rank} is not connected")

@@ -14,6 +14,7 @@ from services.runtime import start_service
 from services.tokenizer.prompts import PromptBuilder
 from services.tokenizer.service import TokenizerService
 from services.worker_outbox import WorkerOutbox
+from shared.first_token_trace import first_token_trace
 from shared.messages import TokenizeRequest
 from shared.sockets import PullSocket, endpoint
 
@@ -28,7 +29,8 @@ def main(argv=None):
     builder = PromptBuilder(load_tokenizer(settings), config.max_model_len, config.vocab_size)
     ctx = zmq.Context()
     inbox = PullSocket(ctx, endpoint(settings, "tokenizer", wid), expect=TokenizeRequest)
-    service = TokenizerService(builder, WorkerOutbox(settings, ctx), wid, os.getpid())
+    service = TokenizerService(builder, WorkerOutbox(settings, ctx), wid, os.getpid(),
+                               first_token_trace(settings, log))
     start_heartbeat(ctx, endpoint(settings, "scheduler"), service.heartbeat, settings.heartbeat_interval)
     log.info("tokenizer worker %d ready (max_model_len %d)", wid, config.max_model_len)
     while True:

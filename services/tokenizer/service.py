@@ -30,22 +30,27 @@ class Outbox(Protocol):
 
 
 class TokenizerService:
-    def __init__(self, builder, out: Outbox, worker_id: int, pid: int):
+    def __init__(self, builder, out: Outbox, worker_id: int, pid: int, trace=None):
         self.builder = builder  # services.tokenizer.prompts.PromptBuilder: prepare(req) -> EngineRequest
         self.out = out
         self.worker_id, self.pid = worker_id, pid
         self.log = logging.getLogger(f"ferry.tokenizer.{worker_id}")
         self.handled = self.errors = 0
         self.last_report = 0.0
+        self.trace = trace  # shared.first_token_trace.FirstTokenTrace with --trace-first-token, else None
 
     def on_request(self, req: TokenizeRequest) -> None:
         self.handled += 1
+        if self.trace is not None:
+            self.trace.hop(req.request_id, "tok_in")
         try:
             if req.task:  # /tokenize and friends: the answer goes back to the gateway, nothing to the engine
                 self.out.to_gateway(req.gateway_id, tasks.answer(self.builder, req))
                 return
             prepared = self.builder.prepare(req)
             self.log.debug("%s: %d prompt tokens", req.request_id, len(prepared.prompt_token_ids) // 4)
+            if self.trace is not None:  # "out" hops are stamped as the message leaves: before the send
+                self.trace.hop(req.request_id, "tok_out")
             self.out.to_scheduler(prepared)
             self.out.to_gateway(req.gateway_id, Tokenized(req.request_id, req.gateway_id))  # it is not ours any more
         except FerryError as e:
