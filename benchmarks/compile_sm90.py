@@ -132,13 +132,47 @@ def _split_k_sum():
     return compile_sm90(_split_k_sum_kernel, args, dict(SPLIT_K=4, HAS_BIAS=True, BLOCK=1024, USE_PDL=True), 4, 1), 0
 
 
+_PREFILL_ARGS = dict(q_ptr="*bf16", k_cache_ptr="*bf16", v_cache_ptr="*bf16", block_tables_ptr="*i32",
+                     cu_seqlens_ptr="*i32", context_lens_ptr="*i32", out_ptr="*bf16", k_scale_ptr="*bf16",
+                     v_scale_ptr="*bf16", qk_scale="fp32", B="i32", stride_qt="i32/16", stride_qh="i32/16",
+                     stride_ot="i32/16", stride_oh="i32/16", stride_cb="i32/16", stride_ct="i32/16",
+                     stride_ch="i32/16", stride_bt="i32")
+
+
+def _prefill_base(**overrides):
+    """kernels/prefill_attention.py at the 8B shape (32 query heads, 8 KV heads, D 128, bf16)."""
+    from kernels.prefill_attention import DEFAULTS, MIN_BLOCK_B, _prefill_kernel
+    cfg = dict(DEFAULTS, **overrides)
+    const = dict(GROUP=4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_B=MIN_BLOCK_B,
+                 DOT_F32=False, PRECISION="tf32", KV_FP8=False, FP8_MODE=0, SPLIT_TAIL=cfg.get("split_tail", False))
+    return compile_sm90(_prefill_kernel, _PREFILL_ARGS, const, cfg["num_warps"], cfg["num_stages"]), 0
+
+
+def _prefill_packed(**overrides):
+    """kernels/prefill_packed.py at the 8B shape, PACKED_DEFAULTS with the overrides (the sweep's variants)."""
+    from kernels.prefill_packed import MIN_BLOCK_B, PACKED_DEFAULTS, _prefill_packed_kernel
+    cfg = dict(PACKED_DEFAULTS, **overrides)
+    const = dict(GROUP=4, PACK=cfg["pack"] or 4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
+                 BLOCK_B=MIN_BLOCK_B, DOT_F32=False, PRECISION="tf32", KV_FP8=False, K_NATURAL=cfg["k_natural"],
+                 PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"])
+    return compile_sm90(_prefill_packed_kernel, _PREFILL_ARGS, const, cfg["num_warps"], cfg["num_stages"]), 0
+
+
+def _prefill_variants():
+    """name -> builder for every prefill variant benchmarks/prefill_sweep.py times (its VARIANTS)."""
+    from benchmarks.prefill_variants import VARIANTS
+    return {f"prefill_{name}": (lambda ov=ov: _prefill_packed(**{k: v for k, v in ov.items() if k != "variant"})
+                                if ov.get("variant") == "packed" else _prefill_base(**ov))
+            for name, ov in VARIANTS.items()}
+
+
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
     "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
-    "w4_split_k_sum": _split_k_sum,
+    "w4_split_k_sum": _split_k_sum, **_prefill_variants(),
 }
 
 
