@@ -148,14 +148,16 @@ def _prefill_base(**overrides):
     return compile_sm90(_prefill_kernel, _PREFILL_ARGS, const, cfg["num_warps"], cfg["num_stages"]), 0
 
 
-def _prefill_packed(**overrides):
+def _prefill_packed(kv_fp8=False, **overrides):
     """kernels/prefill_packed.py at the 8B shape, PACKED_DEFAULTS with the overrides (the sweep's variants)."""
     from kernels.prefill_packed import MIN_BLOCK_B, PACKED_DEFAULTS, _prefill_packed_kernel
     cfg = dict(PACKED_DEFAULTS, **overrides)
     const = dict(GROUP=4, PACK=cfg["pack"] or 4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-                 BLOCK_B=MIN_BLOCK_B, DOT_F32=False, PRECISION="tf32", KV_FP8=False, K_NATURAL=cfg["k_natural"],
+                 BLOCK_B=MIN_BLOCK_B, DOT_F32=False, PRECISION="tf32", KV_FP8=kv_fp8, K_NATURAL=cfg["k_natural"],
                  PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"])
-    return compile_sm90(_prefill_packed_kernel, _PREFILL_ARGS, const, cfg["num_warps"], cfg["num_stages"]), 0
+    args = dict(_PREFILL_ARGS, **(dict(k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", k_scale_ptr="*fp32",
+                                       v_scale_ptr="*fp32") if kv_fp8 else {}))
+    return compile_sm90(_prefill_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), 0
 
 
 def _prefill_variants():
@@ -172,7 +174,7 @@ KERNELS = {
     "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
     "fp8_gemv": _fp8_gemv, "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
-    "w4_split_k_sum": _split_k_sum, **_prefill_variants(),
+    "w4_split_k_sum": _split_k_sum, **_prefill_variants(), "prefill_packed_fp8": lambda: _prefill_packed(kv_fp8=True),
 }
 
 
