@@ -148,14 +148,17 @@ def _prefill_base(**overrides):
     return compile_sm90(_prefill_kernel, _PREFILL_ARGS, const, cfg["num_warps"], cfg["num_stages"]), 0
 
 
-def _prefill_packed(kv_fp8=False, **overrides):
+_PACKED_ARGS = dict(_PREFILL_ARGS, k_new_ptr="*bf16", v_new_ptr="*bf16", stride_nt="i32/16", stride_nh="i32/16")
+
+
+def _prefill_packed(kv_fp8=False, own_kv=False, **overrides):
     """kernels/prefill_packed.py at the 8B shape, PACKED_DEFAULTS with the overrides (the sweep's variants)."""
     from kernels.prefill_packed import MIN_BLOCK_B, PACKED_DEFAULTS, _prefill_packed_kernel
     cfg = dict(PACKED_DEFAULTS, **overrides)
     const = dict(GROUP=4, PACK=cfg["pack"] or 4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
                  BLOCK_B=MIN_BLOCK_B, DOT_F32=False, PRECISION="tf32", KV_FP8=kv_fp8, K_NATURAL=cfg["k_natural"],
-                 PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"])
-    args = dict(_PREFILL_ARGS, **(dict(k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", k_scale_ptr="*fp32",
+                 PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"], OWN_KV=own_kv)
+    args = dict(_PACKED_ARGS, **(dict(k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", k_scale_ptr="*fp32",
                                        v_scale_ptr="*fp32") if kv_fp8 else {}))
     return compile_sm90(_prefill_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), 0
 

@@ -16,6 +16,7 @@
 check of the script itself before GPU time is spent on it.
 """
 
+import functools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from kernels import paged_prefill_attention, paged_prefill_attention_ref
 
 HQ, HKV, D, BS = (8, 2, 32, 16) if DRY else (32, 8, 128, 16)
 DEV = "cpu" if DRY else "cuda"
+DRY_TIMED = ("base", "packed", "packed_own")  # the interpreter is slow: a dry run times these only
 TABLE_WIDTH = 8 if DRY else 128  # block-table columns for every case: one stride, so one compiled kernel per variant
 SCALE = D ** -0.5
 FP8_CHECKED = ("packed", "packed_plain")  # between them every switch of the packed kernel both ways (one compile each)
@@ -75,8 +77,23 @@ class Case:
         # each new token i (0-based) of a sequence attends prefix + i + 1 keys: QK^T and PV, 2 FLOPs a MAC
         self.flops = sum(4 * HQ * D * (n * p + n * (n + 1) // 2) for n, p in zip(new, prefix))
 
-    def run(self, **overrides):
+    def run(self, own_kv=False, **overrides):
+        if own_kv:  # the new tokens' K/V as the step's k and v hold them (rotary_store_kv(..., k_in_place=True))
+            overrides.update(k_new=self.k_new, v_new=self.v_new)
         return paged_prefill_attention(self.q, self.k, self.v, self.bt, self.cu, self.ctx, SCALE, **overrides)
+
+    @functools.cached_property
+    def k_new(self):
+        return self._new_rows(self.k)
+
+    @functools.cached_property
+    def v_new(self):
+        return self._new_rows(self.v)
+
+    def _new_rows(self, cache):
+        pos = torch.cat([torch.arange(p, p + n, device=DEV) for n, p in zip(self.new, self.prefix)])
+        seq = torch.cat([torch.full((n,), b, device=DEV) for b, n in enumerate(self.new)])
+        return cache[self.bt[seq, pos // BS].long(), pos % BS].contiguous()
 
     def dense(self):
         """q, K, V as SDPA takes them ([B, 32, n, D], K/V expanded), for batches of equal lengths."""
@@ -167,16 +184,23 @@ def cases():
     yield Case("mixed 4/32", new, [0] * 28 + [0, 1536, 700, 1024], seed=5), None
 
 
-def recommend(table: dict, ok_names: list[str]) -> dict:
+def recommend(table: dict, ok_names: list[str]) -> tuple[dict, dict]:
     """TUNED entries for kernels/prefill_attention.py: the fastest checked variant of the causal case ("long"),
-    and the one with the best geometric mean over the extend and mixed cases ("short")."""
-    def best(case_names):
+    and the one with the best geometric mean over the extend and mixed cases ("short"). Variants with own_kv need
+    the engine to pass k_new / v_new, which TUNED cannot: they are picked apart ("long own", "short own")."""
+    def best(case_names, names):
         def score(v):
-            return sum(math.log(table[c][v]) for c in case_names if v in table[c]) / len(case_names)
-        return min((v for v in ok_names if all(v in table[c] for c in case_names)), key=score)
+            return sum(math.log(table[c][v]) for c in case_names) / len(case_names)
+        names = [v for v in names if all(v in table[c] for c in case_names)]
+        return min(names, key=score) if names else None
     causal = next(iter(table))  # cases() yields the causal case first
-    long, short = best([causal]), best([c for c in table if c != causal])
-    return {"long": VARIANTS[long], "short": VARIANTS[short]}, (long, short)
+    groups = {"long": [causal], "short": [c for c in table if c != causal]}
+    plain = [v for v in ok_names if not VARIANTS[v].get("own_kv")]
+    own = [v for v in ok_names if VARIANTS[v].get("own_kv")]
+    picks = {key: best(cs, plain) for key, cs in groups.items()}
+    picks.update({f"{key} own": best(cs, own) for key, cs in groups.items()})
+    tuned = {key: VARIANTS[picks[key]] if picks[key] else {} for key in groups}
+    return tuned, picks
 
 
 def main() -> None:
@@ -185,7 +209,7 @@ def main() -> None:
     table, sdpa_best, flops = {}, {}, {}
     for case, sdpa in cases():
         row = {}
-        for name in ok_names:
+        for name in ok_names if not DRY else [n for n in ok_names if n in DRY_TIMED]:
             row[name] = bench_us(lambda: case.run(**VARIANTS[name]))
         if sdpa:
             row.update(time_sdpa(case, causal=case.prefix[0] == 0))
@@ -210,8 +234,16 @@ def main() -> None:
         print(f"{name:18s}" + "".join(cells))
     tuned, picks = recommend({c: {k: v for k, v in row.items() if not k.startswith("sdpa")}
                               for c, row in table.items()}, ok_names)
-    results["recommended"] = tuned
-    print(f"\nrecommended (long: {picks[0]}, short: {picks[1]}); paste into kernels/prefill_attention.py:")
+    results["recommended"], results["picks"] = tuned, picks
+    print(f"\nfastest: {picks}")
+    for key in ("long", "short"):
+        own = picks[f"{key} own"]
+        if own and picks[key]:
+            cs = list(table)[:1] if key == "long" else list(table)[1:]
+            gain = math.exp(sum(math.log(table[c][picks[key]] / table[c][own]) for c in cs) / len(cs))
+            print(f"{key}: {own} (the step's own k / v: needs the engine to pass k_new / v_new and rotary_store_kv's "
+                  f"k_in_place) runs {gain:.2f}x as fast as {picks[key]}")
+    print("paste into kernels/prefill_attention.py:")
     print(f"TUNED: dict[str, dict] = {tuned!r}")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "prefill_sweep.json"), "w") as fh:

@@ -128,6 +128,7 @@ def paged_prefill_attention(
         return launch_packed(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale,
                              kv_fp8, scale * 1.4426950408889634, dot_precision(q),
                              {k: v for k, v in overrides.items() if k != "variant"})
+    assert "k_new" not in overrides and "v_new" not in overrides, "k_new / v_new: variant=\"packed\" only"
     cfg = dict((FP8_DEFAULTS if is_fp8(k_cache) else DEFAULTS) if q.is_cuda else _INTERPRET_DEFAULTS)
     cfg.update({k: v for k, v in overrides.items() if k != "variant"})
     bm, bn = cfg["block_m"], cfg["block_n"]

@@ -11,7 +11,9 @@ one GPU run (benchmarks/prefill_sweep.py) can time every combination:
 - page_addr: the tile's block ids read once per page (BLOCK_N // BLOCK_SIZE loads, not one per key) and each
   page's base offset broadcast over its BLOCK_SIZE tokens.
 - scale_q: qk_scale folded into q once instead of multiplying every score.
-- loop_stages: num_stages of the unmasked key loop's tl.range (0: the launch's num_stages).
+- loop_stages: num_stages of the unmasked key loops' tl.range (0: the launch's num_stages).
+- k_new / v_new (tensors): the step's own K (rotated) and V, [T, Hkv, D]; the new tokens' keys, the causal part,
+  are read from them (contiguous rows, no block tables) and only the cached prefix from the cache.
 
 Key runs before the tile's first query go through with no masks at all (whole BLOCK_N runs inside the context);
 only the diagonal runs mask, with one comparison (keys past the context are past every valid row's position).
@@ -48,13 +50,10 @@ def _kv_offsets(bt_row, n0, head_off, kv_end, stride_cb, stride_ct,
 
 
 @triton.jit
-def _step(q, m_i, l_i, acc, n0, k_ptr, v_ptr, bt_row, head_off, q_pos, qk_scale, kv_end, stride_cb, stride_ct,
-          offs_d, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, K_NATURAL: tl.constexpr,
-          PAGE_ADDR: tl.constexpr, SCALE_Q: tl.constexpr, PRECISION: tl.constexpr):
-    """One BLOCK_N run of keys of the online softmax; MASKED: a diagonal run (causal mask, loads past kv_end)."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    nmask = offs_n < kv_end
-    tok = _kv_offsets(bt_row, n0, head_off, kv_end, stride_cb, stride_ct, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, MASKED)
+def _step(q, m_i, l_i, acc, offs_n, nmask, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d, MASKED: tl.constexpr,
+          K_NATURAL: tl.constexpr, SCALE_Q: tl.constexpr, PRECISION: tl.constexpr):
+    """One BLOCK_N run of keys (element offsets tok) of the online softmax; MASKED: a run that may reach past a
+    row's last key (q_lim) or past the span (nmask false: not loaded)."""
     if K_NATURAL:
         if MASKED:
             k = tl.load(k_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
@@ -70,8 +69,8 @@ def _step(q, m_i, l_i, acc, n0, k_ptr, v_ptr, bt_row, head_off, q_pos, qk_scale,
     s = tl.dot(q, k, input_precision=PRECISION)  # log2 domain: qk_scale folds in log2(e)
     if not SCALE_Q:
         s = s * qk_scale
-    if MASKED:  # keys at or past kv_end are past every valid row's q_pos, so one comparison covers both
-        s = tl.where(offs_n[None, :] <= q_pos[:, None], s, float("-inf"))
+    if MASKED:  # q_lim: each valid row's last key, inside the span, so one comparison covers both masks
+        s = tl.where(offs_n[None, :] <= q_lim[:, None], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -84,16 +83,54 @@ def _step(q, m_i, l_i, acc, n0, k_ptr, v_ptr, bt_row, head_off, q_pos, qk_scale,
     return m_new, l_i, acc
 
 
+@triton.jit
+def _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+             PAGE_ADDR: tl.constexpr, OWN: tl.constexpr, MASKED: tl.constexpr):
+    """Element offsets of keys [n0, n0 + BLOCK_N): in the paged cache, or (OWN) rows row0 + n of the step's k/v."""
+    if OWN:
+        return (row0 + n0 + tl.arange(0, BLOCK_N)).to(tl.int64) * stride_t + head_off
+    return _kv_offsets(bt_row, n0, head_off, end, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, MASKED)
+
+
+@triton.jit
+def _span(q, m_i, l_i, acc, k_ptr, v_ptr, bt_row, row0, head_off, stride_b, stride_t, q_lim, qk_scale, offs_d,
+          unmasked_end, end, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, K_NATURAL: tl.constexpr,
+          PAGE_ADDR: tl.constexpr, SCALE_Q: tl.constexpr, PRECISION: tl.constexpr, LOOP_STAGES: tl.constexpr,
+          OWN: tl.constexpr):
+    """Keys [0, end) of one source: whole unmasked runs up to unmasked_end (every key there at or before every
+    row's q_lim), then masked runs."""
+    if LOOP_STAGES > 0:
+        for n0 in tl.range(0, unmasked_end, BLOCK_N, num_stages=LOOP_STAGES):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            tok = _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, OWN,
+                           False)
+            m_i, l_i, acc = _step(q, m_i, l_i, acc, offs_n, offs_n < end, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d,
+                                  False, K_NATURAL, SCALE_Q, PRECISION)
+    else:
+        for n0 in range(0, unmasked_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            tok = _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, OWN,
+                           False)
+            m_i, l_i, acc = _step(q, m_i, l_i, acc, offs_n, offs_n < end, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d,
+                                  False, K_NATURAL, SCALE_Q, PRECISION)
+    for n0 in range(unmasked_end, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        tok = _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, OWN, True)
+        m_i, l_i, acc = _step(q, m_i, l_i, acc, offs_n, offs_n < end, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d,
+                              True, K_NATURAL, SCALE_Q, PRECISION)
+    return m_i, l_i, acc
+
+
 # Not specialized on B or the metadata pointers, for the reasons given in kernels/prefill_attention.py.
 @triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr"])
 def _prefill_packed_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
-    k_scale_ptr, v_scale_ptr, qk_scale, B,
-    stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt,
+    k_scale_ptr, v_scale_ptr, k_new_ptr, v_new_ptr, qk_scale, B,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt, stride_nt, stride_nh,
     GROUP: tl.constexpr, PACK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr, KV_FP8: tl.constexpr, K_NATURAL: tl.constexpr, PAGE_ADDR: tl.constexpr,
-    SCALE_Q: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    SCALE_Q: tl.constexpr, LOOP_STAGES: tl.constexpr, OWN_KV: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // PACK  # tokens per tile
     tile = tl.program_id(0)
@@ -138,22 +175,21 @@ def _prefill_packed_kernel(
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     head_off = (head0 // GROUP).to(tl.int64) * stride_ch
     first_pos = ctx - n_new + tile_in_seq * BLOCK_T
-    kv_end = tl.minimum(first_pos + BLOCK_T, ctx)
-    unmasked_end = ((first_pos + 1) // BLOCK_N) * BLOCK_N  # whole runs, all at or before the first query
-    if LOOP_STAGES > 0:
-        for n0 in tl.range(0, unmasked_end, BLOCK_N, num_stages=LOOP_STAGES):
-            m_i, l_i, acc = _step(q, m_i, l_i, acc, n0, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-                                  kv_end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, False, K_NATURAL,
-                                  PAGE_ADDR, SCALE_Q, PRECISION)
+    kv_end = tl.minimum(first_pos + BLOCK_T, ctx)  # one past the last key of the tile's last valid row
+    if OWN_KV:  # the cached prefix from the cache (no causal mask there), the new tokens' keys from k_new / v_new
+        prefix = ctx - n_new
+        m_i, l_i, acc = _span(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, 0, head_off, stride_cb, stride_ct,
+                              tl.minimum(q_pos, prefix - 1), qk_scale, offs_d, (prefix // BLOCK_N) * BLOCK_N, prefix,
+                              BLOCK_SIZE, BLOCK_N, K_NATURAL, PAGE_ADDR, SCALE_Q, PRECISION, LOOP_STAGES, False)
+        first_new = tile_in_seq * BLOCK_T  # positions counted from the first new token
+        m_i, l_i, acc = _span(q, m_i, l_i, acc, k_new_ptr, v_new_ptr, bt_row, q_start,
+                              (head0 // GROUP).to(tl.int64) * stride_nh, 0, stride_nt, offs_t, qk_scale, offs_d,
+                              ((first_new + 1) // BLOCK_N) * BLOCK_N, kv_end - prefix,
+                              BLOCK_SIZE, BLOCK_N, K_NATURAL, PAGE_ADDR, SCALE_Q, PRECISION, LOOP_STAGES, True)
     else:
-        for n0 in range(0, unmasked_end, BLOCK_N):
-            m_i, l_i, acc = _step(q, m_i, l_i, acc, n0, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-                                  kv_end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, False, K_NATURAL,
-                                  PAGE_ADDR, SCALE_Q, PRECISION)
-    for n0 in range(unmasked_end, kv_end, BLOCK_N):
-        m_i, l_i, acc = _step(q, m_i, l_i, acc, n0, k_cache_ptr, v_cache_ptr, bt_row, head_off, q_pos, qk_scale,
-                              kv_end, stride_cb, stride_ct, offs_d, BLOCK_SIZE, BLOCK_N, True, K_NATURAL,
-                              PAGE_ADDR, SCALE_Q, PRECISION)
+        m_i, l_i, acc = _span(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, 0, head_off, stride_cb, stride_ct,
+                              q_pos, qk_scale, offs_d, ((first_pos + 1) // BLOCK_N) * BLOCK_N, kv_end,
+                              BLOCK_SIZE, BLOCK_N, K_NATURAL, PAGE_ADDR, SCALE_Q, PRECISION, LOOP_STAGES, False)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     if KV_FP8:
         out = out * tl.load(v_scale_ptr)
@@ -173,10 +209,18 @@ def packed_config(q: torch.Tensor, group: int, overrides: dict) -> dict:
 
 def launch_packed(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale, kv_fp8,
                   qk_scale: float, precision: str, overrides: dict) -> torch.Tensor:
-    """paged_prefill_attention's variant="packed" (its checks and scale handling already done)."""
+    """paged_prefill_attention's variant="packed" (its checks and scale handling already done). Overrides k_new and
+    v_new ([T, Hkv, D], k rotated: rotary_store_kv(..., k_in_place=True)) make the new tokens' keys come from them
+    instead of the cache (OWN_KV); the cache then serves only the cached prefixes."""
     T, HQ, D = q.shape
     block_size, HKV = k_cache.shape[1], k_cache.shape[2]
     B = context_lens.shape[0]
+    overrides = dict(overrides)
+    k_new, v_new = overrides.pop("k_new", None), overrides.pop("v_new", None)
+    own = k_new is not None
+    if own:
+        assert v_new is not None and not kv_fp8, "k_new needs v_new, and a cache in q's dtype"
+        assert k_new.shape == v_new.shape == (T, HKV, D) and k_new.stride() == v_new.stride() and k_new.stride(2) == 1
     cfg = packed_config(q, HQ // HKV, overrides)
     bn, pack = cfg["block_n"], cfg["pack"]
     if cfg["page_addr"]:
@@ -184,12 +228,14 @@ def launch_packed(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens,
     block_t = cfg["block_m"] // pack
     grid = (triton.cdiv(T, block_t) + B, HQ // pack)
     _prefill_packed_kernel[grid](
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale, qk_scale, B,
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale,
+        k_new if own else q, v_new if own else q, qk_scale, B,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        k_new.stride(0) if own else 0, k_new.stride(1) if own else 0,
         GROUP=HQ // HKV, PACK=pack, D=D, BLOCK_SIZE=block_size, BLOCK_M=cfg["block_m"], BLOCK_N=bn,
         BLOCK_B=max(MIN_BLOCK_B, triton.next_power_of_2(B)), DOT_F32=not q.is_cuda, PRECISION=precision,
         KV_FP8=kv_fp8, K_NATURAL=cfg["k_natural"], PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"],
-        LOOP_STAGES=cfg["loop_stages"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        LOOP_STAGES=cfg["loop_stages"], OWN_KV=own, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out

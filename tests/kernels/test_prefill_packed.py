@@ -1,12 +1,13 @@
 """kernels/prefill_packed.py (paged_prefill_attention's variant="packed") against the torch reference in the
 interpreter: every switch both ways, GQA groups 1 / 4 / 8 with packs that divide them, cached prefixes, zero-length
-sequences, rows of q before the first sequence, fp32, bf16 and an fp8 cache; then what it rejects and how
-the defaults are routed (TUNED).
+sequences, rows of q before the first sequence, fp32, bf16 and an fp8 cache; the new tokens' K/V read from the
+step's own k / v (with kernels/rotary.py's k_in_place); then what it rejects and how the defaults are routed (TUNED).
 The variants also compile for sm_90: tests/kernels/test_prefill_variants_sm90.py."""
 import pytest
 import torch
 
-from kernels import paged_prefill_attention, paged_prefill_attention_ref
+from engine.layers.rotary import build_cos_sin_cache
+from kernels import apply_rotary_ref, paged_prefill_attention, paged_prefill_attention_ref, rotary_store_kv
 from kernels.prefill_attention import LONG_TOKENS, TUNED, tuned_overrides
 from kernels.rotary import quantize_kv_ref
 from tests.kernels.test_attention import BLOCK, make_paged_cache
@@ -95,3 +96,63 @@ def test_tuned_overrides_split_long_from_short_batches():
     assert tuned_overrides(LONG_TOKENS * 8, 8) is TUNED["long"]  # 8 fresh prompts of LONG_TOKENS
     assert tuned_overrides(8 * 128, 8) is TUNED["short"]  # extends of 128 over a cached prefix
     assert tuned_overrides(LONG_TOKENS - 1, 1) is TUNED["short"]
+
+
+def _own_kv(k_cache, v_cache, bt, cu, ctx):
+    """The new tokens' K/V gathered from the cache into [T, Hkv, D] rows, as the step's k and v hold them."""
+    rows = []
+    for b in range(ctx.shape[0]):
+        n, c = int(cu[b + 1] - cu[b]), int(ctx[b])
+        pos = torch.arange(c - n, c)
+        slots = (bt[b].long()[pos // BLOCK], pos % BLOCK)
+        rows.append((k_cache[slots], v_cache[slots]))
+    return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+
+
+@pytest.mark.parametrize("overrides", [dict(block_m=64), dict(ALL_OFF, pack=1, block_m=32, block_n=32)])
+def test_own_kv_reads_the_new_keys_from_k_new(overrides):
+    q, k, v, bt, cu, ctx = _case(4, seed=12)
+    ref = paged_prefill_attention_ref(q, k, v, bt, cu, ctx, 0.2)
+    k_new, v_new = _own_kv(k, v, bt, cu, ctx)
+    for cache in (k, v):  # the new tokens' slots in the cache now hold junk
+        for b in range(ctx.shape[0]):
+            n, c = int(cu[b + 1] - cu[b]), int(ctx[b])
+            pos = torch.arange(c - n, c)
+            cache[bt[b].long()[pos // BLOCK], pos % BLOCK] = 1e4
+    out = paged_prefill_attention(q, k, v, bt, cu, ctx, 0.2, variant="packed", k_new=k_new, v_new=v_new, **overrides)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_rotary_k_in_place_feeds_own_kv():
+    """rotary_store_kv(k_in_place=True) leaves k rotated as the cache holds it, so the packed kernel can take the
+    step's k and v for the new tokens: the same output as reading everything from the cache."""
+    new, prefix, hkv, hq, d = [5, 0, 19], [16, 3, 7], 2, 8, 32
+    k_cache, v_cache, bt, ctx = make_paged_cache([n + p for n, p in zip(new, prefix)], BLOCK, hkv, d, seed=13)
+    cu = torch.zeros(len(new) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(new).cumsum(0)
+    T = sum(new)
+    pos = torch.cat([torch.arange(p, p + n) for n, p in zip(new, prefix)])
+    seq = torch.cat([torch.full((n,), b) for b, n in enumerate(new)])
+    slots = bt[seq, pos // BLOCK].long() * BLOCK + pos % BLOCK
+    cos_sin = build_cos_sin_cache(d, 256, 10000.0)
+    g = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(T, h, d, generator=g) for h in (hq, hkv, hkv))
+    q_ref, k_ref = q.clone(), k.clone()
+    apply_rotary_ref(pos, q_ref, k_ref, cos_sin)
+    rotary_store_kv(pos, q, k, v, cos_sin, k_cache, v_cache, slots, k_in_place=True)
+    torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-5)
+    own = paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx, 0.2, variant="packed", block_m=32, k_new=k,
+                                  v_new=v)
+    torch.testing.assert_close(own, paged_prefill_attention_ref(q, k_cache, v_cache, bt, cu, ctx, 0.2), rtol=1e-3,
+                               atol=1e-4)
+
+
+def test_own_kv_is_refused_where_it_does_not_apply():
+    q, k, v, bt, cu, ctx = _case(4, seed=14)
+    k_new, v_new = _own_kv(k, v, bt, cu, ctx)
+    with pytest.raises(AssertionError, match="packed"):  # the base kernel has no such input
+        paged_prefill_attention(q, k, v, bt, cu, ctx, 0.2, k_new=k_new, v_new=v_new)
+    ks = torch.tensor(1.0)
+    with pytest.raises(AssertionError, match="dtype"):  # an fp8 cache's new keys are the quantized ones
+        paged_prefill_attention(q, quantize_kv_ref(k, ks), quantize_kv_ref(v, ks), bt, cu, ctx, 0.2, k_scale=ks,
+                                v_scale=ks, variant="packed", k_new=k_new, v_new=v_new)
