@@ -157,9 +157,11 @@ def _prefill_packed(kv_fp8=False, own_kv=False, **overrides):
     cfg = dict(PACKED_DEFAULTS, **overrides)
     const = dict(GROUP=4, PACK=cfg["pack"] or 4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
                  BLOCK_B=MIN_BLOCK_B, DOT_F32=False, PRECISION="tf32", KV_FP8=kv_fp8, K_NATURAL=cfg["k_natural"],
-                 PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"], OWN_KV=own_kv)
-    args = dict(_PACKED_ARGS, **(dict(k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", k_scale_ptr="*fp32",
-                                       v_scale_ptr="*fp32") if kv_fp8 else {}))
+                 PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"], OWN_KV=own_kv,
+                 TMA_NEW=cfg["tma_new"])
+    desc = f"tensordesc<bf16[{cfg['block_n']},128]>" if cfg["tma_new"] else "*bf16"
+    fp8 = dict(k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", k_scale_ptr="*fp32", v_scale_ptr="*fp32")
+    args = dict(_PACKED_ARGS, k_desc=desc, v_desc=desc, **(fp8 if kv_fp8 else {}))
     return compile_sm90(_prefill_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), 0
 
 

@@ -18,6 +18,8 @@ VARIANTS: dict[str, dict] = {
     "packed_st2": dict(variant="packed", num_stages=2),
     "packed_own": dict(variant="packed", own_kv=True),  # the new tokens' K/V from the step's k / v
     "packed_own_bn128": dict(variant="packed", own_kv=True, block_n=128, num_stages=2),
+    "packed_own_tma": dict(variant="packed", own_kv=True, tma_new=True),  # and loaded by TMA
+    "packed_own_tma_bn128": dict(variant="packed", own_kv=True, tma_new=True, block_n=128, num_stages=2),
     # every switch off: the packed kernel's other side of each constexpr branch (and close to base's loop)
     "packed_plain": dict(variant="packed", pack=1, k_natural=False, page_addr=False, scale_q=False, loop_stages=4),
     "packed_plain_own": dict(variant="packed", pack=1, k_natural=False, page_addr=False, scale_q=False, loop_stages=4,

@@ -14,6 +14,7 @@ one GPU run (benchmarks/prefill_sweep.py) can time every combination:
 - loop_stages: num_stages of the unmasked key loops' tl.range (0: the launch's num_stages).
 - k_new / v_new (tensors): the step's own K (rotated) and V, [T, Hkv, D]; the new tokens' keys, the causal part,
   are read from them (contiguous rows, no block tables) and only the cached prefix from the cache.
+- tma_new (with k_new / v_new): those rows loaded by TMA (host tensor descriptors) instead of pointer loads.
 
 Key runs before the tile's first query go through with no masks at all (whole BLOCK_N runs inside the context);
 only the diagonal runs mask, with one comparison (keys past the context are past every valid row's position).
@@ -22,9 +23,10 @@ An fp8 cache is converted by Triton's cast (the "cast" mode of kernels/attention
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 PACKED_DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3, pack=0, k_natural=True, page_addr=True,
-                       scale_q=True, loop_stages=0)  # pack 0: the whole GQA group
+                       scale_q=True, loop_stages=0, tma_new=False)  # pack 0: the whole GQA group
 _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
 MIN_BLOCK_B = 256  # as in kernels/prefill_attention.py: one compiled width up to 256 sequences
 
@@ -51,10 +53,14 @@ def _kv_offsets(bt_row, n0, head_off, kv_end, stride_cb, stride_ct,
 
 @triton.jit
 def _step(q, m_i, l_i, acc, offs_n, nmask, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d, MASKED: tl.constexpr,
-          K_NATURAL: tl.constexpr, SCALE_Q: tl.constexpr, PRECISION: tl.constexpr):
+          K_NATURAL: tl.constexpr, SCALE_Q: tl.constexpr, PRECISION: tl.constexpr, k_desc=None, v_desc=None,
+          desc_row=0, desc_col=0, TMA: tl.constexpr = False):
     """One BLOCK_N run of keys (element offsets tok) of the online softmax; MASKED: a run that may reach past a
-    row's last key (q_lim) or past the span (nmask false: not loaded)."""
-    if K_NATURAL:
+    row's last key (q_lim) or past the span (nmask false: not loaded). TMA: K and V rows [desc_row, + BLOCK_N) of
+    the step's k / v through tensor descriptors instead (rows past the sequence are masked by q_lim, past T zeros)."""
+    if TMA:
+        k = tl.trans(k_desc.load([desc_row, desc_col]).to(q.dtype))
+    elif K_NATURAL:
         if MASKED:
             k = tl.load(k_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
         else:
@@ -75,7 +81,9 @@ def _step(q, m_i, l_i, acc, offs_n, nmask, tok, k_ptr, v_ptr, q_lim, qk_scale, o
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
+    if TMA:
+        v = v_desc.load([desc_row, desc_col])
+    elif MASKED:
         v = tl.load(v_ptr + tok[:, None] + offs_d[None, :], mask=nmask[:, None], other=0.0)
     else:
         v = tl.load(v_ptr + tok[:, None] + offs_d[None, :])
@@ -96,7 +104,7 @@ def _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE: tl
 def _span(q, m_i, l_i, acc, k_ptr, v_ptr, bt_row, row0, head_off, stride_b, stride_t, q_lim, qk_scale, offs_d,
           unmasked_end, end, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, K_NATURAL: tl.constexpr,
           PAGE_ADDR: tl.constexpr, SCALE_Q: tl.constexpr, PRECISION: tl.constexpr, LOOP_STAGES: tl.constexpr,
-          OWN: tl.constexpr):
+          OWN: tl.constexpr, k_desc=None, v_desc=None, desc_col=0, TMA: tl.constexpr = False):
     """Keys [0, end) of one source: whole unmasked runs up to unmasked_end (every key there at or before every
     row's q_lim), then masked runs."""
     if LOOP_STAGES > 0:
@@ -105,19 +113,19 @@ def _span(q, m_i, l_i, acc, k_ptr, v_ptr, bt_row, row0, head_off, stride_b, stri
             tok = _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, OWN,
                            False)
             m_i, l_i, acc = _step(q, m_i, l_i, acc, offs_n, offs_n < end, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d,
-                                  False, K_NATURAL, SCALE_Q, PRECISION)
+                                  False, K_NATURAL, SCALE_Q, PRECISION, k_desc, v_desc, row0 + n0, desc_col, TMA)
     else:
         for n0 in range(0, unmasked_end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             tok = _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, OWN,
                            False)
             m_i, l_i, acc = _step(q, m_i, l_i, acc, offs_n, offs_n < end, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d,
-                                  False, K_NATURAL, SCALE_Q, PRECISION)
+                                  False, K_NATURAL, SCALE_Q, PRECISION, k_desc, v_desc, row0 + n0, desc_col, TMA)
     for n0 in range(unmasked_end, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         tok = _offsets(n0, end, bt_row, row0, head_off, stride_b, stride_t, BLOCK_SIZE, BLOCK_N, PAGE_ADDR, OWN, True)
         m_i, l_i, acc = _step(q, m_i, l_i, acc, offs_n, offs_n < end, tok, k_ptr, v_ptr, q_lim, qk_scale, offs_d,
-                              True, K_NATURAL, SCALE_Q, PRECISION)
+                              True, K_NATURAL, SCALE_Q, PRECISION, k_desc, v_desc, row0 + n0, desc_col, TMA)
     return m_i, l_i, acc
 
 
@@ -125,12 +133,12 @@ def _span(q, m_i, l_i, acc, k_ptr, v_ptr, bt_row, row0, head_off, stride_b, stri
 @triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr"])
 def _prefill_packed_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
-    k_scale_ptr, v_scale_ptr, k_new_ptr, v_new_ptr, qk_scale, B,
+    k_scale_ptr, v_scale_ptr, k_new_ptr, v_new_ptr, k_desc, v_desc, qk_scale, B,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_ct, stride_ch, stride_bt, stride_nt, stride_nh,
     GROUP: tl.constexpr, PACK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, DOT_F32: tl.constexpr,
     PRECISION: tl.constexpr, KV_FP8: tl.constexpr, K_NATURAL: tl.constexpr, PAGE_ADDR: tl.constexpr,
-    SCALE_Q: tl.constexpr, LOOP_STAGES: tl.constexpr, OWN_KV: tl.constexpr,
+    SCALE_Q: tl.constexpr, LOOP_STAGES: tl.constexpr, OWN_KV: tl.constexpr, TMA_NEW: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // PACK  # tokens per tile
     tile = tl.program_id(0)
@@ -185,7 +193,8 @@ def _prefill_packed_kernel(
         m_i, l_i, acc = _span(q, m_i, l_i, acc, k_new_ptr, v_new_ptr, bt_row, q_start,
                               (head0 // GROUP).to(tl.int64) * stride_nh, 0, stride_nt, offs_t, qk_scale, offs_d,
                               ((first_new + 1) // BLOCK_N) * BLOCK_N, kv_end - prefix,
-                              BLOCK_SIZE, BLOCK_N, K_NATURAL, PAGE_ADDR, SCALE_Q, PRECISION, LOOP_STAGES, True)
+                              BLOCK_SIZE, BLOCK_N, K_NATURAL, PAGE_ADDR, SCALE_Q, PRECISION, LOOP_STAGES, True,
+                              k_desc, v_desc, (head0 // GROUP) * D, TMA_NEW)
     else:
         m_i, l_i, acc = _span(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, 0, head_off, stride_cb, stride_ct,
                               q_pos, qk_scale, offs_d, ((first_pos + 1) // BLOCK_N) * BLOCK_N, kv_end,
@@ -223,19 +232,25 @@ def launch_packed(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens,
         assert k_new.shape == v_new.shape == (T, HKV, D) and k_new.stride() == v_new.stride() and k_new.stride(2) == 1
     cfg = packed_config(q, HQ // HKV, overrides)
     bn, pack = cfg["block_n"], cfg["pack"]
+    tma = cfg["tma_new"]
+    descs = (q, q)
+    if tma:  # [T, Hkv * D] views of k_new / v_new, one [BLOCK_N, D] box per load
+        assert own and k_new.stride(1) == D, "tma_new needs k_new / v_new with heads side by side"
+        descs = tuple(TensorDescriptor(t, [T, HKV * D], [t.stride(0), 1], [bn, D]) for t in (k_new, v_new))
     if cfg["page_addr"]:
         assert bn % block_size == 0, "page_addr needs block_n a multiple of the cache block size"
     block_t = cfg["block_m"] // pack
     grid = (triton.cdiv(T, block_t) + B, HQ // pack)
     _prefill_packed_kernel[grid](
         q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale,
-        k_new if own else q, v_new if own else q, qk_scale, B,
+        k_new if own else q, v_new if own else q, *descs, qk_scale, B,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         k_new.stride(0) if own else 0, k_new.stride(1) if own else 0,
         GROUP=HQ // HKV, PACK=pack, D=D, BLOCK_SIZE=block_size, BLOCK_M=cfg["block_m"], BLOCK_N=bn,
         BLOCK_B=max(MIN_BLOCK_B, triton.next_power_of_2(B)), DOT_F32=not q.is_cuda, PRECISION=precision,
         KV_FP8=kv_fp8, K_NATURAL=cfg["k_natural"], PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"],
-        LOOP_STAGES=cfg["loop_stages"], OWN_KV=own, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        LOOP_STAGES=cfg["loop_stages"], OWN_KV=own, TMA_NEW=tma, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return out

@@ -1,7 +1,8 @@
 """kernels/prefill_packed.py (paged_prefill_attention's variant="packed") against the torch reference in the
 interpreter: every switch both ways, GQA groups 1 / 4 / 8 with packs that divide them, cached prefixes, zero-length
 sequences, rows of q before the first sequence, fp32, bf16 and an fp8 cache; the new tokens' K/V read from the
-step's own k / v (with kernels/rotary.py's k_in_place); then what it rejects and how the defaults are routed (TUNED).
+step's own k / v (with kernels/rotary.py's k_in_place), by pointers and by TMA; then what it rejects and how
+the defaults are routed (TUNED).
 The variants also compile for sm_90: tests/kernels/test_prefill_variants_sm90.py."""
 import pytest
 import torch
@@ -109,7 +110,8 @@ def _own_kv(k_cache, v_cache, bt, cu, ctx):
     return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
 
-@pytest.mark.parametrize("overrides", [dict(block_m=64), dict(ALL_OFF, pack=1, block_m=32, block_n=32)])
+@pytest.mark.parametrize("overrides", [dict(block_m=64), dict(ALL_OFF, pack=1, block_m=32, block_n=32),
+                                       dict(block_m=64, tma_new=True)])
 def test_own_kv_reads_the_new_keys_from_k_new(overrides):
     q, k, v, bt, cu, ctx = _case(4, seed=12)
     ref = paged_prefill_attention_ref(q, k, v, bt, cu, ctx, 0.2)
@@ -123,9 +125,11 @@ def test_own_kv_reads_the_new_keys_from_k_new(overrides):
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
 
 
-def test_rotary_k_in_place_feeds_own_kv():
+@pytest.mark.parametrize("tma", [False, True])
+def test_rotary_k_in_place_feeds_own_kv(tma):
     """rotary_store_kv(k_in_place=True) leaves k rotated as the cache holds it, so the packed kernel can take the
-    step's k and v for the new tokens: the same output as reading everything from the cache."""
+    step's k and v (views of one qkv output, as the model hands them) for the new tokens: the same output as
+    reading everything from the cache."""
     new, prefix, hkv, hq, d = [5, 0, 19], [16, 3, 7], 2, 8, 32
     k_cache, v_cache, bt, ctx = make_paged_cache([n + p for n, p in zip(new, prefix)], BLOCK, hkv, d, seed=13)
     cu = torch.zeros(len(new) + 1, dtype=torch.int32)
@@ -136,13 +140,14 @@ def test_rotary_k_in_place_feeds_own_kv():
     slots = bt[seq, pos // BLOCK].long() * BLOCK + pos % BLOCK
     cos_sin = build_cos_sin_cache(d, 256, 10000.0)
     g = torch.Generator().manual_seed(13)
-    q, k, v = (torch.randn(T, h, d, generator=g) for h in (hq, hkv, hkv))
+    qkv = torch.randn(T, (hq + 2 * hkv) * d, generator=g)
+    q, k, v = (t.view(T, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], -1))
     q_ref, k_ref = q.clone(), k.clone()
     apply_rotary_ref(pos, q_ref, k_ref, cos_sin)
     rotary_store_kv(pos, q, k, v, cos_sin, k_cache, v_cache, slots, k_in_place=True)
     torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-5)
     own = paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx, 0.2, variant="packed", block_m=32, k_new=k,
-                                  v_new=v)
+                                  v_new=v, tma_new=tma)
     torch.testing.assert_close(own, paged_prefill_attention_ref(q, k_cache, v_cache, bt, cu, ctx, 0.2), rtol=1e-3,
                                atol=1e-4)
 
