@@ -10,6 +10,8 @@
      lower-right causal mask (torch.nn.attention.bias.causal_lower_right);
    - mixed: 4 prefills (256-1024 new tokens over 0-1536 cached) among 28 zero-length rows, as a mixed step's
      fixed-B launch looks (measured against the best SDPA TFLOP/s of the causal case);
+   variants with own_kv get the new tokens' K/V as [T, 8, 128] rows (what rotary_store_kv(..., k_in_place=True)
+   leaves in k and v), and are reported apart: TUNED cannot pass tensors, the engine would have to;
 3. prints the table last (us / TFLOP/s / % of the best SDPA of the case) and the TUNED entries for
    kernels/prefill_attention.py that the figures recommend. Writes prefill_sweep.json under $OUT when set.
 `--dry-run` runs the same steps on the CPU under the Triton interpreter at toy sizes (figures meaningless): a

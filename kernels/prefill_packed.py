@@ -23,7 +23,6 @@ An fp8 cache is converted by Triton's cast (the "cast" mode of kernels/attention
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 PACKED_DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3, pack=0, k_natural=True, page_addr=True,
                        scale_q=True, loop_stages=0, tma_new=False)  # pack 0: the whole GQA group
@@ -236,6 +235,7 @@ def launch_packed(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens,
     descs = (q, q)
     if tma:  # [T, Hkv * D] views of k_new / v_new, one [BLOCK_N, D] box per load
         assert own and k_new.stride(1) == D, "tma_new needs k_new / v_new with heads side by side"
+        from triton.tools.tensor_descriptor import TensorDescriptor  # only here: older Tritons lack it
         descs = tuple(TensorDescriptor(t, [T, HKV * D], [t.stride(0), 1], [bn, D]) for t in (k_new, v_new))
     if cfg["page_addr"]:
         assert bn % block_size == 0, "page_addr needs block_n a multiple of the cache block size"
