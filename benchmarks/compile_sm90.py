@@ -155,6 +155,47 @@ def _split_k_sum():
     return compile_sm90(_split_k_sum_kernel, args, dict(SPLIT_K=4, HAS_BIAS=True, BLOCK=1024, USE_PDL=True), 4, 1), 0
 
 
+_PREFILL_ARGS = dict(q_ptr="*bf16", k_cache_ptr="*bf16", v_cache_ptr="*bf16", block_tables_ptr="*i32",
+                     cu_seqlens_ptr="*i32", context_lens_ptr="*i32", out_ptr="*bf16", k_scale_ptr="*bf16",
+                     v_scale_ptr="*bf16", qk_scale="fp32", B="i32", stride_qt="i32/16", stride_qh="i32/16",
+                     stride_ot="i32/16", stride_oh="i32/16", stride_cb="i32/16", stride_ct="i32/16",
+                     stride_ch="i32/16", stride_bt="i32")
+
+
+def _prefill_base(**overrides):
+    """kernels/prefill_attention.py at the 8B shape (32 query heads, 8 KV heads, D 128, bf16)."""
+    from kernels.prefill_attention import DEFAULTS, MIN_BLOCK_B, _prefill_kernel
+    cfg = dict(DEFAULTS, **overrides)
+    const = dict(GROUP=4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_B=MIN_BLOCK_B,
+                 DOT_F32=False, PRECISION="tf32", KV_FP8=False, FP8_MODE=0, SPLIT_TAIL=cfg.get("split_tail", False))
+    return compile_sm90(_prefill_kernel, _PREFILL_ARGS, const, cfg["num_warps"], cfg["num_stages"]), 0
+
+
+_PACKED_ARGS = dict(_PREFILL_ARGS, k_new_ptr="*bf16", v_new_ptr="*bf16", stride_nt="i32/16", stride_nh="i32/16")
+
+
+def _prefill_packed(kv_fp8=False, own_kv=False, **overrides):
+    """kernels/prefill_packed.py at the 8B shape, PACKED_DEFAULTS with the overrides (the sweep's variants)."""
+    from kernels.prefill_packed import MIN_BLOCK_B, PACKED_DEFAULTS, _prefill_packed_kernel
+    cfg = dict(PACKED_DEFAULTS, **overrides)
+    const = dict(GROUP=4, PACK=cfg["pack"] or 4, D=128, BLOCK_SIZE=16, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
+                 BLOCK_B=MIN_BLOCK_B, DOT_F32=False, PRECISION="tf32", KV_FP8=kv_fp8, K_NATURAL=cfg["k_natural"],
+                 PAGE_ADDR=cfg["page_addr"], SCALE_Q=cfg["scale_q"], LOOP_STAGES=cfg["loop_stages"], OWN_KV=own_kv,
+                 TMA_NEW=cfg["tma_new"])
+    desc = f"tensordesc<bf16[{cfg['block_n']},128]>" if cfg["tma_new"] else "*bf16"
+    fp8 = dict(k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv", k_scale_ptr="*fp32", v_scale_ptr="*fp32")
+    args = dict(_PACKED_ARGS, k_desc=desc, v_desc=desc, **(fp8 if kv_fp8 else {}))
+    return compile_sm90(_prefill_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), 0
+
+
+def _prefill_variants():
+    """name -> builder for every prefill variant benchmarks/prefill_sweep.py times (its VARIANTS)."""
+    from benchmarks.prefill_variants import VARIANTS
+    return {f"prefill_{name}": (lambda ov=ov: _prefill_packed(**{k: v for k, v in ov.items() if k != "variant"})
+                                if ov.get("variant") == "packed" else _prefill_base(**ov))
+            for name, ov in VARIANTS.items()}
+
+
 KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
@@ -164,7 +205,7 @@ KERNELS = {
     "fp8_gemv_wide_16x1024": lambda: _fp8_gemv_wide(dict(block_n=16, block_w=1024, num_warps=8)),
     "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
-    "w4_split_k_sum": _split_k_sum,
+    "w4_split_k_sum": _split_k_sum, **_prefill_variants(), "prefill_packed_fp8": lambda: _prefill_packed(kv_fp8=True),
 }
 
 

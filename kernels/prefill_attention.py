@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from kernels.attention_block import attend, dot_precision, fp8_mode, is_fp8, kv_scales
+from kernels.prefill_packed import launch_packed
 
 DEFAULTS = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
 FP8_DEFAULTS = dict(DEFAULTS, fp8_mode="asm_vt")  # an fp8 cache: see kernels/attention_block.py (H200: 2% ahead)
@@ -18,6 +19,17 @@ _INTERPRET_DEFAULTS = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
 # The tile -> sequence search spans BLOCK_B sequences. One width up to 256 sequences (the default max_num_seqs)
 # keeps to one compiled variant; the search is a few hundred integer ops per program, noise beside the attention.
 MIN_BLOCK_B = 256
+# What a CUDA launch runs when the caller gives no overrides, per case: "long" when the batch averages at least
+# LONG_TOKENS new tokens a sequence (a fresh prompt), "short" otherwise (extend over a cached prefix, mixed steps).
+# {} keeps DEFAULTS; {"variant": "packed", ...} picks kernels/prefill_packed.py. benchmarks/prefill_sweep.py prints
+# the entries its H200 run recommends.
+TUNED: dict[str, dict] = {"long": {}, "short": {}}
+LONG_TOKENS = 512
+
+
+def tuned_overrides(num_tokens: int, num_seqs: int) -> dict:
+    """The TUNED entry for a launch of num_tokens new tokens over num_seqs sequences (host-side shapes only)."""
+    return TUNED["long" if num_tokens >= LONG_TOKENS * max(num_seqs, 1) else "short"]
 
 
 # B and the block-table width vary step to step, and a mixed step passes the metadata from row num_decode_seqs on
@@ -103,14 +115,23 @@ def paged_prefill_attention(
     assert k_cache.stride(3) == 1 and v_cache.stride() == k_cache.stride()
     if q.stride(2) != 1:
         q = q.contiguous()
-    cfg = dict((FP8_DEFAULTS if is_fp8(k_cache) else DEFAULTS) if q.is_cuda else _INTERPRET_DEFAULTS)
-    cfg.update(overrides)
+    if q.is_cuda and not overrides and not is_fp8(k_cache):  # fp8 keeps FP8_DEFAULTS (its own sweep)
+        overrides = tuned_overrides(T, B)
     if out is None:
         out = torch.empty((T, HQ, D), dtype=q.dtype, device=q.device)
     if T == 0 or B == 0:
         return out
-    bm, bn = cfg["block_m"], cfg["block_n"]
     k_scale, v_scale, kv_fp8 = kv_scales(k_cache, k_scale, v_scale)
+    variant = overrides.get("variant", "base")
+    assert variant in ("base", "packed"), variant
+    if variant == "packed":
+        return launch_packed(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale,
+                             kv_fp8, scale * 1.4426950408889634, dot_precision(q),
+                             {k: v for k, v in overrides.items() if k != "variant"})
+    assert "k_new" not in overrides and "v_new" not in overrides, "k_new / v_new: variant=\"packed\" only"
+    cfg = dict((FP8_DEFAULTS if is_fp8(k_cache) else DEFAULTS) if q.is_cuda else _INTERPRET_DEFAULTS)
+    cfg.update({k: v for k, v in overrides.items() if k != "variant"})
+    bm, bn = cfg["block_m"], cfg["block_n"]
     grid = (triton.cdiv(T, bm) + B, HQ)
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out, k_scale, v_scale,

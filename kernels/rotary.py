@@ -63,7 +63,7 @@ def _rotary_store_kv_kernel(
     pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cache_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cache, stride_cslot, stride_ch,
     HQ, HK, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, KV_FP8: tl.constexpr,
-    ROUND_F32: tl.constexpr, USE_PDL: tl.constexpr,
+    ROUND_F32: tl.constexpr, USE_PDL: tl.constexpr, K_IN_PLACE: tl.constexpr = False,
 ):
     pdl_start(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
@@ -81,6 +81,9 @@ def _rotary_store_kv_kernel(
         # Round to k's dtype first, as the unfused path does (rotate in place, then copy to the cache).
         r1 = (k1 * cos - k2 * sin).to(k_ptr.dtype.element_ty)
         r2 = (k2 * cos + k1 * sin).to(k_ptr.dtype.element_ty)
+        if K_IN_PLACE:  # for a prefill kernel that reads the step's own keys from k (kernels/prefill_packed.py)
+            tl.store(k_ptr + src, r1, mask=mask)
+            tl.store(k_ptr + src + HALF, r2, mask=mask)
         ks = tl.load(k_scale_ptr) if KV_FP8 else 1.0
         vs = tl.load(v_scale_ptr) if KV_FP8 else 1.0
         tl.store(k_cache_ptr + dst, _to_cache(r1, ks, k_cache_ptr, KV_FP8, ROUND_F32), mask=mask)
@@ -95,9 +98,10 @@ def _rotary_store_kv_kernel(
 def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
-                    v_scale: torch.Tensor | None = None) -> None:
+                    v_scale: torch.Tensor | None = None, k_in_place: bool = False) -> None:
     """One kernel for a layer's rotary and KV-cache write: rotates q in place, and writes the rotated k and
-    v into their cache slots (k itself is left as it was). q [T, Hq, D], k and v [T, Hkv, D] (views of a
+    v into their cache slots (k itself is left as it was, unless k_in_place: then k is rotated too, for tokens
+    with a slot). q [T, Hq, D], k and v [T, Hkv, D] (views of a
     fused qkv output are fine); caches [blocks, block_size, Hkv, D], contiguous. An fp8 cache gets
     k / k_scale and v / v_scale (float32 scalar tensors), saturated to +-FP8_MAX."""
     T, HQ, D = q.shape
@@ -115,7 +119,7 @@ def rotary_store_kv(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos_sin_cache.stride(0),
         k_cache.stride(1), k_cache.stride(2),
         HQ, HK, HALF=D // 2, BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HK=triton.next_power_of_2(HK),
-        KV_FP8=kv_fp8, ROUND_F32=not q.is_cuda, num_warps=4, **launch_options(q),
+        KV_FP8=kv_fp8, ROUND_F32=not q.is_cuda, K_IN_PLACE=k_in_place, num_warps=4, **launch_options(q),
     )
 
 

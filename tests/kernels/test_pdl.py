@@ -38,14 +38,14 @@ KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr argumen
              v_cache_ptr=BF, k_scale_ptr=BF, v_scale_ptr=BF, stride_qt=I32, stride_qh=I32, stride_kt=I32,
              stride_kh=I32, stride_vt=I32, stride_vh=I32, stride_cache=I32, stride_cslot=I32, stride_ch=I32, HQ=I32,
              HK=I32),
-        dict(HALF=64, BLOCK_HQ=16, BLOCK_HK=4, KV_FP8=False, ROUND_F32=False), 4),
+        dict(HALF=64, BLOCK_HQ=16, BLOCK_HK=4, KV_FP8=False, ROUND_F32=False, K_IN_PLACE=False), 4),
     "_rotary_store_kv_kernel fp8": (  # --kv-cache-dtype fp8: quantizes into the cache, reads the scales
         "kernels.rotary",
         dict(pos_ptr="*i32", slot_ptr="*i32", q_ptr=BF, k_ptr=BF, v_ptr=BF, cache_ptr="*fp32", k_cache_ptr=FP8,
              v_cache_ptr=FP8, k_scale_ptr="*fp32", v_scale_ptr="*fp32", stride_qt=I32, stride_qh=I32, stride_kt=I32,
              stride_kh=I32, stride_vt=I32, stride_vh=I32, stride_cache=I32, stride_cslot=I32, stride_ch=I32, HQ=I32,
              HK=I32),
-        dict(HALF=64, BLOCK_HQ=16, BLOCK_HK=4, KV_FP8=True, ROUND_F32=False), 4),
+        dict(HALF=64, BLOCK_HQ=16, BLOCK_HK=4, KV_FP8=True, ROUND_F32=False, K_IN_PLACE=False), 4),
     "_decode_kernel": (
         "kernels.decode_attention",
         dict(q_ptr=BF, k_cache_ptr=BF, v_cache_ptr=BF, block_tables_ptr="*i32", context_lens_ptr="*i32", out_ptr=BF,

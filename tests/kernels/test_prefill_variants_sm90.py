@@ -1,0 +1,31 @@
+"""The prefill-attention variants compile for Hopper (sm_90) with Triton's own ptxas, no GPU needed (the
+interpreter runs kernels the compiler may reject), their dots become wgmma (HGMMA), and the packed kernel's loop
+is shorter than the base kernel's. Between them these builds take every constexpr branch of
+kernels/prefill_packed.py both ways (benchmarks/prefill_variants.py: "packed" has every switch on, "packed_plain"
+every one off), at the block_n 128 the sweep also times, over an fp8 cache, and with the new tokens' K/V from the
+step's own k / v (by pointers and by TMA). Runs benchmarks/compile_sm90.py in a subprocess, as
+tests/kernels/test_sm90_compile.py does (this process has TRITON_INTERPRET=1)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ["prefill_base", "prefill_packed", "prefill_packed_plain", "prefill_packed_bn128", "prefill_packed_fp8",
+         "prefill_packed_own", "prefill_packed_own_tma"]
+
+
+def test_prefill_variants_compile_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.compile_sm90", *NAMES], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loops = {}
+    for name in NAMES:
+        m = re.search(rf"^{name}: main loop (\d+) instructions.*\n(.*)", run.stdout, re.M)
+        assert m, run.stdout
+        assert "HGMMA" in m.group(2), run.stdout
+        loops[name] = int(m.group(1))
+    assert loops["prefill_packed"] < loops["prefill_base"], loops
