@@ -17,7 +17,7 @@
 # `bash /tmp/vw/install.sh`, else this script runs it when /tmp/vsite has no vLLM), and .gpu/wheels carried:
 #   bash benchmarks/online_side_by_side.sh            # from the repository root on the GPU host
 # Settings: BUDGET (570 s), POISSON_REQUESTS (300), SG_REQUESTS (1000), LONG_REQUESTS (200), WARM_REQUESTS (200),
-# FERRY_PORT / VLLM_PORT (8000, 8001; vllm-serve-dummy takes PORT), FERRY_ARGS /
+# WORKLOADS (a subset of "batch1 poisson sharegpt1000 long200"; all by default), FERRY_PORT / VLLM_PORT (8000, 8001; vllm-serve-dummy takes PORT), FERRY_ARGS /
 # VLLM_ARGS (extra server flags, e.g. FERRY_ARGS="--max-prefill-tokens 1024"), ONLY (ferry | vllm: one server),
 # VLLM_SERVE (/tmp/vw/vllm-serve-dummy), VLLM_SITE (/tmp/vsite), SHAPE (llama-3.1-8b: ferry's --hf-config).
 # A dry run on a CPU (to check this script, not to time anything): a tiny SHAPE (a config.json), DTYPE=float32,
@@ -87,18 +87,20 @@ bench() {
   return 0
 }
 
+want() { [ -z "${WORKLOADS:-}" ] || [[ " $WORKLOADS " == *" $1 "* ]]; }  # WORKLOADS: a subset, e.g. "long200"
+
 workloads() {  # side url
   local s=$1 u=$2 p=$POISSON_REQUESTS
   bench "$s" "$u" - 20 --workload fixed --num-requests 64 --input-len 300 --output-len 16 --prompt-seed 900
   bench "$s" "$u" - 30 --num-requests "$WARM_REQUESTS" --prompt-seed 901
   touch "$R/$s.warm"  # Triton kernels compiled after this stalled a live server: listed at the end
-  bench "$s" "$u" batch1.1.json 10 --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1
-  bench "$s" "$u" batch1.2.json 10 --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1 \
+  want batch1 && bench "$s" "$u" batch1.1.json 10 --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1
+  want batch1 && bench "$s" "$u" batch1.2.json 10 --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name batch-1 \
       --prompt-seed 1
-  bench "$s" "$u" poisson.json $(( p / 4 + p / 16 + p / 32 + 45 )) --num-requests "$p" --request-rate 4,16,32 \
+  want poisson && bench "$s" "$u" poisson.json $(( p / 4 + p / 16 + p / 32 + 45 )) --num-requests "$p" --request-rate 4,16,32 \
       --prompt-seed 100 --plot "$OUT/latency_vs_load_$s.png"
-  bench "$s" "$u" sharegpt1000.json 45 --num-requests "$SG_REQUESTS" --prompt-seed 200
-  bench "$s" "$u" long200.json 30 --workload fixed --num-requests "$LONG_REQUESTS" --input-len 2000 \
+  want sharegpt1000 && bench "$s" "$u" sharegpt1000.json 45 --num-requests "$SG_REQUESTS" --prompt-seed 200
+  want long200 && bench "$s" "$u" long200.json 30 --workload fixed --num-requests "$LONG_REQUESTS" --input-len 2000 \
       --output-len 128 --prompt-seed 400
   echo "$s: Triton kernels compiled after the warm-up (each stalled the server):" \
     "$(find "$TRITON_CACHE_DIR" -newer "$R/$s.warm" -name '*.json' ! -name '__grp__*' 2>/dev/null | wc -l)"
