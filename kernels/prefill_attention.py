@@ -22,9 +22,15 @@ MIN_BLOCK_B = 256
 # What a CUDA launch runs when the caller gives no overrides, per case: "long" when the batch averages at least
 # LONG_TOKENS new tokens a sequence (a fresh prompt), "short" otherwise (extend over a cached prefix, mixed steps).
 # {} keeps DEFAULTS; {"variant": "packed", ...} picks kernels/prefill_packed.py. benchmarks/prefill_sweep.py prints
-# the entries its H200 run recommends.
-TUNED: dict[str, dict] = {"long": {}, "short": {}}
-LONG_TOKENS = 512
+# the entries its H200 run recommends. H200, 2026-12-01 (us): the packed kernel with one query head a program and
+# per-key block ids ("packed_plain") beat the base kernel in every case (8 x 1024 causal 332 / 347; 1536 cached + 128
+# new x 32: 421 / 474; x 256: 826 / 902), except that with ~64 new tokens a sequence the whole GQA group a program
+# ("packed_noaddr") is far ahead (32 x 64: 232 against 394 and base's 417; 8 x 64: 90 / 107 / 114).
+TUNED: dict[str, dict] = {
+    "long": dict(variant="packed", pack=1, k_natural=False, page_addr=False, scale_q=False, loop_stages=4),
+    "short": dict(variant="packed", page_addr=False),
+}
+LONG_TOKENS = 96
 
 
 def tuned_overrides(num_tokens: int, num_seqs: int) -> dict:

@@ -129,7 +129,7 @@ def _span(q, m_i, l_i, acc, k_ptr, v_ptr, bt_row, row0, head_off, stride_b, stri
 
 
 # Not specialized on B or the metadata pointers, for the reasons given in kernels/prefill_attention.py.
-@triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr"])
+@triton.jit(do_not_specialize=["B", "block_tables_ptr", "cu_seqlens_ptr", "context_lens_ptr", "stride_bt"])
 def _prefill_packed_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr, context_lens_ptr, out_ptr,
     k_scale_ptr, v_scale_ptr, k_new_ptr, v_new_ptr, k_desc, v_desc, qk_scale, B,
