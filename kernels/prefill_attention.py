@@ -22,15 +22,16 @@ MIN_BLOCK_B = 256
 # What a CUDA launch runs when the caller gives no overrides, per case: "long" when the batch averages at least
 # LONG_TOKENS new tokens a sequence (a fresh prompt), "short" otherwise (extend over a cached prefix, mixed steps).
 # {} keeps DEFAULTS; {"variant": "packed", ...} picks kernels/prefill_packed.py. benchmarks/prefill_sweep.py prints
-# the entries its H200 run recommends. H200, 2026-12-01 (us): the packed kernel with one query head a program and
-# per-key block ids ("packed_plain") beat the base kernel in every case (8 x 1024 causal 332 / 347; 1536 cached + 128
-# new x 32: 421 / 474; x 256: 826 / 902), except that with ~64 new tokens a sequence the whole GQA group a program
-# ("packed_noaddr") is far ahead (32 x 64: 232 against 394 and base's 417; 8 x 64: 90 / 107 / 114).
+# the entries its H200 run recommends. Two H200 runs, 2026-12-01 (us, packed / base): one query head a program
+# ("packed_plain") is 1-4% ahead on fresh prompts (8 x 1024 causal 332 / 347, 328 / 331) and no better, or far
+# worse, on short extends (1536 cached + 64 new x 32: 392 / 231), so only long batches take it. Reading the new
+# tokens' K/V from the step's own k / v ("packed_own": 249 us at 8 x 1024) is not wired into the engine: on fresh
+# prompts attention is ~4% of a step, and it loses on extends.
 TUNED: dict[str, dict] = {
     "long": dict(variant="packed", pack=1, k_natural=False, page_addr=False, scale_q=False, loop_stages=4),
-    "short": dict(variant="packed", page_addr=False),
+    "short": {},
 }
-LONG_TOKENS = 96
+LONG_TOKENS = 512
 
 
 def tuned_overrides(num_tokens: int, num_seqs: int) -> dict:

@@ -95,7 +95,7 @@ def test_packed_rejects_what_it_cannot_do():
 
 def test_tuned_overrides_split_long_from_short_batches():
     assert tuned_overrides(LONG_TOKENS * 8, 8) is TUNED["long"]  # 8 fresh prompts of LONG_TOKENS
-    assert tuned_overrides(8 * 64, 8) is TUNED["short"]  # extends of 64 over a cached prefix
+    assert tuned_overrides(8 * 128, 8) is TUNED["short"]  # extends of 128 over a cached prefix
     assert tuned_overrides(LONG_TOKENS - 1, 1) is TUNED["short"]
 
 
