@@ -24,13 +24,12 @@ MIN_BLOCK_B = 256
 # {} keeps DEFAULTS; {"variant": "packed", ...} picks kernels/prefill_packed.py. benchmarks/prefill_sweep.py prints
 # the entries its H200 run recommends. Two H200 runs, 2026-12-01 (us, packed / base): one query head a program
 # ("packed_plain") is 1-4% ahead on fresh prompts (8 x 1024 causal 332 / 347, 328 / 331) and no better, or far
-# worse, on short extends (1536 cached + 64 new x 32: 392 / 231), so only long batches take it. Reading the new
-# tokens' K/V from the step's own k / v ("packed_own": 249 us at 8 x 1024) is not wired into the engine: on fresh
-# prompts attention is ~4% of a step, and it loses on extends.
-TUNED: dict[str, dict] = {
-    "long": dict(variant="packed", pack=1, k_natural=False, page_addr=False, scale_q=False, loop_stages=4),
-    "short": {},
-}
+# worse, on short extends (1536 cached + 64 new x 32: 392 / 231). As the "long" default it was compiled at its first
+# long prompt in a live server and stalled it for ~0.9 s (TTFT p99 902 ms at Poisson 4 req/s, against 49 ms
+# without): both entries stay with the base kernel, which the warm-up compiles. Reading the new tokens' K/V from the
+# step's own k / v ("packed_own": 249 us at 8 x 1024) is not wired into the engine: attention is ~4% of a step on
+# fresh prompts, and it loses on extends.
+TUNED: dict[str, dict] = {"long": {}, "short": {}}
 LONG_TOKENS = 512
 
 
