@@ -79,9 +79,10 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True,
         return
     if cfg.load_format == "gguf":
         knobs = knobs or read_knobs()
-        source, total = gguf_weights(cfg.path, cfg), None
-        if knobs.gguf_weight_cache:
-            source = cached_gguf_weights(cfg.path, lambda: gguf_weights(cfg.path, cfg), knobs)
+        if knobs.gguf_weight_cache:  # dequantized once, then read back (engine/gguf_weight_cache.py)
+            source, total = cached_gguf_weights(cfg.path, lambda: gguf_weights(cfg.path, cfg), knobs), None
+        else:
+            source, total = gguf_weights(cfg.path, cfg), None
     elif cfg.load_format == "safetensors":
         source, total = safetensors_weights(cfg.path), None
     else:
