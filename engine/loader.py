@@ -15,9 +15,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from engine.gguf_weight_cache import cached_gguf_weights
 from engine.layers.kv_quant import kv_scale_buffer_name
 from engine.model_config import ModelConfig
 from engine.quant.convert import finish_quantized_layers
+from shared.knobs import Knobs, read_knobs
 
 GGUF_NAMES = {
     "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
@@ -68,7 +70,7 @@ def gguf_weights(path: str, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tenso
         yield name, torch.from_numpy(np.array(w, dtype=np.float32))  # a writable copy
 
 
-def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True) -> None:
+def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True, knobs: Knobs | None = None) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers())
     if cfg.load_format == "dummy":
@@ -76,7 +78,11 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True)
         finish_quantized_layers(model)
         return
     if cfg.load_format == "gguf":
-        source, total = gguf_weights(cfg.path, cfg), None
+        knobs = knobs or read_knobs()
+        if knobs.gguf_weight_cache:  # dequantized once, then read back (engine/gguf_weight_cache.py)
+            source, total = cached_gguf_weights(cfg.path, lambda: gguf_weights(cfg.path, cfg), knobs), None
+        else:
+            source, total = gguf_weights(cfg.path, cfg), None
     elif cfg.load_format == "safetensors":
         source, total = safetensors_weights(cfg.path), None
     else:

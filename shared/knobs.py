@@ -31,6 +31,9 @@ class Knobs:
                                 "seconds a rank waits to join its group (ranks load checkpoints at their own pace)")
     cache_dir: str = _knob("", "FERRY_CACHE_DIR", "where parsed GGUF configs and tokenizers are cached; "
                                                   "empty: ~/.cache/ferry")
+    gguf_weight_cache: bool = _knob(False, "FERRY_GGUF_WEIGHT_CACHE",
+                                    "keep a GGUF's dequantized weights (float32 safetensors, 4 bytes a parameter) "
+                                    "under cache_dir, so later loads skip dequantizing; for small models and tests")
 
     def cache_root(self) -> str:
         return self.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "ferry")

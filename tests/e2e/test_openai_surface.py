@@ -34,11 +34,9 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def hf():
-    from fixtures.models import load_hf_default_model
-
+def hf(hf_default_model):
     torch.set_num_threads(1)  # the server's processes share the cores: more threads would only contend
-    return load_hf_default_model()
+    return hf_default_model
 
 
 @pytest.fixture(scope="module")

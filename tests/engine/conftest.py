@@ -1,4 +1,4 @@
-"""Shared fixtures: the default model loaded once per session, in ferry's runner and in transformers."""
+"""Shared fixtures: the default model loaded once per session in ferry's runner (in transformers: tests/conftest.py)."""
 import pytest
 import torch
 
@@ -26,13 +26,6 @@ def chat_prompts(tokenizer):
     from engine.tokenizer import chat_token_ids
 
     return [chat_token_ids(tokenizer, [{"role": "user", "content": text}]) for text in CHAT_PROMPTS]
-
-
-@pytest.fixture(scope="session")
-def hf_default_model():
-    from fixtures.models import load_hf_default_model
-
-    return load_hf_default_model()
 
 
 def make_llm(runner, **overrides):
