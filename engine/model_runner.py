@@ -73,7 +73,7 @@ class ModelRunner:
                 self.model = MODELS[cfg.architecture](cfg)
         finally:
             torch.set_default_dtype(default_dtype)
-        load_weights(self.model, cfg, show_progress=show_progress and rank == 0)
+        load_weights(self.model, cfg, show_progress=show_progress and rank == 0, knobs=knobs)
         self.model.eval()
         self.num_kv_blocks = self._allocate_kv_cache()
         self.sampler = Sampler(self.device, settings.seed)
