@@ -138,6 +138,8 @@ def serve(argv: list[str]) -> int:
     try:
         while not stopping:
             time.sleep(0.5)
+            if stopping:  # Ctrl-C reaches the whole process group: children that exit now are stopping too
+                break
             for name, p in list(children.items()):
                 if p.poll() is not None:
                     log.error("%s exited with status %s; the others keep running", name, p.returncode)
