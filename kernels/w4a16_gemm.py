@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import launch_options
+from kernels.tile_order import grouped_tile
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 from kernels.w4a16_gemv import pow2
 
@@ -54,13 +55,7 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                        USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)  # SPLIT_K > 1: this program's share of K, summed by _split_k_sum_kernel
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_here = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_here
-    pid_n = (pid % per_group) // rows_here
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_j = tl.arange(0, P)
