@@ -18,6 +18,23 @@ import sys
 import pytest
 
 BF, I32, F32, FP8 = "*bf16", "i32", "fp32", "*fp8e4nv"
+
+
+def _rotary_signature(cache: str, scale: str) -> dict:
+    """kernels.rotary's store into a cache of `cache` elements with scales of `scale` (unread unless fp8)."""
+    return dict(pos_ptr="*i32", slot_ptr="*i32", q_ptr=BF, k_ptr=BF, v_ptr=BF, cache_ptr="*fp32", k_cache_ptr=cache,
+                v_cache_ptr=cache, k_scale_ptr=scale, v_scale_ptr=scale, stride_qt=I32, stride_qh=I32,
+                stride_kt=I32, stride_kh=I32, stride_vt=I32, stride_vh=I32, stride_cache=I32, stride_cslot=I32,
+                stride_ch=I32, HQ=I32, HK=I32)
+
+
+def _decode_signature(cache: str, scale: str) -> dict:
+    """kernels.decode_attention's kernel over a cache of `cache` elements with scales of `scale`."""
+    return dict(q_ptr=BF, k_cache_ptr=cache, v_cache_ptr=cache, block_tables_ptr="*i32", context_lens_ptr="*i32",
+                out_ptr=BF, acc_ws_ptr="*fp32", ml_ws_ptr="*fp32", k_scale_ptr=scale, v_scale_ptr=scale,
+                qk_scale=F32, num_splits=I32, HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32,
+                stride_cb=I32, stride_ct=I32, stride_ch=I32, stride_bt=I32)
+
 KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr arguments, constexprs, num_warps)
     "_gemv_kernel": ("kernels.gemv", dict(x_ptr=BF, w_ptr=BF, b_ptr=BF, out_ptr=BF, N=I32, K=I32, stride_wn=I32),
                      dict(HAS_BIAS=False, BLOCK_N=2, BLOCK_K=2048), 8),
@@ -34,40 +51,25 @@ KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr argumen
                              dict(BLOCK=1024), 4),
     "_rotary_store_kv_kernel": (
         "kernels.rotary",
-        dict(pos_ptr="*i32", slot_ptr="*i32", q_ptr=BF, k_ptr=BF, v_ptr=BF, cache_ptr="*fp32", k_cache_ptr=BF,
-             v_cache_ptr=BF, k_scale_ptr=BF, v_scale_ptr=BF, stride_qt=I32, stride_qh=I32, stride_kt=I32,
-             stride_kh=I32, stride_vt=I32, stride_vh=I32, stride_cache=I32, stride_cslot=I32, stride_ch=I32, HQ=I32,
-             HK=I32),
+        _rotary_signature(BF, BF),
         dict(HALF=64, BLOCK_HQ=16, BLOCK_HK=4, KV_FP8=False, ROUND_F32=False, K_IN_PLACE=False), 4),
     "_rotary_store_kv_kernel fp8": (  # --kv-cache-dtype fp8: quantizes into the cache, reads the scales
         "kernels.rotary",
-        dict(pos_ptr="*i32", slot_ptr="*i32", q_ptr=BF, k_ptr=BF, v_ptr=BF, cache_ptr="*fp32", k_cache_ptr=FP8,
-             v_cache_ptr=FP8, k_scale_ptr="*fp32", v_scale_ptr="*fp32", stride_qt=I32, stride_qh=I32, stride_kt=I32,
-             stride_kh=I32, stride_vt=I32, stride_vh=I32, stride_cache=I32, stride_cslot=I32, stride_ch=I32, HQ=I32,
-             HK=I32),
+        _rotary_signature(FP8, "*fp32"),
         dict(HALF=64, BLOCK_HQ=16, BLOCK_HK=4, KV_FP8=True, ROUND_F32=False, K_IN_PLACE=False), 4),
     "_decode_kernel": (
         "kernels.decode_attention",
-        dict(q_ptr=BF, k_cache_ptr=BF, v_cache_ptr=BF, block_tables_ptr="*i32", context_lens_ptr="*i32", out_ptr=BF,
-             acc_ws_ptr="*fp32", ml_ws_ptr="*fp32", k_scale_ptr=BF, v_scale_ptr=BF, qk_scale=F32, num_splits=I32,
-             HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32, stride_cb=I32, stride_ct=I32,
-             stride_ch=I32, stride_bt=I32),
+        _decode_signature(BF, BF),
         dict(GROUP=4, BLOCK_G=16, D=128, BLOCK_SIZE=16, BLOCK_N=64, SINGLE_SPLIT=False, DOT_F32=False,
              PRECISION="tf32", KV_FP8=False, FP8_MODE=0, SPLIT_TAIL=False), 4),
     "_decode_kernel fp8": (  # an fp8 cache: the scales are read after the wait too
         "kernels.decode_attention",
-        dict(q_ptr=BF, k_cache_ptr=FP8, v_cache_ptr=FP8, block_tables_ptr="*i32", context_lens_ptr="*i32",
-             out_ptr=BF, acc_ws_ptr="*fp32", ml_ws_ptr="*fp32", k_scale_ptr="*fp32", v_scale_ptr="*fp32",
-             qk_scale=F32, num_splits=I32, HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32,
-             stride_cb=I32, stride_ct=I32, stride_ch=I32, stride_bt=I32),
+        _decode_signature(FP8, "*fp32"),
         dict(GROUP=4, BLOCK_G=16, D=128, BLOCK_SIZE=16, BLOCK_N=128, SINGLE_SPLIT=True, DOT_F32=False,
              PRECISION="tf32", KV_FP8=True, FP8_MODE=1, SPLIT_TAIL=True), 4),
     "_decode_kernel fp8 asm_vt": (  # the other way of reading V (kernels/attention_block.py)
         "kernels.decode_attention",
-        dict(q_ptr=BF, k_cache_ptr=FP8, v_cache_ptr=FP8, block_tables_ptr="*i32", context_lens_ptr="*i32",
-             out_ptr=BF, acc_ws_ptr="*fp32", ml_ws_ptr="*fp32", k_scale_ptr="*fp32", v_scale_ptr="*fp32",
-             qk_scale=F32, num_splits=I32, HQ=I32, stride_qb=I32, stride_qh=I32, stride_ob=I32, stride_oh=I32,
-             stride_cb=I32, stride_ct=I32, stride_ch=I32, stride_bt=I32),
+        _decode_signature(FP8, "*fp32"),
         dict(GROUP=4, BLOCK_G=16, D=128, BLOCK_SIZE=16, BLOCK_N=128, SINGLE_SPLIT=True, DOT_F32=False,
              PRECISION="tf32", KV_FP8=True, FP8_MODE=2, SPLIT_TAIL=False), 4),
     "_reduce_kernel": ("kernels.decode_attention",

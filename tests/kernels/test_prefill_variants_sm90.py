@@ -6,26 +6,19 @@ every one off, "packed_own_tma" the new tokens' K/V from the step's own k / v by
 built and run on an H200 by benchmarks/prefill_sweep.py (docs/perf.md); the block_n 128, fp8-cache and own-K/V-by-
 pointer builds are left to that sweep to keep the suite short. Runs benchmarks/compile_sm90.py in a subprocess, as
 tests/kernels/test_sm90_compile.py does (this process has TRITON_INTERPRET=1)."""
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kernels.sm90_build import compile_sm90
+
 NAMES = ["prefill_base", "prefill_packed", "prefill_packed_plain", "prefill_packed_own_tma"]
 
 
 def test_prefill_variants_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-m", "benchmarks.compile_sm90", *NAMES], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stderr[-3000:]
+    stdout = compile_sm90(NAMES, timeout=400)
     loops = {}
     for name in NAMES:
-        m = re.search(rf"^{name}: main loop (\d+) instructions.*\n(.*)", run.stdout, re.M)
-        assert m, run.stdout
-        assert "HGMMA" in m.group(2), run.stdout
+        m = re.search(rf"^{name}: main loop (\d+) instructions.*\n(.*)", stdout, re.M)
+        assert m, stdout
+        assert "HGMMA" in m.group(2), stdout
         loops[name] = int(m.group(1))
     assert loops["prefill_packed"] < loops["prefill_base"], loops

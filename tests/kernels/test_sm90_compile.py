@@ -5,32 +5,25 @@ and the wide FP8 GEMV are checked here). Also pins the arithmetic of the W4A16 G
 
 Runs benchmarks/compile_sm90.py in a subprocess: this test process has TRITON_INTERPRET=1 (tests/kernels/conftest.py),
 under which Triton makes interpreted functions, which do not compile."""
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.kernels.sm90_build import compile_sm90
+
 NAMES = ["w4_gemv", "w4_gemv_2warps", "w4_gemv_packed", "fp8_gemv_wide", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv",
          "fp8_gemm_m4096", "fp8_quant",
          "fp8_silu_quant", "w4_dequant", "w4_split_k_sum"]
 
 
 def test_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-m", "benchmarks.compile_sm90", *NAMES], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    stdout = compile_sm90(NAMES, timeout=300)
     for name in NAMES:
-        assert re.search(rf"^{name}: main loop \d+ instructions", run.stdout, re.M), run.stdout
+        assert re.search(rf"^{name}: main loop \d+ instructions", stdout, re.M), stdout
     # LOP3 + FADD + FFMA per weight element are the floor (3); with 8 rows per thread (2 warps) the overhead around
     # them once made it 7.4, now 4.6.
-    per = float(re.search(r"^w4_gemv_2warps: .* = ([\d.]+) per weight element", run.stdout, re.M).group(1))
-    assert per < 5.5, run.stdout
-    assert "LDG.E.EF.128" in run.stdout.split("w4_gemv:")[1].split("\n")[2]  # 16-byte weight loads
+    per = float(re.search(r"^w4_gemv_2warps: .* = ([\d.]+) per weight element", stdout, re.M).group(1))
+    assert per < 5.5, stdout
+    assert "LDG.E.EF.128" in stdout.split("w4_gemv:")[1].split("\n")[2]  # 16-byte weight loads
     # The packed variant (inline PTX, two elements per instruction): 19 per 8 elements at the core, 3.0 in all.
-    per = float(re.search(r"^w4_gemv_packed: .* = ([\d.]+) per weight element", run.stdout, re.M).group(1))
-    assert per < 3.3, run.stdout
-    assert "LDG.E.EF.128" in run.stdout.split("w4_gemv_packed:")[1].split("\n")[2]
+    per = float(re.search(r"^w4_gemv_packed: .* = ([\d.]+) per weight element", stdout, re.M).group(1))
+    assert per < 3.3, stdout
+    assert "LDG.E.EF.128" in stdout.split("w4_gemv_packed:")[1].split("\n")[2]
