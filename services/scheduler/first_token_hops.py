@@ -45,6 +45,11 @@ class SchedulerHops:
         for rid in rids:
             self.trace.hop(rid, "sched_tokens_out")
 
+    def dropped(self, rid: str) -> None:
+        """The request was aborted before its first plan: stop waiting for it (else its entry stays for good)."""
+        for sid in [sid for sid, r in self.awaiting_plan.items() if r == rid]:
+            del self.awaiting_plan[sid]
+
     def forget(self) -> None:
         """The engine was reset: what was awaited will not come."""
         self.awaiting_plan.clear()

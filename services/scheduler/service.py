@@ -156,6 +156,8 @@ class SchedulerService:
         """False when the request is not (or no longer) here: it may still be on its way."""
         if self.sched is None or not self.sched.abort_request(rid):
             return False
+        if self.hops is not None:
+            self.hops.dropped(rid)
         log.debug("%s aborted", rid)
         self.stats_dirty = True
         return True
@@ -236,6 +238,8 @@ class SchedulerService:
         failure = ServiceUnavailable(f"the engine lost gateway {gid} and aborted the request; retry it")
         for rid in rids:
             self.sched.abort_request(rid)
+            if self.hops is not None:
+                self.hops.dropped(rid)
             self._error(rid, gid, failure)
         log.warning("%s: aborted its %d requests", why, len(rids))
         self.stats_dirty |= bool(rids)

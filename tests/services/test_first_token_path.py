@@ -12,6 +12,7 @@ from services.tokenizer.service import TokenizerService
 from shared.codec import pack_ids
 from shared.first_token_trace import PREFIX, FirstTokenTrace, first_token_trace
 from shared.messages import (
+    AbortRequest,
     DetokRegister,
     EngineRequest,
     NewSequence,
@@ -190,3 +191,13 @@ def test_tracing_is_off_by_default_and_then_nothing_is_logged(caplog):
         svc.tick(1.0)
         svc.on_message(answer(plans(out)[0]), 1.1)
     assert lines(caplog) == [] and not detok.awaiting_first
+
+
+def test_a_request_aborted_before_its_first_plan_leaves_nothing_awaited():
+    svc, out = make()
+    svc.hops = SchedulerHops(FirstTokenTrace(logging.getLogger("test.scheduler")))
+    bring_up(svc, out)
+    svc.on_message(request("r1", n_ids=3), 1.0)
+    assert list(svc.hops.awaiting_plan.values()) == ["r1"]
+    svc.on_message(AbortRequest("r1"), 1.1)
+    assert svc.hops.awaiting_plan == {}
