@@ -150,9 +150,21 @@ def _w4_dequant():
 
 
 def _split_k_sum():
-    from kernels.w4a16_gemm import _split_k_sum_kernel
+    from kernels.split_k_sum import _split_k_sum_kernel
     args = dict(part_ptr="*fp32", b_ptr="*bf16", out_ptr="*bf16", MN="i32/16", N="i32/16")
     return compile_sm90(_split_k_sum_kernel, args, dict(SPLIT_K=4, HAS_BIAS=True, BLOCK=1024, USE_PDL=True), 4, 1), 0
+
+
+def _skinny(block_m=16, **overrides):
+    """kernels/skinny_gemm.py at the 8B down projection (N 4096, K 14336: split K), bf16."""
+    from kernels.skinny_gemm import _skinny_kernel, config_for
+    cfg = dict(config_for(4096, 14336), **overrides)
+    args = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32", M="i32", N="i32/16",
+                K="i32/16", K_PER_SPLIT="i32/16", stride_xm="i32/16", stride_wn="i32/16", stride_om="i32/16")
+    const = dict(HAS_BIAS=False, SPLIT=cfg["split_k"] > 1, BLOCK_M=block_m, BLOCK_N=cfg["block_n"],
+                 BLOCK_K=cfg["block_k"], WIDEN=False, USE_PDL=True)
+    return compile_sm90(_skinny_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
+        cfg["block_n"] * cfg["block_k"] // (32 * cfg["num_warps"])
 
 
 _PREFILL_ARGS = dict(q_ptr="*bf16", k_cache_ptr="*bf16", v_cache_ptr="*bf16", block_tables_ptr="*i32",
@@ -205,7 +217,9 @@ KERNELS = {
     "fp8_gemv_wide_16x1024": lambda: _fp8_gemv_wide(dict(block_n=16, block_w=1024, num_warps=8)),
     "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
-    "w4_split_k_sum": _split_k_sum, **_prefill_variants(), "prefill_packed_fp8": lambda: _prefill_packed(kv_fp8=True),
+    "w4_split_k_sum": _split_k_sum,
+    "skinny_m16": _skinny, "skinny_m32": lambda: _skinny(32), "skinny_m16_n128": lambda: _skinny(block_n=128),
+    **_prefill_variants(), "prefill_packed_fp8": lambda: _prefill_packed(kv_fp8=True),
 }
 
 

@@ -59,8 +59,10 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             from kernels.pdl import set_enabled
+            from kernels.skinny_gemm import set_max_m
 
             set_enabled(knobs.pdl)  # before the warm-up compiles kernels and the graphs capture them
+            set_max_m(knobs.skinny_gemm_max_m)
         init_tensor_parallel(settings.tensor_parallel_size, rank, self.device, knobs.dist_timeout_s)
         self.dtype = resolve_dtype(settings, self.device)
         self.kv_dtype = kv_cache_torch_dtype(settings, self.dtype)  # a bad --kv-cache-dtype fails before loading

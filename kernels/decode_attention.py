@@ -15,8 +15,9 @@ import triton.language as tl
 from kernels.attention_block import attend, dot_precision, fp8_mode, is_fp8, kv_scales
 from kernels.pdl import launch_options, pdl_start
 
-# Tuned on an H100 (see docs/perf-kernels.md); the bench overrides them to sweep.
-DEFAULTS = dict(block_n=64, num_warps=4, num_stages=3, waves=1, max_splits=64, min_partition=256)
+# From the H200 sweep at online-serving sizes (benchmarks/decode_online.py, docs/perf-kernels.md): 128-token runs
+# on 3 stages, and about 4 programs per SM (512 at 132 SMs): 16 splits at batch 1-4 ... 1 split from batch 64.
+DEFAULTS = dict(block_n=128, num_warps=4, num_stages=3, waves=4, max_splits=64, min_partition=256)
 # An fp8 cache: a key run of the same bytes is twice as many tokens; fp8_mode: see kernels/attention_block.py.
 # benchmarks/kv_fp8.py sweeps them (H200, batch 64 x 2048: block_n 128 best, the three modes within 4%).
 # split_tail: whole BLOCK_N runs without masks, then the partial one.
@@ -142,11 +143,12 @@ def _reduce_kernel(
 
 def choose_num_splits(batch: int, num_kv_heads: int, max_context_len: int, device: torch.device,
                       cfg: dict) -> int:
-    """Enough (batch x kv head x split) programs to fill the GPU `waves` times over, a power of two
-    (bounds compiled variants of the reduce), each split at least `min_partition` tokens long."""
-    want = triton.cdiv(cfg["waves"] * _num_sms(device), batch * num_kv_heads)
+    """The most (batch x kv head x split) programs that fill the GPU at most `waves` times over: a power of two
+    (bounds compiled variants of the reduce), each split at least `min_partition` tokens long. Rounding down: past
+    ~4 programs per SM a further split only adds merge traffic (batch 64 x 400: 1 split 41 us, 2 splits 47)."""
+    want = max(1, cfg["waves"] * _num_sms(device) // (batch * num_kv_heads))
     cap = max(1, min(cfg["max_splits"], max_context_len // cfg["min_partition"]))
-    return min(triton.next_power_of_2(max(1, want)), triton.next_power_of_2(cap + 1) // 2)
+    return min(triton.next_power_of_2(want + 1) // 2, triton.next_power_of_2(cap + 1) // 2)
 
 
 def workspace_numel(batch: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:

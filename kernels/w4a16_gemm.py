@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import launch_options
+from kernels.split_k_sum import sum_splits
 from kernels.tile_order import grouped_tile
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 from kernels.w4a16_gemv import pow2
@@ -54,7 +55,7 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
                        USE_PDL: tl.constexpr):
     pid = tl.program_id(0)
-    pid_k = tl.program_id(1)  # SPLIT_K > 1: this program's share of K, summed by _split_k_sum_kernel
+    pid_k = tl.program_id(1)  # SPLIT_K > 1: this program's share of K, summed by kernels/split_k_sum.py
     pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -122,22 +123,6 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, NUM
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit
-def _split_k_sum_kernel(part_ptr, b_ptr, out_ptr, MN, N, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
-    for s in tl.static_range(1, SPLIT_K):
-        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 _sm_count: dict[int, int] = {}
 
 
@@ -180,8 +165,5 @@ def w4a16_gemm(x: torch.Tensor, t: W4A16Tensors, group_size: int, bias: torch.Te
                              BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, SPLIT_K=split, num_warps=cfg["num_warps"],
                              num_stages=cfg["num_stages"], **launch_options(x))
     if split > 1:
-        block = 1024
-        _split_k_sum_kernel[(triton.cdiv(M * N, block),)](part, bias if bias is not None else part, out, M * N, N,
-                                                          SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block,
-                                                          num_warps=4, **launch_options(x))
+        sum_splits(part, bias, out)
     return out

@@ -27,6 +27,10 @@ class Knobs:
     fused_allreduce_norm: bool = _knob(True, "FERRY_FUSED_ALLREDUCE_NORM",
                                        "all-reduce + residual add + RMSNorm in one kernel; 0: off")
     peer_allgather: bool = _knob(True, "FERRY_PEER_ALLGATHER", "the LM head's all-gather over peer memory; 0: off")
+    skinny_gemm_max_m: int = _knob(32, "FERRY_SKINNY_GEMM_MAX_M",
+                                   "projections of 2 to this many rows (at most 32) on a GPU use "
+                                   "kernels/skinny_gemm.py "
+                                   "instead of cuBLAS; 0: off")
     dist_timeout_s: int = _knob(300, "FERRY_DIST_TIMEOUT",
                                 "seconds a rank waits to join its group (ranks load checkpoints at their own pace)")
     cache_dir: str = _knob("", "FERRY_CACHE_DIR", "where parsed GGUF configs and tokenizers are cached; "

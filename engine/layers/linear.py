@@ -22,14 +22,19 @@ from engine.parallel import all_reduce, head_shard, tp_rank, tp_size
 
 def select_linear():
     """The matmul a layer built now calls: F.linear, except that on a GPU one row (decode at batch 1) goes
-    through kernels.gemv, which reads the weight faster than cuBLAS does at that shape (docs/perf-kernels.md)."""
+    through kernels.gemv and 2 to skinny_gemm.MAX_M rows of 16-bit activations through kernels.skinny_gemm, which
+    read the weight faster than cuBLAS does at those shapes (docs/perf-kernels.md)."""
     if not building_on_cuda():
         return F.linear
     from kernels import gemv
+    from kernels import skinny_gemm as skinny
 
     def linear_on_cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] == 1:
-            return gemv(x, weight, bias)
+        if x.dim() == 2:
+            if x.shape[0] == 1:
+                return gemv(x, weight, bias)
+            if x.shape[0] <= skinny.MAX_M and x.dtype != torch.float32:  # fp32 stays exact (no tf32)
+                return skinny.skinny_gemm(x, weight, bias)
         return F.linear(x, weight, bias)
     return linear_on_cuda
 

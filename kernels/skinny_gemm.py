@@ -1,0 +1,100 @@
+"""Projections of a few rows (decode at batch 2 to MAX_M): out[M, N] = x[M, K] @ W[N, K]^T (+ bias), W read once.
+
+At a few rows a projection is still a read of its weight, but cuBLAS reads it ~10% slower than kernels/gemv.py
+does at one row (docs/perf-kernels.md), and a decode step at batch 4-32 is almost all projections. Here the
+operands are swapped so the weight is the tensor-core product's tall side: each program computes the
+[BLOCK_N, BLOCK_M] tile W_tile @ x^T_tile, with the rows of x padded to BLOCK_M (16 or 32, masked loads: no
+copy), and Triton pipelines the weight's loads num_stages deep. Few output tiles (N = 4096 at 64 a tile is 64
+programs for 132 SMs) split K: each split writes fp32 partial sums and kernels/split_k_sum.py adds them. Launched with
+PDL the programs are resident while the kernel before ends; they wait before the first load (the pipelined
+prologue loads x with the weight). On the CPU (the interpreter) the operands are widened to fp32 for the dot.
+
+MAX_M is set once at start-up by the model runner (the FERRY_SKINNY_GEMM_MAX_M knob; 0 turns it off).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels.pdl import launch_options
+from kernels.split_k_sum import sum_splits
+
+MAX_M = 0  # set_max_m() sets it at start-up (the knob defaults to 32); 0: never used
+
+
+def config_for(n: int, k: int) -> dict:
+    """From the H200 sweep (benchmarks/skinny_gemm.py, docs/perf-kernels.md): 128-wide tiles for the wide
+    projections (gate_up, the LM head), 64 otherwise; K split in two when there are fewer than 80 tiles (N = 4096:
+    o, down), where the second kernel costs less than the idle SMs."""
+    block_n = 128 if n >= 16384 else 64
+    split = 2 if triton.cdiv(n, block_n) < 80 and k % 256 == 0 else 1
+    return dict(block_n=block_n, block_k=128, split_k=split, num_warps=4, num_stages=3 if block_n == 128 else 5)
+
+
+def set_max_m(m: int) -> None:
+    """The most rows a projection sends here (2..32); set once, before kernels compile or graphs capture."""
+    global MAX_M
+    MAX_M = max(0, min(int(m), 32))
+
+
+@triton.jit
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_om,
+                   HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, WIDEN: tl.constexpr, USE_PDL: tl.constexpr):
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    nmask, mmask = offs_n < N, offs_m < M
+    k_start = pid_k * K_PER_SPLIT
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + (k_start + offs_k)[None, :]
+    x_ptrs = x_ptr + offs_m[None, :] * stride_xm + (k_start + offs_k)[:, None]
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()  # x is the kernel before's output
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K_PER_SPLIT, BLOCK_K):
+        kmask = (k_start + k0 + offs_k) < K
+        w = tl.load(w_ptrs, mask=nmask[:, None] & kmask[None, :], other=0.0, eviction_policy="evict_first")
+        xt = tl.load(x_ptrs, mask=kmask[:, None] & mmask[None, :], other=0.0)
+        if WIDEN:  # the interpreter's tl.dot misreads bf16 operands: products of 16-bit values are exact in fp32
+            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, xt, acc)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    omask = nmask[:, None] & mmask[None, :]
+    if SPLIT:
+        parts = part_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+        tl.store(parts, acc, mask=omask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        outs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
+        tl.store(outs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+    """x [M, K] (M <= 32), weight [N, K] with unit stride along K -> [M, N] in x's dtype (as F.linear).
+    Keywords override config_for's block_n, block_k, split_k, num_warps, num_stages."""
+    M, K = x.shape
+    N = weight.shape[0]
+    assert weight.shape[1] == K and weight.stride(1) == 1 and M <= 32
+    cfg = dict(config_for(N, K), **overrides)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block_m = 16 if M <= 16 else 32
+    split = cfg["split_k"]
+    k_per_split = triton.cdiv(triton.cdiv(K, split), cfg["block_k"]) * cfg["block_k"]
+    split = triton.cdiv(K, k_per_split)
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else out
+    opts = launch_options(x)
+    _skinny_kernel[(triton.cdiv(N, cfg["block_n"]), split)](
+        x, weight, bias if bias is not None else weight, out, part, M, N, K, k_per_split, x.stride(0),
+        weight.stride(0), out.stride(0), HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m,
+        BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], WIDEN=not x.is_cuda, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], **opts)
+    if split > 1:
+        sum_splits(part, bias, out)
+    return out
