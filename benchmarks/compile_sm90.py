@@ -155,14 +155,18 @@ def _split_k_sum():
     return compile_sm90(_split_k_sum_kernel, args, dict(SPLIT_K=4, HAS_BIAS=True, BLOCK=1024, USE_PDL=True), 4, 1), 0
 
 
-def _skinny(block_m=16, **overrides):
-    """kernels/skinny_gemm.py at the 8B down projection (N 4096, K 14336: split K), bf16."""
+def _skinny(block_m=16, fp8=False, dot_f16=False, w8a8=False, **overrides):
+    """kernels/skinny_gemm.py at the 8B down projection (N 4096, K 14336: split K), bf16 activations; fp8: an e4m3
+    weight (W8A16), widened to bf16 or (dot_f16) both operands to fp16; w8a8: x e4m3 as well."""
     from kernels.skinny_gemm import _skinny_kernel, config_for
-    cfg = dict(config_for(4096, 14336), **overrides)
-    args = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32", M="i32", N="i32/16",
-                K="i32/16", K_PER_SPLIT="i32/16", stride_xm="i32/16", stride_wn="i32/16", stride_om="i32/16")
+    cfg = dict(config_for(4096, 14336, 1 if fp8 else 2), **overrides)
+    args = dict(x_ptr="*fp8e4nv" if w8a8 else "*bf16", xs_ptr="*fp32", w_ptr="*fp8e4nv" if fp8 else "*bf16",
+                ws_ptr="*fp32", b_ptr="*bf16", out_ptr="*bf16",
+                part_ptr="*fp32", M="i32", N="i32/16", K="i32/16", K_PER_SPLIT="i32/16", stride_xm="i32/16",
+                stride_wn="i32/16", stride_om="i32/16")
     const = dict(HAS_BIAS=False, SPLIT=cfg["split_k"] > 1, BLOCK_M=block_m, BLOCK_N=cfg["block_n"],
-                 BLOCK_K=cfg["block_k"], WIDEN=False, USE_PDL=True)
+                 BLOCK_K=cfg["block_k"], W_FP8=fp8, X_FP8=w8a8, DOT_F16=dot_f16, WIDEN=False,
+                 USE_PDL=True)
     return compile_sm90(_skinny_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
         cfg["block_n"] * cfg["block_k"] // (32 * cfg["num_warps"])
 
@@ -219,6 +223,8 @@ KERNELS = {
     "fp8_quant": _quant, "fp8_silu_quant": _silu_quant, "w4_dequant": _w4_dequant,
     "w4_split_k_sum": _split_k_sum,
     "skinny_m16": _skinny, "skinny_m32": lambda: _skinny(32), "skinny_m16_n128": lambda: _skinny(block_n=128),
+    "skinny_fp8_bf16": lambda: _skinny(fp8=True), "skinny_fp8_f16": lambda: _skinny(fp8=True, dot_f16=True),
+    "skinny_w8a8": lambda: _skinny(fp8=True, w8a8=True),
     **_prefill_variants(), "prefill_packed_fp8": lambda: _prefill_packed(kv_fp8=True),
 }
 

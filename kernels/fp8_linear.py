@@ -6,6 +6,9 @@ checkpoint) lands in this one layout: weight [N, K] float8_e4m3fn, weight_scale 
 W[n, k] = weight[n, k] * weight_scale[n]; a per-tensor checkpoint scale is repeated over its rows.
 
 On a GPU, `fp8_linear` picks from the shapes alone (CUDA-graph safe, no host syncs):
+- up to SKINNY_MAX_M rows (0, off, until measured on a GPU: benchmarks/fp8_skinny.py; the FERRY_FP8_SKINNY_MAX_M
+  knob sets it at start-up): x quantized per token, then W8A8 in kernels/skinny_gemm.py (fp8 tensor cores fed
+  straight from shared memory, ~1.1 instructions per weight element against the GEMV's ~3.9);
 - up to GEMV_MAX_M rows (decode): kernels/fp8_gemv.py, W8A16 (x is not quantized: more accurate than W8A8
   and as fast at batch 1, where the weight read is all the time);
 - more rows: x quantized per token (kernels/fp8_quant.py, one kernel) or with the static scale, then up to
@@ -23,8 +26,16 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 GEMV_MAX_M = 1  # rows up to which the W8A16 GEMV beats quantize + GEMM: its second row cost as much as the first (H200)
 TRITON_MAX_M = 128  # rows up to which the Triton FP8 GEMM beat _scaled_mm (H200 run 2: 1.0-1.6x bf16 at 2..64)
+SKINNY_MAX_M = 0  # set_skinny_max_m(); at most 32 (kernels/skinny_gemm.py's limit)
 GEMM_BACKEND = None  # None: by M as above; "scaled_mm" or "triton" forces one (the benchmark compares them)
 FAST_ACCUM = True  # _scaled_mm's use_fast_accum: 5-15% faster from 256 rows on (H200 run 2)
+
+
+def set_skinny_max_m(m: int) -> None:
+    """Rows up to which fp8_linear runs W8A8 through kernels/skinny_gemm.py; set once at start-up (the model
+    runner, from the FERRY_FP8_SKINNY_MAX_M knob), before kernels compile or CUDA graphs capture."""
+    global SKINNY_MAX_M
+    SKINNY_MAX_M = max(0, min(int(m), 32))
 
 
 def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +84,12 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     M = x2.shape[0]
     if M == 0:
         return x.new_empty(*x.shape[:-1], N)
-    if M <= GEMV_MAX_M:
+    if M <= SKINNY_MAX_M:
+        from kernels.fp8_quant import quantize_fp8_rows
+        from kernels.skinny_gemm import skinny_gemm
+        xq, xs = quantize_fp8_rows(x2, input_scale)
+        out = skinny_gemm(xq, weight, bias, weight_scale=weight_scale, x_scale=xs, out_dtype=x.dtype)
+    elif M <= GEMV_MAX_M:
         from kernels.fp8_gemv import fp8_gemv
         out = fp8_gemv(x2, weight, weight_scale, bias)
     else:

@@ -42,3 +42,35 @@ def test_config_splits_k_only_for_few_tiles():
     assert config_for(6144, 4096)["split_k"] == 1  # 96 tiles of 64
     few = config_for(4096, 14336)  # 64 tiles
     assert few["split_k"] == 2 and 14336 % (few["split_k"] * few["block_k"]) == 0
+
+
+@pytest.mark.parametrize("m,split,bias", [(1, 1, False), (3, 2, True), (20, 1, True)])
+def test_skinny_gemm_fp8_weight_is_w8a16(m, split, bias):
+    # An e4m3 weight of exactly representable values and a per-row scale: the kernel must give x @ (w * s)^T.
+    torch.manual_seed(0)
+    n, k = 40, 192
+    x = (torch.randint(-4, 5, (m, k)).float() / 4).to(torch.bfloat16)
+    w = (torch.randint(-8, 9, (n, k)).float() / 8).to(torch.float8_e4m3fn)
+    ws = torch.rand(n) * 0.01 + 0.001
+    b = (torch.randint(-8, 9, (n,)).float() / 2).to(torch.bfloat16) if bias else None
+    out = skinny_gemm(x, w, b, weight_scale=ws, block_n=16, block_k=64, split_k=split, num_warps=1, num_stages=1)
+    ref = x.float() @ (w.float() * ws[:, None]).t() + (0 if b is None else b.float())
+    assert out.shape == (m, n) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("m,split", [(1, 1), (6, 2)])
+def test_skinny_gemm_w8a8_matches_fp8_linear_reference(m, split):
+    # x quantized per token (the torch reference's bits), the weight e4m3 per row: the kernel's sums of e4m3
+    # products are exact in fp32, so it meets fp8_linear_ref up to bf16 rounding.
+    from kernels.fp8_linear import fp8_linear_ref, quantize_fp8_per_channel, quantize_fp8_per_token_ref
+
+    torch.manual_seed(0)
+    n, k = 24, 256
+    x = torch.randn(m, k).to(torch.bfloat16)
+    w, ws = quantize_fp8_per_channel(torch.randn(n, k) * 0.02)
+    xq, xs = quantize_fp8_per_token_ref(x)
+    out = skinny_gemm(xq, w, weight_scale=ws, x_scale=xs.contiguous(), out_dtype=torch.bfloat16, block_n=16,
+                      block_k=64, split_k=split, num_warps=1, num_stages=1)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), fp8_linear_ref(x, w, ws).float(), rtol=2 ** -7, atol=1e-5)
