@@ -58,11 +58,13 @@ class ModelRunner:
         self.device = resolve_device(settings, rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            from kernels.fp8_linear import set_skinny_max_m
             from kernels.pdl import set_enabled
             from kernels.skinny_gemm import set_max_m
 
             set_enabled(knobs.pdl)  # before the warm-up compiles kernels and the graphs capture them
             set_max_m(knobs.skinny_gemm_max_m)
+            set_skinny_max_m(knobs.fp8_skinny_max_m)
         init_tensor_parallel(settings.tensor_parallel_size, rank, self.device, knobs.dist_timeout_s)
         self.dtype = resolve_dtype(settings, self.device)
         self.kv_dtype = kv_cache_torch_dtype(settings, self.dtype)  # a bad --kv-cache-dtype fails before loading
@@ -160,6 +162,8 @@ class ModelRunner:
     # Sampling waits for the previous finish because penalties read each sequence's token history.
 
     def _apply_plan_state(self, plan: StepPlan) -> None:
+        for g in plan.grammars_to_compile:  # prompts the scheduler holds back until these are compiled
+            self.grammars.prefetch(g.key, g.kind, g.spec)
         for ns in plan.new_seqs:
             self.block_tables[ns.seq_id] = []
             self.states[ns.seq_id] = SamplingState.create(
@@ -298,8 +302,9 @@ class ModelRunner:
             step.host_tokens = step.tokens
 
     def _finish(self, step: "_Step") -> StepResult | None:
+        compiled = self.grammars.take_compiled()  # every rank drains its own; rank 0's go to the scheduler
         if step.tokens is None:  # an empty step
-            return StepResult(step.step_id, b"", b"") if self.rank == 0 else None
+            return StepResult(step.step_id, b"", b"", grammars_compiled=compiled) if self.rank == 0 else None
         if step.event is not None:
             step.event.synchronize()
             if step.started is not None:
@@ -313,7 +318,7 @@ class ModelRunner:
         if self.rank != 0:
             return None
         return StepResult(step.step_id, pack_ids(step.seq_ids), pack_ids(tokens), logprobs,
-                          prompt_logprobs=step.prompt_logprobs or [])
+                          prompt_logprobs=step.prompt_logprobs or [], grammars_compiled=compiled)
 
 
 @dataclass(slots=True, eq=False)

@@ -4,7 +4,8 @@ Every step (Scheduler.schedule): every running decode first, whatever the token 
 chunks (running sequences' next chunks, oldest first, then waiting prompts while max_num_seqs allows)
 into the room left by max_num_batched_tokens and max_prefill_tokens. When blocks run out, the newest
 running sequence is preempted (its blocks freed, recomputed later) and goes back to the front of the
-queue. The step goes out as a StepPlan that carries only deltas.
+queue. The step goes out as a StepPlan that carries only deltas. While others run, a grammar-constrained prompt
+waits until the runners report its grammar compiled (engine/grammar_gate.py), so no step waits for a compile.
 
 Steps may overlap: the next plan can be scheduled while the last one runs, so that the GPU never
 waits for the host. A sequence whose sampled token is still on its way (num_pending) is scheduled
@@ -25,6 +26,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
+from engine.grammar_gate import GrammarGate
 from engine.model_config import ModelConfig
 from engine.plan_builder import PENDING_TOKEN, build_step_plan  # noqa: F401 (PENDING_TOKEN: re-exported)
 from engine.prompt_logprobs import PromptScores
@@ -89,6 +91,7 @@ class Scheduler:
         self.timings = RequestTimings(settings.max_num_batched_tokens)
         # admitted, first token not back yet: the only sequences update() looks at for first-token times
         self.prefilling: dict[Sequence, None] = {}
+        self.grammar_gate = GrammarGate()  # constrained prompts wait for their grammar while others run
 
     # ------------------------------------------------------------------ requests in and out
 
@@ -112,14 +115,15 @@ class Scheduler:
         if need > self.blocks.num_blocks:
             raise PromptTooLong(f"the request needs {need} KV blocks of {self.block_size} tokens "
                                 f"but the cache holds {self.blocks.num_blocks}", param="max_tokens")
-        seqs = []
+        seqs, grammar_key = [], self.grammar_gate.note(params)
         for i in range(params.n):
             p = params if i == 0 or params.seed is None else dataclasses.replace(params,
                                                                                  seed=choice_seed(params.seed, i))
             if i > 0 and p.prompt_logprobs is not None:  # the prompt is scored once, by the first choice
                 p = dataclasses.replace(p, prompt_logprobs=None)
             seq = Sequence(self._next_seq_id, request_id, gateway_id, i, p, list(prompt_token_ids),
-                           len(prompt_token_ids), arrival=time.monotonic(), leader=seqs[0] if seqs else None)
+                           len(prompt_token_ids), arrival=time.monotonic(), leader=seqs[0] if seqs else None,
+                           grammar_key=grammar_key)
             if p.prompt_logprobs is not None:
                 seq.prompt_scores = PromptScores(len(prompt_token_ids))
             self._next_seq_id += 1
@@ -247,6 +251,10 @@ class Scheduler:
                 del self.waiting[seq]
                 held_back.append(seq)  # share the leader's prompt blocks once cached
                 continue
+            if self.grammar_gate.must_wait(seq.grammar_key, busy=bool(self.running)):
+                del self.waiting[seq]
+                held_back.append(seq)  # its grammar compiles on the runners' threads meanwhile
+                continue
             fresh = not seq.block_table
             # a prompt still to be scored is computed whole: the prefix cache has K/V, not logprobs
             if fresh and (seq.prompt_scores is None or seq.prompt_scores.complete):
@@ -287,6 +295,7 @@ class Scheduler:
         self._next_step_id += 1
         forget, self._forget_on_runner = self._forget_on_runner, []
         plan, num_tokens = build_step_plan(step_id, scheduled, self.eos_token_ids, forget)
+        plan.grammars_to_compile = self.grammar_gate.take_outgoing()
         self.timings.step_tokens.observe(num_tokens)
         self.inflight.append(InflightStep(step_id, scheduled))
         return plan
@@ -294,6 +303,8 @@ class Scheduler:
     def update(self, result: StepResult) -> list[SeqDelta]:
         """Apply rank 0's sampled tokens for the oldest plan in flight; return what each sequence gained (and
         which finished). A result for any other step (unknown, or out of order) is dropped and gives nothing."""
+        if result.grammars_compiled:
+            self.grammar_gate.compiled(result.grammars_compiled)
         step = self.inflight[0] if self.inflight else None
         if step is None or result.step_id != step.step_id:
             log.warning("dropped a result for step %s (expected %s)", result.step_id,

@@ -38,6 +38,7 @@ class Sequence:
     scheduled_at: float = 0.0  # first admitted to a step (metrics: queue and prefill time)
     first_token_at: float = 0.0  # its first sampled token came back
     prompt_scores: object | None = None  # engine.prompt_logprobs.PromptScores when the request asks (issue 14)
+    grammar_key: int = 0  # engine.grammar_gate.grammar_key of its grammar; 0: unconstrained
 
     @property
     def num_tokens(self) -> int:

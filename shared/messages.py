@@ -53,6 +53,8 @@ class StepPlan:
     sample_mask: bytes
     finished_seq_ids: bytes  # the runner forgets these (finished, aborted)
     session: str = ""  # the scheduler session: a runner drops a plan of any other (forged, or from a dead engine)
+    # grammars of prompts the scheduler holds back until they are compiled (engine/grammar_gate.py)
+    grammars_to_compile: list["GrammarSpec"] = field(default_factory=list)
 
 
 @message(22)
@@ -79,6 +81,17 @@ class StepResult:
     rank: int = 0
     instance: str = ""
     prompt_logprobs: list["PromptLogprobs"] = field(default_factory=list)  # issue 14: requests that ask only
+    grammars_compiled: list[int] = field(default_factory=list)  # GrammarSpec keys compiled since the last result
+
+
+@message(24)
+@dataclass(slots=True)
+class GrammarSpec:
+    """A grammar to compile ahead of its sequence (the runner compiles it on a thread of its own)."""
+
+    key: int  # engine.grammar_gate.grammar_key(kind, spec)
+    kind: str
+    spec: str
 
 
 # ---------------------------------------------------------------- service pipeline (tags 40-99)

@@ -7,13 +7,23 @@ runs N+1's forward, which needs no mask. A sequence whose grammar is complete is
 scheduler ends it as it ends any other (finish_reason "stop").
 
 Nothing here runs for a step without constrained sequences: the runner checks `active` (one int) first.
+
+Compiling runs on one thread of its own (xgrammar releases the GIL while it compiles): the scheduler sends a new
+request's grammar ahead (StepPlan.grammars_to_compile, engine/grammar_gate.py), prefetch() compiles it while steps
+go on, and take_compiled() reports it in the next StepResult; attach() then finds it compiled. The first grammar
+also imports xgrammar and loads the tokenizer on that thread.
 """
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
+
+from engine.grammar_gate import grammar_key
 
 if TYPE_CHECKING:
     from engine.structured.grammars import GrammarCompiler
@@ -29,31 +39,69 @@ class GrammarDecoding:
         self.vocab_size, self.device = vocab_size, device
         self.active = 0  # sequences with a matcher
         self.max_rows = max_rows
+        self._pool: ThreadPoolExecutor | None = None  # the compile thread, made at the first grammar
+        self._compiled: deque[int] = deque()  # keys compiled by prefetch(), not yet reported
+        self._ahead: dict[int, Future] = {}  # prefetch()es not yet reported, by key
+        self._start_lock = threading.Lock()
 
     def _start(self) -> None:
-        """At the first constrained sequence: xgrammar is imported (seconds), the tokenizer loaded and the
-        buffers made only then, so a runner that never sees a grammar never pays for them."""
+        """At the first grammar: xgrammar is imported (seconds), the tokenizer loaded and the buffers made only
+        then, so a runner that never sees a grammar never pays for them. Runs on the compile thread or, for a
+        sequence that comes without a prefetch, on the runner's; whichever is first."""
+        with self._start_lock:
+            if self._compiler is not None:
+                return
+            self._start_locked()
+
+    def _start_locked(self) -> None:
         global xgr
         import xgrammar as xgr
 
         from engine.structured.grammars import GrammarCompiler
 
-        self._compiler = GrammarCompiler(self._load_tokenizer(), self.vocab_size)
+        compiler = GrammarCompiler(self._load_tokenizer(), self.vocab_size)
         # fills many rows on threads of its own, without the GIL: a batch of constrained rows costs ~one row's time
         self._batch = xgr.BatchGrammarMatcher(max_threads="auto" if self.device.type == "cuda" else 1)
         self._host = xgr.allocate_token_bitmask(self.max_rows, self.vocab_size)
         self._rows = torch.empty(self.max_rows, dtype=torch.int32)
         if self.device.type == "cuda":  # pinned: the copies to the device do not wait for the host
             self._host, self._rows = self._host.pin_memory(), self._rows.pin_memory()
+        self._compiler = compiler  # last: others test it to know the rest is there
+
+    def prefetch(self, key: int, kind: str, spec: str) -> None:
+        """Compile a grammar on the compile thread; its key is reported once done (also when it cannot be
+        compiled: the sequence then runs unconstrained, as attach() logs)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
+        self._ahead[key] = self._pool.submit(self._compile_ahead, key, kind, spec)
+
+    def _compile_ahead(self, key: int, kind: str, spec: str) -> None:
+        try:
+            self._start()
+            self._compiler.compile(kind, spec)
+        except Exception as e:  # the gateway checked the spec; attach() logs it for the sequence
+            log.warning("could not compile a %s grammar ahead: %s", kind, e)
+        self._compiled.append(key)
+
+    def take_compiled(self) -> list[int]:
+        """Keys compiled since the last call (for rank 0's StepResult)."""
+        out = []
+        while self._compiled:
+            out.append(self._compiled.popleft())
+            self._ahead.pop(out[-1], None)
+        return out
 
     def attach(self, state) -> None:
         """Give a new sequence (engine.sampler.SamplingState) its matcher. A grammar that cannot be compiled is
         logged and the sequence runs unconstrained: the gateway checked the spec, so only a forged or odd one gets
         here, and it must not take the runner down."""
         p = state.params
-        if self._compiler is None:
-            self._start()
         try:
+            ahead = self._ahead.get(grammar_key(p.grammar_kind, p.grammar_spec)) if self._ahead else None
+            if ahead is not None:
+                ahead.result()  # compiling on the thread: wait for it rather than compile it twice
+            if self._compiler is None:
+                self._start()
             compiled = self._compiler.compile(p.grammar_kind, p.grammar_spec)
             state.grammar = xgr.GrammarMatcher(compiled, override_stop_tokens=state.eos_token_ids or None)
         except Exception:

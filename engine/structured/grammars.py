@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from collections import OrderedDict
 from functools import lru_cache
 
 import xgrammar as xgr
 
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+: ")  # xgrammar's "[13:38:31] /project/cpp/x.cc:94: " before a message
-CACHE_SIZE = 256  # compiled grammars kept per process; a JSON schema's is some kB to a few MB
+from engine.grammar_gate import GRAMMAR_CACHE_SIZE as CACHE_SIZE  # compiled grammars kept; a schema's: kB to MB
 
 
 def _choice_ebnf(spec: str) -> str:
@@ -57,17 +58,20 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self._compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
         self._cache: OrderedDict[tuple[str, str], xgr.CompiledGrammar] = OrderedDict()
+        self._lock = threading.Lock()  # the runner's thread and the compile thread (engine/structured/decoding.py)
 
     def compile(self, kind: str, spec: str) -> xgr.CompiledGrammar:
         key = (kind, spec)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        compiled = self._compiler.compile_grammar(_grammar(kind, spec))
-        self._cache[key] = compiled
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        compiled = self._compiler.compile_grammar(_grammar(kind, spec))  # outside the lock: it may take seconds
+        with self._lock:
+            self._cache[key] = compiled
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
         return compiled
 
 
