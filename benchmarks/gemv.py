@@ -14,6 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from benchmarks.graph_timing import time_graph_us
 from kernels.gemv import DEFAULTS, gemv, gemv_ref
 
 H, I, HQ, HKV, D, VOCAB = 4096, 14336, 32, 8, 128, 128256
@@ -26,18 +27,7 @@ CALLS = 48
 
 
 def time_us(fn, weights, x) -> float:
-    from engine.cuda_graphs import replay_time_ms
-
-    for w in weights:
-        fn(x, w)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(CALLS):
-            fn(x, weights[i % len(weights)])
-    us = replay_time_ms(g, 10) * 1e3 / CALLS
-    del g
-    return us
+    return time_graph_us(fn, weights, x, CALLS)
 
 
 def main() -> None:

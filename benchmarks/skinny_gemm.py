@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.graph_timing import time_graph_us
+
 H, I, HQ, HKV, D, VOCAB, LAYERS = 4096, 14336, 32, 8, 128, 128256, 32
 SHAPES = {"qkv": ((HQ + 2 * HKV) * D, H), "o": (H, HQ * D), "gate_up": (2 * I, H), "down": (H, I),
           "lm_head": (VOCAB, H)}
@@ -29,20 +31,7 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def time_us(fn, weights, x) -> float:
-    import torch
-
-    from engine.cuda_graphs import replay_time_ms
-
-    for w in weights:
-        fn(x, w)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(CALLS):
-            fn(x, weights[i % len(weights)])
-    us = replay_time_ms(g, 10) * 1e3 / CALLS
-    del g
-    return us
+    return time_graph_us(fn, weights, x, CALLS)
 
 
 def kernels(sweep: bool) -> list[dict]:
