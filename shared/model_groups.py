@@ -18,6 +18,7 @@ import re
 import tomllib
 
 from shared.settings import DEFAULT_MODEL, Settings
+from shared.settings_check import check_settings
 from shared.sockets import run_dir
 
 # What an entry of a models file may set besides name, model (or path), aliases and gpus: what the model's
@@ -123,6 +124,8 @@ def _group(settings: Settings, base: str, index: int, where: str, entry: dict) -
     name = _typed(where, "served_model_name", s.resolved_name())
     aliases = _names(where, entry.get("aliases", []))
     s = dataclasses.replace(s, served_model_name=name, model_aliases=",".join(aliases))
+    # its per-model values; the pairs (--rank against its tensor_parallel_size) only for the group this process runs
+    check_settings(s, f"ferry: {where}: {model}", combinations=settings.model_group in (-1, index))
     return ModelGroup(index, name, aliases, s, gpus)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 import tomllib
 
 from shared.hub_names import is_hub_id
+from shared.settings_check import check_settings, coerce
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -116,12 +117,6 @@ class Settings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _coerce(kind: type, raw):
-    if kind is bool and isinstance(raw, str):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return kind(raw)
-
-
 def _kind(f: dataclasses.Field) -> type:
     return {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
 
@@ -159,4 +154,6 @@ def load_settings(argv: list[str] | None = None, **overrides) -> Settings:
     unknown = set(values) - set(known)
     if unknown:
         raise SystemExit(f"unknown settings: {', '.join(sorted(unknown))}")
-    return Settings(**{k: _coerce(_kind(known[k]), v) for k, v in values.items()})
+    settings = Settings(**{k: coerce(k, _kind(known[k]), v) for k, v in values.items()})
+    # every value in its range (shared/settings_check.py); with several models, the pairs per group (model_groups)
+    return check_settings(settings, combinations=not (settings.models or settings.models_file))

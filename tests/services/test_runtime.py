@@ -20,7 +20,7 @@ def restored():
 
 
 def test_settings_logging_and_signals_in_one_call(restored):
-    settings, log = start_service("runner", ["--rank", "2", "--log-level", "debug"])
+    settings, log = start_service("runner", ["--rank", "2", "--tensor-parallel-size", "3", "--log-level", "debug"])
     assert settings.rank == 2
     assert log.name == "ferry.runner.2"  # each instance tags its lines
     assert logging.getLogger().level == logging.DEBUG
