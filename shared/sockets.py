@@ -236,6 +236,10 @@ class AsyncPushSocket(_Sender):
     def __init__(self, ctx: zmq.asyncio.Context, addr: str, immediate: bool = False):
         super().__init__(_open(ctx, zmq.PUSH, addr, False, immediate))
 
+    def connected(self) -> bool:
+        """Whether a send now would find a peer (an `immediate` socket is writable only with one connected)."""
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+
 
 class Peers:
     """Lazily connected PUSH sockets keyed by an id (reply routes to gateways by gateway id)."""

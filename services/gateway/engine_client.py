@@ -100,7 +100,13 @@ class EngineClient:
         """None when the pipeline can take requests, else why not (for /health and 503s)."""
         if self.draining:
             return "the server is shutting down"
-        return self.pipeline_problem()
+        problem = self.pipeline_problem()
+        # A worker's socket connects a moment after the worker starts (or restarts): until one is, /health must not
+        # say yes to a request that would get "no tokenizer worker is available" (requests already past the
+        # tokenizers are the watchdog's, which looks at pipeline_problem alone).
+        if problem is None and not any(self._worker_socket(wid).connected() for wid in self.pool.workers):
+            return "no tokenizer worker is connected"
+        return problem
 
     def pipeline_problem(self) -> str | None:
         """What is wrong with the processes behind this gateway, if anything."""

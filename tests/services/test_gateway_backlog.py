@@ -86,17 +86,17 @@ def test_a_busy_gateway_with_stats_queued_is_not_told_the_scheduler_is_silent(tm
             deadline = time.monotonic() + 5
             while client.stats is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert client.not_ready_reason() is None
+            assert client.pipeline_problem() is None
             time.sleep(settings.peer_timeout * 3)  # the loop is busy (a backlog of outputs): nothing is read
             assert time.monotonic() - client.stats_at > settings.peer_timeout
             assert client.stats_in.waiting()
-            assert client.not_ready_reason() is None  # the scheduler spoke; the gateway was the one behind
+            assert client.pipeline_problem() is None  # the scheduler spoke; the gateway was the one behind
             await asyncio.sleep(0.1)
             assert time.monotonic() - client.stats_at < settings.peer_timeout  # the reader caught up
             stop.set()
             await asyncio.sleep(settings.peer_timeout + 0.3)  # now the scheduler is really silent
             assert not client.stats_in.waiting()
-            assert client.not_ready_reason().startswith("no word from the scheduler for ")
+            assert client.pipeline_problem().startswith("no word from the scheduler for ")
         finally:
             await client.stop()
 

@@ -26,7 +26,7 @@ from shared.messages import (
 )
 from shared.sampling_params import SamplingParams
 from shared.settings import Settings
-from shared.sockets import PullSocket
+from shared.sockets import PullSocket, endpoint
 
 SETTINGS = Settings(peer_timeout=5.0, heartbeat_interval=0.5, gateway_timeout=1.2, block_size=4)
 CONFIG = ModelConfig.from_hf_dict(dict(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
@@ -260,9 +260,10 @@ def test_draining_answers_503_and_ends_what_is_left(tmp_path):
     async def scenario():
         client = EngineClient(settings, Metrics(0))
         client.start()
+        worker = _bind_tokenizer(settings)
         try:
             client.stats, client.stats_at = _stats(), time.monotonic()
-            assert client.not_ready_reason() is None
+            await _until_ready(client)
             q = asyncio.Queue()
             client.runs["slow"] = (q, 0)
             ended = await drain(client, 0.3)
@@ -272,6 +273,49 @@ def test_draining_answers_503_and_ends_what_is_left(tmp_path):
             client.runs["quick"] = (asyncio.Queue(), 0)
             asyncio.get_running_loop().call_later(0.1, client.runs.pop, "quick")
             assert await drain(client, 5.0) == 0  # it finished in time: nothing to end
+        finally:
+            await client.stop()
+            worker.close(0)
+
+    asyncio.run(scenario())
+
+
+def _bind_tokenizer(settings):
+    """Tokenizer worker 0's inbox, bound: the gateway's socket to it connects a moment later."""
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    sock.bind(endpoint(settings, "tokenizer", 0))
+    return sock
+
+
+async def _until_ready(client, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while client.not_ready_reason() is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert client.not_ready_reason() is None
+
+
+def test_health_waits_until_a_tokenizer_worker_is_connected(tmp_path):
+    # The engine is ready but no worker's socket is up yet (a worker starting or restarting): a request now
+    # would be a 503 "no tokenizer worker is available", so /health must not say yes either.
+    settings = Settings(run_dir=str(tmp_path), peer_timeout=5.0, heartbeat_interval=0.1)
+
+    async def scenario():
+        client = EngineClient(settings, Metrics(0))
+        client.start()
+        try:
+            client.stats, client.stats_at = _stats(), time.monotonic()
+            await asyncio.sleep(0.3)
+            assert client.not_ready_reason() == "no tokenizer worker is connected"
+            assert client.pipeline_problem() is None  # requests past the tokenizers are not failed for it
+            worker = _bind_tokenizer(settings)
+            try:
+                await _until_ready(client)
+            finally:
+                worker.close(0)
+            deadline = time.monotonic() + 5
+            while client.not_ready_reason() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert client.not_ready_reason() == "no tokenizer worker is connected"  # gone again
         finally:
             await client.stop()
 
