@@ -199,8 +199,14 @@ def test_aborting_everything_in_flight_returns_the_engine_to_idle_within_2s(stac
     for t in threads:
         t.join(120)
     assert len(streams) == 4
-    busy = scrape(server)
-    assert value(busy, "ferry_num_requests_running") + value(busy, "ferry_num_requests_waiting") >= 1
+    deadline = time.monotonic() + 3  # the gauges come with the scheduler's next stats: wait for them
+    while True:
+        busy = scrape(server)
+        in_flight = value(busy, "ferry_num_requests_running") + value(busy, "ferry_num_requests_waiting")
+        if in_flight >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert in_flight >= 1
     assert value(busy, "ferry_kv_cache_usage_perc") > 0
     for s in streams:
         s.close()
