@@ -1,13 +1,15 @@
 """Decode attention at the batches and contexts of online serving (8-64 sequences of 300-1200 tokens), on a GPU:
 
-    python3 -m benchmarks.decode_online
+    python3 -m benchmarks.decode_online [--fp8]
 
 The kernel's defaults were tuned at 64 x 2048 and 1 x 32768 (docs/perf-kernels.md); a busy online server decodes
 16-32 sequences of a few hundred tokens, where one split per (sequence, kv head) leaves each SM two programs that
 walk their context one block after another. For each point: the default split count as a decode CUDA graph
 captures it (max_context_len = 4096), then a grid of split counts and block sizes. Each variant runs as a CUDA
 graph of 32 calls cycling through 8 caches (> L2, as the 32 layers' caches are), checked against the reference.
-Prints a table last: the default, the best, and the split rule's choice for each point."""
+Prints a table last: the default, the best, and the split rule's choice for each point.
+--fp8: an e4m3 cache instead (scales 1), FP8_DEFAULTS against a few whole configs (fp8_mode, block_n, warps,
+split_tail) with the split rule's count and, for the first, every split count; the bf16 default beside."""
 from __future__ import annotations
 
 import itertools
@@ -26,6 +28,43 @@ from kernels.decode_attention import paged_decode_attention, paged_decode_attent
 POINTS = [(1, 300), (1, 4000), (16, 400), (32, 400), (16, 1200), (32, 800), (64, 2048)] + \
     [("ragged", n) for n in (4, 8, 16, 32, 64, 128)]
 CALLS, CACHES = 32, 8
+
+
+FP8_CANDIDATES = {
+    "asm bn128 w2 tail": dict(fp8_mode="asm", block_n=128, num_warps=2, num_stages=3, split_tail=True),
+    "cast bn64 w2 tail": dict(fp8_mode="cast", block_n=64, num_warps=2, num_stages=3, split_tail=True),
+    "asm bn64 w2 tail": dict(fp8_mode="asm", block_n=64, num_warps=2, num_stages=3, split_tail=True),
+    "cast bn128 w4 st2 tail": dict(fp8_mode="cast", block_n=128, num_warps=4, num_stages=2, split_tail=True),
+}
+
+
+def fp8_main():
+    torch.manual_seed(0)
+    one = torch.ones((), device="cuda")
+    rows, worst_err = [], 0.0
+    for b, ctx in POINTS:
+        lens, caches, q = make_point(b, ctx)
+        bf16 = time_us(caches, q)
+        caches = [(kc.to(torch.float8_e4m3fn), vc.to(torch.float8_e4m3fn), bt, cl) for kc, vc, bt, cl in caches]
+        sc = dict(k_scale=one, v_scale=one)
+        res = {"bf16 default": bf16, "fp8 default": time_us(caches, q, **sc)}
+        worst_err = max(worst_err, check(caches, q, **sc))
+        for name, cfg in FP8_CANDIDATES.items():
+            res[name] = time_us(caches, q, **sc, **cfg)
+            worst_err = max(worst_err, check(caches, q, **sc, **cfg))
+        first = next(iter(FP8_CANDIDATES.values()))
+        best = min((time_us(caches, q, **sc, **first, num_splits=ns), ns) for ns in (1, 2, 4, 8, 16, 32))
+        name = f"B={len(lens)} ctx={ctx if b != 'ragged' else 'ragged mean %d' % (sum(lens) // len(lens))}"
+        rows.append((name, res, best))
+        print(name, {k: round(v, 1) for k, v in res.items()}, "first by splits best", best, flush=True)
+        del caches
+        torch.cuda.empty_cache()
+    print(f"\nworst relative error against the reference: {worst_err:.1e}")
+    names = list(rows[0][1])
+    print("| point | " + " | ".join(names) + " | first, best splits |")
+    print("| --- |" + " ---: |" * (len(names) + 1))
+    for name, res, (bus, ns) in rows:
+        print(f"| {name} | " + " | ".join(f"{res[n]:.1f}" for n in names) + f" | {bus:.1f} ({ns}) |")
 
 
 def make_point(b, ctx):
@@ -102,4 +141,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    fp8_main() if "--fp8" in sys.argv else main()

@@ -84,8 +84,9 @@ def kernels(sweep: bool) -> list[dict]:
                 arg = (xq, xs, x.dtype) if kind == "fp8q" else x
                 wts = bf16 if kind == "bf16" else fp8
                 out = fn(arg, wts[0]).float()
+                w8a8 = vname.startswith("W8A8") or (vname == "fp8_linear today" and m > 1)  # x quantized
                 ref = (x.float() @ wts[0].float().t() if kind == "bf16" else
-                       fp8_linear_ref(x, w8, s8).float() if vname.startswith("W8A8") else dense)
+                       fp8_linear_ref(x, w8, s8).float() if w8a8 else dense)
                 err = ((out - ref).norm() / ref.norm()).item()
                 ok &= err < 1e-2
                 row[vname] = time_us(fn, wts, arg)
@@ -103,6 +104,19 @@ def kernels(sweep: bool) -> list[dict]:
                     if best is None or us < best[0]:
                         best = (us, cfg)
                 row["W8A8 kernel best"], row["best_cfg"] = best
+            if sweep and m == 1:
+                best = None
+                for cfg in grid:
+                    fn = (lambda x, w, cfg=cfg: skinny_gemm(x, w[0], weight_scale=w[1], dot_f16=True, **cfg))
+                    try:
+                        us = time_us(fn, fp8, x)
+                    except Exception as e:  # out of resources
+                        print(f"  {name} M={m} W8A16 {cfg}: {type(e).__name__}", flush=True)
+                        continue
+                    if best is None or us < best[0]:
+                        best = (us, cfg)
+                print(f"  {name} M=1 W8A16 f16 best {best[0]:.1f} {best[1]}", flush=True)
+                row["W8A16 f16 best"], row["w8a16_best_cfg"] = best
             rows.append(row)
             print(f"{name:8} M={m:2} " + "  ".join(f"{k} {row[k]:.1f}" for k in variants()) +
                   (f"  best {row['W8A8 kernel best']:.1f} {row['best_cfg']}" if "best_cfg" in row else ""), flush=True)
@@ -110,6 +124,47 @@ def kernels(sweep: bool) -> list[dict]:
         torch.cuda.empty_cache()
     print("kernel checks", "ok" if ok else "FAILED", flush=True)
     return rows
+
+
+def fused_checks() -> bool:
+    """The kernels that hand the projections e4m3 rows, against the two kernels they replace, bit for bit."""
+    import torch
+
+    from kernels import rms_norm, silu_and_mul
+    from kernels.fp8_linear import fp8_linear, quantize_fp8_per_channel
+    from kernels.fp8_quant import quantize_fp8_rows
+    from kernels.fp8_silu_quant import silu_and_mul_quant_fp8
+    from kernels.rmsnorm import rms_norm_fp8
+
+    torch.manual_seed(0)
+    ok = True
+    w = torch.rand(H, device="cuda", dtype=torch.bfloat16) + 0.5
+    wq = quantize_fp8_per_channel(torch.randn(2 * I, H, device="cuda", dtype=torch.bfloat16) * 0.02)
+    for m in (1, 7, 32, 300):
+        x = torch.randn(m, H, device="cuda", dtype=torch.bfloat16) * 3
+        r = torch.randn(m, H, device="cuda", dtype=torch.bfloat16)
+        for res in (None, r):
+            fused, plain = rms_norm_fp8(x, w, 1e-5, res), rms_norm(x, w, 1e-5, res)
+            act, out = (fused, plain) if res is None else (fused[0], plain[0])
+            q2, s2 = quantize_fp8_rows(out)
+            same = torch.equal(act.scale, s2) and torch.equal(act.q.view(torch.uint8), q2.view(torch.uint8))
+            same &= res is None or torch.equal(fused[1], plain[1])
+            ok &= same
+            print(f"rms_norm_fp8 M={m} residual={res is not None}: {'same' if same else 'DIFFERENT'}", flush=True)
+            y_act = fp8_linear(act, *wq)
+            y_ref = fp8_linear(out, *wq) if m > 1 else None
+            if y_ref is not None:
+                same = torch.equal(y_act, y_ref)
+                ok &= same
+                print(f"  fp8_linear(Fp8Activation) M={m}: {'same' if same else 'DIFFERENT'} as on x", flush=True)
+        g = torch.randn(m, 2 * I, device="cuda", dtype=torch.bfloat16) * 3
+        q, sc = silu_and_mul_quant_fp8(g)
+        q2, s2 = quantize_fp8_rows(silu_and_mul(g))
+        same = torch.equal(sc, s2) and torch.equal(q.view(torch.uint8), q2.view(torch.uint8))
+        ok &= same
+        print(f"silu_and_mul_quant_fp8 M={m}: {'same' if same else 'DIFFERENT'}", flush=True)
+    print("fused checks", "ok" if ok else "FAILED", flush=True)
+    return ok
 
 
 def engine() -> dict:
@@ -128,7 +183,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--skip-engine", action="store_true")
+    ap.add_argument("--fused-only", action="store_true", help="only the fused quantization checks")
     args = ap.parse_args()
+    if not fused_checks() or args.fused_only:
+        return
     rows = kernels(args.sweep)
     eng = {} if args.skip_engine else engine()
     if os.environ.get("OUT"):

@@ -21,7 +21,7 @@ DEFAULTS = dict(block_n=128, num_warps=4, num_stages=3, waves=4, max_splits=64, 
 # An fp8 cache: a key run of the same bytes is twice as many tokens; fp8_mode: see kernels/attention_block.py.
 # benchmarks/kv_fp8.py sweeps them (H200, batch 64 x 2048: block_n 128 best, the three modes within 4%).
 # split_tail: whole BLOCK_N runs without masks, then the partial one.
-FP8_DEFAULTS = dict(DEFAULTS, block_n=128, fp8_mode="cast")
+FP8_DEFAULTS = dict(DEFAULTS, block_n=64, num_warps=2, fp8_mode="cast", split_tail=True)
 _INTERPRET_DEFAULTS = dict(block_n=16, num_warps=1, num_stages=1, waves=1, max_splits=8, min_partition=16)
 
 _NUM_SMS: dict[int, int] = {}

@@ -6,11 +6,15 @@ checkpoint) lands in this one layout: weight [N, K] float8_e4m3fn, weight_scale 
 W[n, k] = weight[n, k] * weight_scale[n]; a per-tensor checkpoint scale is repeated over its rows.
 
 On a GPU, `fp8_linear` picks from the shapes alone (CUDA-graph safe, no host syncs):
-- up to SKINNY_MAX_M rows (0, off, until measured on a GPU: benchmarks/fp8_skinny.py; the FERRY_FP8_SKINNY_MAX_M
-  knob sets it at start-up): x quantized per token, then W8A8 in kernels/skinny_gemm.py (fp8 tensor cores fed
-  straight from shared memory, ~1.1 instructions per weight element against the GEMV's ~3.9);
-- up to GEMV_MAX_M rows (decode): kernels/fp8_gemv.py, W8A16 (x is not quantized: more accurate than W8A8
-  and as fast at batch 1, where the weight read is all the time);
+- x already quantized by the kernel before (an Fp8Activation from the RMSNorm or SiLU-and-mul: see takes_fp8_input):
+  up to SKINNY_MAX_M rows W8A8 in kernels/skinny_gemm.py (fp8 tensor cores fed straight from shared memory, ~1.1
+  instructions per weight element against the GEMV's ~3.9), more rows as below without the quantization;
+- a 16/32-bit x of up to GEMV_MAX_M rows (the attention output at batch 1): kernels/fp8_gemv.py, W8A16 (x is not
+  quantized: a quantization kernel would cost more than the GEMV loses to the skinny kernel at one row);
+- up to SKINNY_MAX_M rows (the FERRY_FP8_SKINNY_MAX_M knob, default 32; 0: off): x quantized per token
+  (kernels/fp8_quant.py), then the skinny W8A8 kernel. H200, benchmarks/fp8_skinny.py: the 32 layers' projections
+  at batch 1 take 1.91 ms in it against 2.49 as before, and batch-1 decode 2.90 ms against 3.15 with the
+  quantization kernels still separate;
 - more rows: x quantized per token (kernels/fp8_quant.py, one kernel) or with the static scale, then up to
   TRITON_MAX_M rows the Triton GEMM (kernels/fp8_gemm.py; also for fp32 outputs and shapes _scaled_mm refuses),
   above that torch._scaled_mm with rowwise scales and fast accumulation (CUTLASS fp8 on Hopper; it needs bf16
@@ -19,6 +23,8 @@ On a GPU, `fp8_linear` picks from the shapes alone (CUDA-graph safe, no host syn
 On the CPU the torch reference runs (the CPU engine and the tests use it).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -29,6 +35,21 @@ TRITON_MAX_M = 128  # rows up to which the Triton FP8 GEMM beat _scaled_mm (H200
 SKINNY_MAX_M = 0  # set_skinny_max_m(); at most 32 (kernels/skinny_gemm.py's limit)
 GEMM_BACKEND = None  # None: by M as above; "scaled_mm" or "triton" forces one (the benchmark compares them)
 FAST_ACCUM = True  # _scaled_mm's use_fast_accum: 5-15% faster from 256 rows on (H200 run 2)
+
+
+class Fp8Activation(NamedTuple):
+    """x already quantized per token by the kernel before the projection (kernels/rmsnorm.py rms_norm_fp8,
+    kernels/fp8_silu_quant.py): what fp8_linear takes in place of x, so that no quantization kernel runs between."""
+    q: torch.Tensor  # [M, K] float8_e4m3fn
+    scale: torch.Tensor  # [M, 1] float32, contiguous
+    dtype: torch.dtype  # the activations' dtype: the projection's output dtype
+
+
+def takes_fp8_input(rows: int, on_cuda: bool) -> bool:
+    """Whether fp8_linear quantizes x per token at this many rows (dynamic scales), so that the kernel before it may
+    hand it an Fp8Activation instead: always on the CPU (the reference quantizes), on a GPU unless the W8A16 GEMV
+    takes those rows (one, with the skinny W8A8 path off)."""
+    return not on_cuda or rows <= SKINNY_MAX_M or rows > GEMV_MAX_M
 
 
 def set_skinny_max_m(m: int) -> None:
@@ -74,9 +95,14 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     return out.to(x.dtype)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+def fp8_linear(x: torch.Tensor | Fp8Activation, weight: torch.Tensor, weight_scale: torch.Tensor,
                input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] (bf16/fp16/fp32) -> [M, N] in x's dtype."""
+    """x [..., K] (bf16/fp16/fp32) -> [..., N] in x's dtype; or an Fp8Activation [M, K] -> [M, N] in its dtype."""
+    if isinstance(x, Fp8Activation):
+        if x.q.is_cuda and 0 < x.q.shape[0] <= SKINNY_MAX_M:
+            from kernels.skinny_gemm import skinny_gemm
+            return skinny_gemm(x.q, weight, bias, weight_scale=weight_scale, x_scale=x.scale, out_dtype=x.dtype)
+        return fp8_linear_quantized(x.q, x.scale, weight, weight_scale, bias, x.dtype)
     if not x.is_cuda:
         return fp8_linear_ref(x, weight, weight_scale, input_scale, bias)
     N, K = weight.shape
@@ -84,14 +110,14 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     M = x2.shape[0]
     if M == 0:
         return x.new_empty(*x.shape[:-1], N)
-    if M <= SKINNY_MAX_M:
+    if M <= GEMV_MAX_M:
+        from kernels.fp8_gemv import fp8_gemv
+        out = fp8_gemv(x2, weight, weight_scale, bias)
+    elif M <= SKINNY_MAX_M:
         from kernels.fp8_quant import quantize_fp8_rows
         from kernels.skinny_gemm import skinny_gemm
         xq, xs = quantize_fp8_rows(x2, input_scale)
         out = skinny_gemm(xq, weight, bias, weight_scale=weight_scale, x_scale=xs, out_dtype=x.dtype)
-    elif M <= GEMV_MAX_M:
-        from kernels.fp8_gemv import fp8_gemv
-        out = fp8_gemv(x2, weight, weight_scale, bias)
     else:
         out = fp8_gemm_w8a8(x2, weight, weight_scale, input_scale, bias)
     return out.view(*x.shape[:-1], N)

@@ -15,6 +15,16 @@ ONE_PASS_MAX_K = 16384
 
 
 @triton.jit
+def store_fp8_row(y, q_row_ptr, scale_ptr, offs, mask):
+    """One row y (fp32, zero where masked) in registers -> its per-token scale and e4m3 values, stored: the rule
+    every kernel that quantizes activations shares (this one, kernels/rmsnorm.py, kernels/fp8_silu_quant.py)."""
+    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(y), axis=0), FP8_MAX), 1e-12)
+    q = tl.clamp(tl.math.div_rn(y, scale), -FP8_MAX, FP8_MAX)
+    tl.store(q_row_ptr + offs, q.to(q_row_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr, scale)
+
+
+@triton.jit
 def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, in_scale_ptr, K, stride_xm, stride_qm, STATIC: tl.constexpr,
                       ONE_PASS: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -27,10 +37,11 @@ def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, in_scale_ptr, K, stride_xm, stride_qm
         x = tl.load(x_row + offs, mask=kmask, other=0.0).to(tl.float32)
         if STATIC:
             scale = tl.load(in_scale_ptr).to(tl.float32)
+            q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
+            tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=kmask)
+            tl.store(s_ptr + row, scale)
         else:
-            scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), FP8_MAX), 1e-12)
-        q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
-        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=kmask)
+            store_fp8_row(x, q_row, s_ptr + row, offs, kmask)
     else:
         if STATIC:
             scale = tl.load(in_scale_ptr).to(tl.float32)
@@ -47,7 +58,7 @@ def _quant_fp8_kernel(x_ptr, q_ptr, s_ptr, in_scale_ptr, K, stride_xm, stride_qm
             x = tl.load(x_row + offs, mask=kmask, other=0.0).to(tl.float32)
             q = tl.clamp(tl.math.div_rn(x, scale), -FP8_MAX, FP8_MAX)
             tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=kmask)
-    tl.store(s_ptr + row, scale)
+        tl.store(s_ptr + row, scale)
 
 
 def quantize_fp8_rows(x: torch.Tensor, input_scale: torch.Tensor | None = None, block_k: int | None = None):

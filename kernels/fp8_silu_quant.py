@@ -9,9 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.fp8_quant import store_fp8_row
 from kernels.pdl import launch_options, pdl_start
 
-FP8_MAX = tl.constexpr(448.0)  # a global a kernel reads must be a constexpr
+MAX_I = 16384  # one row per program, in registers
 
 
 @triton.jit
@@ -23,10 +24,7 @@ def _silu_mul_quant_kernel(x_ptr, q_ptr, s_ptr, I, stride_x, stride_q, BLOCK: tl
     gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + I + offs, mask=mask, other=0.0).to(tl.float32)
     y = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty).to(tl.float32)
-    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(y), axis=0), FP8_MAX), 1e-12)
-    q = tl.clamp(tl.math.div_rn(y, scale), -FP8_MAX, FP8_MAX)
-    tl.store(q_ptr + row * stride_q + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + row, scale)
+    store_fp8_row(y, q_ptr + row * stride_q, s_ptr + row, offs, mask)
 
 
 def silu_and_mul_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +36,7 @@ def silu_and_mul_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     q = torch.empty(T, I, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(T, 1, dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(I)
-    assert block <= 16384, "one row per program in registers"
+    assert block <= MAX_I, "one row per program in registers"
     if T:
         _silu_mul_quant_kernel[(T,)](x, q, scale, I, x.stride(0), q.stride(0), BLOCK=block,
                                      num_warps=4 if block <= 2048 else (8 if block <= 8192 else 16),

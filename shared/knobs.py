@@ -31,7 +31,7 @@ class Knobs:
                                    "projections of 2 to this many rows (at most 32) on a GPU use "
                                    "kernels/skinny_gemm.py "
                                    "instead of cuBLAS; 0: off")
-    fp8_skinny_max_m: int = _knob(0, "FERRY_FP8_SKINNY_MAX_M",
+    fp8_skinny_max_m: int = _knob(32, "FERRY_FP8_SKINNY_MAX_M",
                                   "FP8 projections of up to this many rows (at most 32) on a GPU run W8A8 through "
                                   "kernels/skinny_gemm.py; 0: off (the W8A16 GEMV at one row, the FP8 GEMMs above)")
     dist_timeout_s: int = _knob(300, "FERRY_DIST_TIMEOUT",

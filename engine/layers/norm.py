@@ -6,6 +6,7 @@ from torch import nn
 
 from engine.layers.backend import building_on_cuda
 from engine.parallel import all_reduce, fused_all_reduce_rms_norm, tp_size
+from kernels.fp8_linear import Fp8Activation, quantize_fp8_per_token_ref, takes_fp8_input
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -23,21 +24,34 @@ def rms_norm_residual_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, r
     return rms_norm_torch(x, weight, eps), x
 
 
-def select_rms_norm():
-    """The norm function a layer built now calls (engine.layers.backend)."""
-    if building_on_cuda():
-        from kernels import rms_norm
+def rms_norm_fp8_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """kernels.rmsnorm.rms_norm_fp8's contract in plain torch: the norm's output quantized per token."""
+    out = rms_norm_residual_torch(x, weight, eps, residual)
+    h = out if residual is None else out[0]
+    act = Fp8Activation(*quantize_fp8_per_token_ref(h), h.dtype)
+    return act if residual is None else (act, out[1])
 
-        return rms_norm
-    return rms_norm_residual_torch
+
+def select_rms_norm(fp8_out: bool = False):
+    """The norm function a layer built now calls (engine.layers.backend); fp8_out: the one whose output is
+    quantized per token."""
+    if building_on_cuda():
+        from kernels.rmsnorm import rms_norm, rms_norm_fp8
+
+        return rms_norm_fp8 if fp8_out else rms_norm
+    return rms_norm_fp8_torch if fp8_out else rms_norm_residual_torch
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden: int, eps: float):
+    def __init__(self, hidden: int, eps: float, fp8_out: bool = False):
+        """fp8_out: the output feeds an FP8 projection with per-token activation scales: where that projection
+        would quantize its input (kernels.fp8_linear.takes_fp8_input), the norm hands it an Fp8Activation,
+        quantized in the norm's own kernel. (Not after a fused all-reduce: the projection quantizes then.)"""
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
         self.norm = select_rms_norm()
+        self.norm_fp8 = select_rms_norm(fp8_out=True) if fp8_out else None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, reduce: bool = False):
         """norm(x), or with a residual (norm(x + residual), x + residual).
@@ -52,5 +66,12 @@ class RMSNorm(nn.Module):
                     return fused
                 x = all_reduce(x)
             if residual is None:
-                return self.norm(x, self.weight, self.eps), x
+                return self._norm(x, None), x
+        return self._norm(x, residual)
+
+    def _norm(self, x: torch.Tensor, residual: torch.Tensor | None):
+        if self.norm_fp8 is not None and takes_fp8_input(x.shape[0], x.is_cuda):
+            return self.norm_fp8(x, self.weight, self.eps, residual)
+        if residual is None:
+            return self.norm(x, self.weight, self.eps)
         return self.norm(x, self.weight, self.eps, residual)

@@ -11,6 +11,13 @@ from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, 
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.model_config import ModelConfig
+from kernels.fp8_silu_quant import MAX_I as SILU_FP8_MAX_I
+from kernels.rmsnorm import FP8_MAX_H as NORM_FP8_MAX_H
+
+
+def fp8_activations(cfg: ModelConfig) -> bool:
+    """The projections are FP8 with per-token activation scales: the norms and SiLU-and-mul before them quantize."""
+    return cfg.quantization is not None and cfg.quantization.dynamic_fp8_activations
 
 
 class LlamaAttention(nn.Module):
@@ -30,8 +37,9 @@ class LlamaAttention(nn.Module):
     def qk_norm(self, q: torch.Tensor, k: torch.Tensor):
         return q, k  # Qwen3 normalizes each head here
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        T, d = x.shape[0], self.head_dim
+    def forward(self, positions: torch.Tensor, x) -> torch.Tensor:
+        """x [T, hidden], or the same as a kernels.fp8_linear.Fp8Activation."""
+        T, d = positions.shape[0], self.head_dim
         q, k, v = self.qkv_proj(x).split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
         # Views of the qkv output, no copies: the kernels take strides.
         q, k = self.qk_norm(q.reshape(T, self.num_heads, d), k.reshape(T, self.num_kv_heads, d))
@@ -46,7 +54,7 @@ class LlamaMLP(nn.Module):
                                                        quant=cfg.quantization)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, reduce_results=False,
                                            quant=cfg.quantization)
-        self.act = SiluAndMul()
+        self.act = SiluAndMul(fp8_out=fp8_activations(cfg) and self.down_proj.in_features <= SILU_FP8_MAX_I)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -59,8 +67,9 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = self.attention_cls(cfg)
         self.mlp = LlamaMLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        fp8 = fp8_activations(cfg) and cfg.hidden_size <= NORM_FP8_MAX_H  # their outputs feed FP8 projections only
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fp8_out=fp8)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fp8_out=fp8)
 
     def forward(self, positions, x, residual):
         # The embedding, o_proj and down_proj return each rank's partial sum: the norm after each sums it over

@@ -31,6 +31,12 @@ class QuantScheme:
     def is_fp8(self) -> bool:
         return self.format in FP8_FORMATS
 
+    @property
+    def dynamic_fp8_activations(self) -> bool:
+        """FP8 with per-token activation scales: the kernel before a projection may quantize its input (the RMSNorm,
+        SiLU-and-mul: kernels.fp8_linear.Fp8Activation)."""
+        return self.is_fp8 and not self.static_input_scale
+
     def describe(self) -> str:
         if self.is_w4a16:
             return (f"{self.format} 4-bit, group {self.group_size}, {'asymmetric' if self.asymmetric else 'symmetric'}"

@@ -140,3 +140,27 @@ def test_a_tensor_of_the_wrong_dtype_is_an_error(tmp_path):
     save_file(weights, f"{qdir}/model.safetensors")
     with pytest.raises(UnsupportedQuantization, match="qweight is torch.int64 in the checkpoint"):
         ModelRunner(tiny_settings(qdir), show_progress=False)
+
+
+def test_norms_and_silu_quantize_for_dynamic_fp8_and_change_nothing(tmp_path, monkeypatch):
+    """With per-token activation scales the RMSNorms and SiLU-and-mul before the FP8 projections hand them e4m3
+    rows (on a GPU in their own kernels); the logits equal those of the projections quantizing x themselves. A
+    static input scale keeps 16-bit outputs (the projection applies the checkpoint's scale)."""
+    import torch
+
+    import engine.layers.activation
+    import engine.layers.norm
+    from engine.model_runner import ModelRunner
+    tiny_quantized("llama", "ct-fp8-channel", tmp_path / "dynamic")
+    settings = tiny_settings(str(tmp_path / "dynamic" / "source"), quantization="fp8")
+    layers = ModelRunner(settings, show_progress=False).model.model.layers
+    assert all(layer.input_layernorm.norm_fp8 and layer.post_attention_layernorm.norm_fp8 and layer.mlp.act.fn_fp8
+               for layer in layers)
+    fused = run_greedy(settings)
+    for module in (engine.layers.norm, engine.layers.activation):
+        monkeypatch.setattr(module, "takes_fp8_input", lambda rows, on_cuda: False)
+    plain = run_greedy(settings)
+    assert fused[0] == plain[0] and all(torch.equal(a, b) for a, b in zip(fused[1], plain[1]))
+    qdir, _ = tiny_quantized("llama", "ct-fp8-tensor-static", tmp_path / "static", prompts=[TINY_PROMPT])
+    layers = ModelRunner(tiny_settings(qdir), show_progress=False).model.model.layers
+    assert not any(layer.input_layernorm.norm_fp8 or layer.mlp.act.fn_fp8 for layer in layers)

@@ -127,3 +127,32 @@ def test_linear_on_prequantized_input_matches_reference():
     b = torch.randn(24)
     out = fp8_linear_quantized(xq, xs, w, ws, b, torch.float32)
     torch.testing.assert_close(out, fp8_linear_ref(x, w, ws, None, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("h", [64, 200])
+def test_rms_norm_fp8_equals_the_two_kernels(dtype, residual, h):
+    """The fused norm's e4m3 rows and scales are quantize_fp8_rows(rms_norm(x)) bit for bit, and its residual sum
+    is rms_norm's (h = 200: a masked tail in the row)."""
+    from kernels.rmsnorm import rms_norm, rms_norm_fp8
+    x = (torch.randn(5, h) * 3).to(dtype)
+    w = (torch.rand(h) + 0.5).to(dtype)
+    r = torch.randn(5, h).to(dtype) if residual else None
+    fused = rms_norm_fp8(x, w, 1e-5, r)
+    plain = rms_norm(x, w, 1e-5, r)
+    act, out = (fused[0], plain[0]) if residual else (fused, plain)
+    q2, s2 = quantize_fp8_rows(out)
+    assert act.dtype == dtype
+    assert torch.equal(act.scale, s2) and torch.equal(act.q.view(torch.uint8), q2.view(torch.uint8))
+    if residual:
+        assert torch.equal(fused[1], plain[1])
+
+
+def test_linear_on_an_fp8_activation_is_the_reference_on_x():
+    from kernels.fp8_linear import Fp8Activation
+    w, ws = _fp8_weight(24, 96)
+    x = torch.randn(6, 96)
+    b = torch.randn(24)
+    act = Fp8Activation(*quantize_fp8_per_token_ref(x), x.dtype)
+    assert torch.equal(fp8_linear(act, w, ws, None, b), fp8_linear_ref(x, w, ws, None, b))
