@@ -18,7 +18,6 @@ from tqdm import tqdm
 from engine.gguf_weight_cache import cached_gguf_weights
 from engine.layers.kv_quant import kv_scale_buffer_name
 from engine.model_config import ModelConfig
-from engine.quant.convert import finish_quantized_layers
 from shared.knobs import Knobs, read_knobs
 
 GGUF_NAMES = {
@@ -75,7 +74,7 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True,
     buffers = dict(model.named_buffers())
     if cfg.load_format == "dummy":
         _fill_dummy(model)
-        finish_quantized_layers(model)
+        _finish_quantized(model, cfg)
         return
     if cfg.load_format == "gguf":
         knobs = knobs or read_knobs()
@@ -120,7 +119,16 @@ def load_weights(model: nn.Module, cfg: ModelConfig, show_progress: bool = True,
     missing = {n for n in params if n not in loaded and not (cfg.tie_word_embeddings and n == "lm_head.weight")}
     if missing:
         raise KeyError(f"checkpoint lacks {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}")
-    finish_quantized_layers(model)  # every tensor is in: the quantized layers take their kernels' layout
+    _finish_quantized(model, cfg)  # every tensor is in: the quantized layers take their kernels' layout
+
+
+def _finish_quantized(model: nn.Module, cfg: ModelConfig) -> None:
+    """Imported only for a quantized model: the kernels (triton) are a test dependency, and a 16-bit model on the
+    CPU needs none of them."""
+    if cfg.quantization is not None:
+        from engine.quant.convert import finish_quantized_layers
+
+        finish_quantized_layers(model)
 
 
 @torch.no_grad()

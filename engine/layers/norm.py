@@ -6,7 +6,6 @@ from torch import nn
 
 from engine.layers.backend import building_on_cuda
 from engine.parallel import all_reduce, fused_all_reduce_rms_norm, tp_size
-from kernels.fp8_linear import Fp8Activation, quantize_fp8_per_token_ref, takes_fp8_input
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -26,6 +25,8 @@ def rms_norm_residual_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, r
 
 def rms_norm_fp8_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """kernels.rmsnorm.rms_norm_fp8's contract in plain torch: the norm's output quantized per token."""
+    from kernels.fp8_linear import Fp8Activation, quantize_fp8_per_token_ref
+
     out = rms_norm_residual_torch(x, weight, eps, residual)
     h = out if residual is None else out[0]
     act = Fp8Activation(*quantize_fp8_per_token_ref(h), h.dtype)
@@ -46,12 +47,19 @@ class RMSNorm(nn.Module):
     def __init__(self, hidden: int, eps: float, fp8_out: bool = False):
         """fp8_out: the output feeds an FP8 projection with per-token activation scales: where that projection
         would quantize its input (kernels.fp8_linear.takes_fp8_input), the norm hands it an Fp8Activation,
-        quantized in the norm's own kernel. (Not after a fused all-reduce: the projection quantizes then.)"""
+        quantized in the norm's own kernel. (Not after a fused all-reduce, nor for rows too wide for that kernel:
+        the projection quantizes then.) Kernels are imported only then: a 16-bit model on the CPU needs no triton."""
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden), requires_grad=False)
         self.norm = select_rms_norm()
-        self.norm_fp8 = select_rms_norm(fp8_out=True) if fp8_out else None
+        self.norm_fp8 = self.takes_fp8_input = None
+        if fp8_out:
+            from kernels.fp8_linear import takes_fp8_input
+            from kernels.rmsnorm import FP8_MAX_H
+
+            if hidden <= FP8_MAX_H:
+                self.norm_fp8, self.takes_fp8_input = select_rms_norm(fp8_out=True), takes_fp8_input
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, reduce: bool = False):
         """norm(x), or with a residual (norm(x + residual), x + residual).
@@ -70,7 +78,7 @@ class RMSNorm(nn.Module):
         return self._norm(x, residual)
 
     def _norm(self, x: torch.Tensor, residual: torch.Tensor | None):
-        if self.norm_fp8 is not None and takes_fp8_input(x.shape[0], x.is_cuda):
+        if self.norm_fp8 is not None and self.takes_fp8_input(x.shape[0], x.is_cuda):
             return self.norm_fp8(x, self.weight, self.eps, residual)
         if residual is None:
             return self.norm(x, self.weight, self.eps)

@@ -11,8 +11,6 @@ from engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, 
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.model_config import ModelConfig
-from kernels.fp8_silu_quant import MAX_I as SILU_FP8_MAX_I
-from kernels.rmsnorm import FP8_MAX_H as NORM_FP8_MAX_H
 
 
 def fp8_activations(cfg: ModelConfig) -> bool:
@@ -54,7 +52,7 @@ class LlamaMLP(nn.Module):
                                                        quant=cfg.quantization)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, reduce_results=False,
                                            quant=cfg.quantization)
-        self.act = SiluAndMul(fp8_out=fp8_activations(cfg) and self.down_proj.in_features <= SILU_FP8_MAX_I)
+        self.act = SiluAndMul(fp8_out=fp8_activations(cfg), width=self.down_proj.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -67,7 +65,7 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = self.attention_cls(cfg)
         self.mlp = LlamaMLP(cfg)
-        fp8 = fp8_activations(cfg) and cfg.hidden_size <= NORM_FP8_MAX_H  # their outputs feed FP8 projections only
+        fp8 = fp8_activations(cfg)  # the norms' outputs feed FP8 projections only
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fp8_out=fp8)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, fp8_out=fp8)
 

@@ -146,10 +146,10 @@ def test_norms_and_silu_quantize_for_dynamic_fp8_and_change_nothing(tmp_path, mo
     """With per-token activation scales the RMSNorms and SiLU-and-mul before the FP8 projections hand them e4m3
     rows (on a GPU in their own kernels); the logits equal those of the projections quantizing x themselves. A
     static input scale keeps 16-bit outputs (the projection applies the checkpoint's scale)."""
+    import importlib
+
     import torch
 
-    import engine.layers.activation
-    import engine.layers.norm
     from engine.model_runner import ModelRunner
     tiny_quantized("llama", "ct-fp8-channel", tmp_path / "dynamic")
     settings = tiny_settings(str(tmp_path / "dynamic" / "source"), quantization="fp8")
@@ -157,10 +157,24 @@ def test_norms_and_silu_quantize_for_dynamic_fp8_and_change_nothing(tmp_path, mo
     assert all(layer.input_layernorm.norm_fp8 and layer.post_attention_layernorm.norm_fp8 and layer.mlp.act.fn_fp8
                for layer in layers)
     fused = run_greedy(settings)
-    for module in (engine.layers.norm, engine.layers.activation):
-        monkeypatch.setattr(module, "takes_fp8_input", lambda rows, on_cuda: False)
+    fp8_linear_module = importlib.import_module("kernels.fp8_linear")  # the package exports a function of that name
+    monkeypatch.setattr(fp8_linear_module, "takes_fp8_input", lambda rows, on_cuda: False)  # read as layers build
     plain = run_greedy(settings)
     assert fused[0] == plain[0] and all(torch.equal(a, b) for a, b in zip(fused[1], plain[1]))
     qdir, _ = tiny_quantized("llama", "ct-fp8-tensor-static", tmp_path / "static", prompts=[TINY_PROMPT])
     layers = ModelRunner(tiny_settings(qdir), show_progress=False).model.model.layers
     assert not any(layer.input_layernorm.norm_fp8 or layer.mlp.act.fn_fp8 for layer in layers)
+
+
+def test_a_16_bit_model_on_the_cpu_runs_without_triton(tmp_path):
+    """triton is a test dependency only: the CPU engine of an unquantized model never imports it (the FP8 paths
+    import their kernels when a layer is built for them)."""
+    import subprocess
+    import sys
+
+    tiny_quantized("llama", "ct-fp8-channel", tmp_path)
+    code = ("import sys\nfrom tests.engine.quantized_helpers import run_greedy, tiny_settings\n"
+            f"run_greedy(tiny_settings({str(tmp_path / 'source')!r}))\n"
+            "print('triton' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
