@@ -85,7 +85,8 @@ class ModelRunner:
         self.states: dict[int, SamplingState] = {}
         self.prompt_scored: dict[int, list[int]] = {}  # seq id -> prompt ids, for sequences asking prompt logprobs
         self.grammars = GrammarDecoding(lambda: _grammar_tokenizer(settings), cfg.vocab_size, self.device,
-                                        settings.max_num_seqs)  # issue 15: matchers of constrained sequences
+                                        settings.max_num_seqs,  # issue 15: matchers of constrained sequences
+                                        knobs.grammar_compile_threads or (4 if self.device.type == "cuda" else 1))
         self._pending: _Step | None = None  # submitted, not finished
         self._last_tokens: torch.Tensor | None = None  # the last sampled step's tokens, on the device
         self._last_rows: dict[int, int] = {}  # seq id -> row of _last_tokens

@@ -34,6 +34,10 @@ class Knobs:
     fp8_skinny_max_m: int = _knob(32, "FERRY_FP8_SKINNY_MAX_M",
                                   "FP8 projections of up to this many rows (at most 32) on a GPU run W8A8 through "
                                   "kernels/skinny_gemm.py; 0: off (the W8A16 GEMV at one row, the FP8 GEMMs above)")
+    grammar_compile_threads: int = _knob(0, "FERRY_GRAMMAR_COMPILE_THREADS",
+                                         "threads a runner compiles new grammars on, so one large schema does not "
+                                         "hold the others' compiles; 0: 1 on the CPU (the forward needs the "
+                                         "cores), 4 on a GPU")
     dist_timeout_s: int = _knob(300, "FERRY_DIST_TIMEOUT",
                                 "seconds a rank waits to join its group (ranks load checkpoints at their own pace)")
     cache_dir: str = _knob("", "FERRY_CACHE_DIR", "where parsed GGUF configs and tokenizers are cached; "

@@ -8,10 +8,12 @@ scheduler ends it as it ends any other (finish_reason "stop").
 
 Nothing here runs for a step without constrained sequences: the runner checks `active` (one int) first.
 
-Compiling runs on one thread of its own (xgrammar releases the GIL while it compiles): the scheduler sends a new
+Compiling runs on threads of its own (xgrammar releases the GIL while it compiles): the scheduler sends a new
 request's grammar ahead (StepPlan.grammars_to_compile, engine/grammar_gate.py), prefetch() compiles it while steps
 go on, and take_compiled() reports it in the next StepResult; attach() then finds it compiled. The first grammar
-also imports xgrammar and loads the tokenizer on that thread.
+also imports xgrammar and loads the tokenizer on such a thread. With more than one thread (the runner's choice: the
+FERRY_GRAMMAR_COMPILE_THREADS knob) a large schema, which may take a second or more, holds only its own thread, and
+the grammars sent after it are compiled and reported meanwhile.
 """
 from __future__ import annotations
 
@@ -33,13 +35,15 @@ xgr = None  # xgrammar, imported by GrammarDecoding._start
 
 
 class GrammarDecoding:
-    def __init__(self, load_tokenizer, vocab_size: int, device: torch.device, max_rows: int):
+    def __init__(self, load_tokenizer, vocab_size: int, device: torch.device, max_rows: int,
+                 compile_threads: int = 1):
         self._load_tokenizer = load_tokenizer  # called once, at the first constrained sequence
         self._compiler: GrammarCompiler | None = None
         self.vocab_size, self.device = vocab_size, device
         self.active = 0  # sequences with a matcher
         self.max_rows = max_rows
-        self._pool: ThreadPoolExecutor | None = None  # the compile thread, made at the first grammar
+        self._pool: ThreadPoolExecutor | None = None  # the compile threads, made at the first grammar
+        self.compile_threads = max(1, compile_threads)  # more than one: a large schema holds only its own thread
         self._compiled: deque[int] = deque()  # keys compiled by prefetch(), not yet reported
         self._ahead: dict[int, Future] = {}  # prefetch()es not yet reported, by key
         self._start_lock = threading.Lock()
@@ -72,7 +76,7 @@ class GrammarDecoding:
         """Compile a grammar on the compile thread; its key is reported once done (also when it cannot be
         compiled: the sequence then runs unconstrained, as attach() logs)."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
+            self._pool = ThreadPoolExecutor(max_workers=self.compile_threads, thread_name_prefix="grammar")
         self._ahead[key] = self._pool.submit(self._compile_ahead, key, kind, spec)
 
     def _compile_ahead(self, key: int, kind: str, spec: str) -> None:

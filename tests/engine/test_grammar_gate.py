@@ -3,9 +3,11 @@ compiled, so that no step waits for a compile. The scheduler with hand-made resu
 thread with the default model's tokenizer."""
 import dataclasses
 import json
+import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from engine.grammar_gate import GrammarGate, grammar_key
@@ -101,3 +103,32 @@ def test_runner_compiles_on_its_own_thread_and_reports_the_key(tokenizer):
                                    eos_token_ids=[], seq_id=0, grammar=None))()
     decoding.attach(state)
     assert state.grammar is not None and decoding.active == 1 and calls == []  # compiled ahead: no compile now
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_slow_grammar_holds_only_its_own_compile_thread(threads):
+    """With two compile threads a grammar sent after a slow one is reported while the slow one still compiles; with
+    one it waits behind it (a CPU runner's default, where the forward needs the cores)."""
+    release = threading.Event()
+
+    class SlowCompiler:  # stands in for engine.structured.grammars.GrammarCompiler: "big" compiles until released
+        def compile(self, kind, spec):
+            if spec == "big":
+                assert release.wait(30)
+            return spec
+    decoding = GrammarDecoding(lambda: None, 8, torch.device("cpu"), max_rows=4, compile_threads=threads)
+    decoding._compiler = SlowCompiler()  # already started: no xgrammar, no tokenizer
+    big, small = grammar_key("regex", "big"), grammar_key("regex", "small")
+    decoding.prefetch(big, "regex", "big")
+    decoding.prefetch(small, "regex", "small")
+    reported, deadline = [], time.monotonic() + (10 if threads > 1 else 0.5)
+    while small not in reported and time.monotonic() < deadline:
+        reported += decoding.take_compiled()
+        time.sleep(0.01)
+    assert reported == ([small] if threads > 1 else [])
+    release.set()
+    deadline = time.monotonic() + 10
+    while len(reported) < 2 and time.monotonic() < deadline:
+        reported += decoding.take_compiled()
+        time.sleep(0.01)
+    assert sorted(reported) == sorted([big, small])
