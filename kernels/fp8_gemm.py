@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from kernels.pdl import launch_options
-from kernels.tile_order import grouped_tile
+from kernels.tile_order import config_by_rows, grouped_tile
 
 CONFIGS = [
     (64, dict(block_m=64, block_n=64, block_k=128, num_warps=4, num_stages=4)),
@@ -22,10 +22,7 @@ GROUP_M = 8
 
 
 def config_for(M: int) -> dict:
-    for bound, cfg in CONFIGS:
-        if bound is None or M <= bound:
-            return dict(cfg)
-    raise AssertionError
+    return config_by_rows(CONFIGS, M)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from kernels.pdl import launch_options
 from kernels.split_k_sum import sum_splits
-from kernels.tile_order import grouped_tile
+from kernels.tile_order import config_by_rows, grouped_tile
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 from kernels.w4a16_gemv import pow2
 
@@ -41,10 +41,7 @@ _ACTIVATIONS = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def config_for(M: int) -> dict:
-    for bound, cfg in CONFIGS:
-        if bound is None or M <= bound:
-            return dict(cfg)
-    raise AssertionError
+    return config_by_rows(CONFIGS, M)
 
 
 @triton.jit
