@@ -99,7 +99,9 @@ def fp8_linear(x: torch.Tensor | Fp8Activation, weight: torch.Tensor, weight_sca
                input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] (bf16/fp16/fp32) -> [..., N] in x's dtype; or an Fp8Activation [M, K] -> [M, N] in its dtype."""
     if isinstance(x, Fp8Activation):
-        if x.q.is_cuda and 0 < x.q.shape[0] <= SKINNY_MAX_M:
+        if x.q.shape[0] == 0:
+            return x.q.new_empty(0, weight.shape[0], dtype=x.dtype)
+        if x.q.is_cuda and x.q.shape[0] <= SKINNY_MAX_M:
             from kernels.skinny_gemm import skinny_gemm
             return skinny_gemm(x.q, weight, bias, weight_scale=weight_scale, x_scale=x.scale, out_dtype=x.dtype)
         return fp8_linear_quantized(x.q, x.scale, weight, weight_scale, bias, x.dtype)
