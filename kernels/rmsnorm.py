@@ -45,84 +45,66 @@ def residual_rms_norm_values(x, res_row_ptr, res_out_row_ptr, w_ptr, offs, mask,
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    x_ptr, res_ptr, w_ptr, out_ptr, scale_ptr, res_out_ptr,
     stride_x, stride_r, stride_o, stride_ro, H, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    residual_rms_norm_row(x, res_ptr + row * stride_r, res_out_ptr + row * stride_ro, w_ptr, out_ptr + row * stride_o,
-                          offs, mask, H, eps, HAS_RESIDUAL, False)
+    if FP8_OUT:  # out is e4m3, with one scale per row
+        y = residual_rms_norm_values(x, res_ptr + row * stride_r, res_out_ptr + row * stride_ro, w_ptr, offs, mask,
+                                     H, eps, HAS_RESIDUAL, False)
+        store_fp8_row(y, out_ptr + row * stride_o, scale_ptr + row, offs, mask)
+    else:
+        residual_rms_norm_row(x, res_ptr + row * stride_r, res_out_ptr + row * stride_ro, w_ptr,
+                              out_ptr + row * stride_o, offs, mask, H, eps, HAS_RESIDUAL, False)
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None, fp8: bool):
+    """(out, its per-row scale or None, x + residual or None): the one launch both wrappers share."""
+    T, H = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    BLOCK = triton.next_power_of_2(H)
+    if fp8:
+        assert BLOCK <= FP8_MAX_H, "one row per program in registers"
+        out = torch.empty(T, H, dtype=torch.float8_e4m3fn, device=x.device)
+        scale = torch.empty(T, 1, dtype=torch.float32, device=x.device)
+    else:
+        out, scale = torch.empty_like(x, memory_format=torch.contiguous_format), None
+    res_out = None
+    if residual is not None:
+        if residual.stride(1) != 1:
+            residual = residual.contiguous()
+        res_out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if T > 0:
+        # without a residual nothing is stored to res_out: x stands in (its dtype is the one rounded to)
+        _rms_norm_kernel[(T,)](
+            x, residual if residual is not None else x, weight, out, scale if fp8 else out,
+            res_out if res_out is not None else x,
+            x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
+            res_out.stride(0) if res_out is not None else 0, H, eps,
+            HAS_RESIDUAL=residual is not None, FP8_OUT=fp8, BLOCK=BLOCK, num_warps=min(16, max(1, BLOCK // 512)),
+            **launch_options(x),
+        )
+    return out, scale, res_out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """x [T, H]. Returns out, or (out, x + residual) when residual is given."""
-    T, H = x.shape
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    res_out = None
-    if residual is not None:
-        if residual.stride(1) != 1:
-            residual = residual.contiguous()
-        res_out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if T > 0:
-        BLOCK = triton.next_power_of_2(H)
-        num_warps = min(16, max(1, BLOCK // 512))
-        _rms_norm_kernel[(T,)](
-            x, residual if residual is not None else x, weight, out,
-            res_out if res_out is not None else out,
-            x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
-            res_out.stride(0) if res_out is not None else 0, H, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=BLOCK, num_warps=num_warps, **launch_options(x),
-        )
+    out, _, res_out = _launch(x, weight, eps, residual, fp8=False)
     return out if residual is None else (out, res_out)
-
-
-@triton.jit
-def _rms_norm_fp8_kernel(
-    x_ptr, res_ptr, w_ptr, q_ptr, s_ptr, res_out_ptr,
-    stride_x, stride_r, stride_q, stride_ro, H, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-):
-    pdl_start(USE_PDL)
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < H
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    y = residual_rms_norm_values(x, res_ptr + row * stride_r, res_out_ptr + row * stride_ro, w_ptr, offs, mask, H,
-                                 eps, HAS_RESIDUAL, False)
-    store_fp8_row(y, q_ptr + row * stride_q, s_ptr + row, offs, mask)
 
 
 def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """rms_norm, its output quantized per token: Fp8Activation, or (Fp8Activation, x + residual). Equal bit for bit
-    to quantize_fp8_rows(rms_norm(...)); one row per program in registers (H up to 16,384)."""
+    to quantize_fp8_rows(rms_norm(...)); one row per program in registers (H up to FP8_MAX_H)."""
     from kernels.fp8_linear import Fp8Activation
 
-    T, H = x.shape
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    q = torch.empty(T, H, dtype=torch.float8_e4m3fn, device=x.device)
-    scale = torch.empty(T, 1, dtype=torch.float32, device=x.device)
-    res_out = None
-    if residual is not None:
-        if residual.stride(1) != 1:
-            residual = residual.contiguous()
-        res_out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    BLOCK = triton.next_power_of_2(H)
-    assert BLOCK <= FP8_MAX_H, "one row per program in registers"
-    if T > 0:
-        _rms_norm_fp8_kernel[(T,)](
-            x, residual if residual is not None else x, weight, q, scale, res_out if res_out is not None else x,
-            x.stride(0), residual.stride(0) if residual is not None else 0, q.stride(0),
-            res_out.stride(0) if res_out is not None else 0, H, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=BLOCK, num_warps=min(16, max(1, BLOCK // 512)),
-            **launch_options(x),
-        )
+    q, scale, res_out = _launch(x, weight, eps, residual, fp8=True)
     act = Fp8Activation(q, scale, x.dtype)
     return act if residual is None else (act, res_out)
 

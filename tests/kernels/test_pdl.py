@@ -38,9 +38,10 @@ def _decode_signature(cache: str, scale: str) -> dict:
 KERNELS = {  # kernel[ variant]: (module, signature of the non-constexpr arguments, constexprs, num_warps)
     "_gemv_kernel": ("kernels.gemv", dict(x_ptr=BF, w_ptr=BF, b_ptr=BF, out_ptr=BF, N=I32, K=I32, stride_wn=I32),
                      dict(HAS_BIAS=False, BLOCK_N=2, BLOCK_K=2048), 8),
-    "_rms_norm_kernel": ("kernels.rmsnorm", dict(x_ptr=BF, res_ptr=BF, w_ptr=BF, out_ptr=BF, res_out_ptr=BF,
-                                                 stride_x=I32, stride_r=I32, stride_o=I32, stride_ro=I32, H=I32,
-                                                 eps=F32), dict(HAS_RESIDUAL=True, BLOCK=4096), 8),
+    "_rms_norm_kernel": ("kernels.rmsnorm", dict(x_ptr=BF, res_ptr=BF, w_ptr=BF, out_ptr=BF, scale_ptr=BF,
+                                                 res_out_ptr=BF, stride_x=I32, stride_r=I32, stride_o=I32,
+                                                 stride_ro=I32, H=I32, eps=F32),
+                         dict(HAS_RESIDUAL=True, FP8_OUT=False, BLOCK=4096), 8),
     "_all_reduce_rms_norm_kernel": (
         "kernels.allreduce_rmsnorm",
         dict(x_ptr=BF, res_ptr=BF, w_ptr=BF, out_ptr=BF, res_out_ptr=BF, bufs_ptr="*i64", counters_ptr="*i32",
