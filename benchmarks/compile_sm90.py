@@ -80,16 +80,14 @@ def _w4_gemv_packed(cfg=None, dtype="bf16"):
     return compile_sm90(_w4a16_gemv_packed_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), per_thread
 
 
-def _w4_gemm(M=4096):
+def _w4_gemm(M=128):
     from kernels.w4a16_gemm import GROUP_M, _w4a16_gemm_kernel, config_for
     cfg = config_for(M)
     args = dict(x_ptr="*bf16", qw_ptr="*i32", s_ptr="*bf16", z_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
-                M="i32/16", N="i32/16", K="i32/16", NUM_GROUPS="i32/16", stride_xm="i32/16", stride_om="i32/16",
+                M="i32/16", N="i32/16", K="i32/16", stride_xm="i32/16", stride_om="i32/16",
                 stride_qn="i32/16", stride_sn="i32/16")
-    const = dict(GROUP=128, P=32, PPG=4, HAS_BIAS=False, WIDE=False, FEW_SHIFTS=cfg["block_m"] <= 32,
-                 SCALE_AFTER=cfg["block_m"] <= 64,
-                 BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, SPLIT_K=4 if M <= 16 else 1,
-                 USE_PDL=True)
+    const = dict(GROUP=128, P=32, PPG=4, HAS_BIAS=False, WIDE=False, BLOCK_M=cfg["block_m"],
+                 BLOCK_N=cfg["block_n"], GROUP_M=GROUP_M, SPLIT_K=4 if M <= 16 else 1, USE_PDL=True)
     return compile_sm90(_w4a16_gemm_kernel, args, const, cfg["num_warps"], cfg["num_stages"]), \
         cfg["block_n"] * 256 // (32 * cfg["num_warps"])
 
@@ -216,7 +214,7 @@ KERNELS = {
     "w4_gemv": _w4_gemv, "w4_gemv_shifts": lambda: _w4_gemv(dict(few_shifts=False)),
     "w4_gemv_2warps": lambda: _w4_gemv(dict(num_warps=2)),
     "w4_gemv_packed": _w4_gemv_packed, "w4_gemv_packed_f16": lambda: _w4_gemv_packed(dtype="fp16"),
-    "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m4096": lambda: _w4_gemm(4096),
+    "w4_gemm_m16": lambda: _w4_gemm(16), "w4_gemm_m128": lambda: _w4_gemm(128),
     "fp8_gemv": _fp8_gemv, "fp8_gemv_wide": _fp8_gemv_wide,
     "fp8_gemv_wide_16x1024": lambda: _fp8_gemv_wide(dict(block_n=16, block_w=1024, num_warps=8)),
     "fp8_gemm_m64": lambda: _fp8_gemm(64), "fp8_gemm_m4096": lambda: _fp8_gemm(4096),

@@ -70,15 +70,12 @@ W4_GEMV = [dict(block_n=bn, block_b=bb, num_warps=nw, num_stages=ns, prefetch=pf
 FP8_GEMV = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns, prefetch=pf) for bn, bk, nw, ns, pf in
             [(4, 2048, 8, 3, False), (4, 2048, 8, 3, True), (8, 1024, 4, 2, True), (8, 2048, 8, 2, False),
              (4, 2048, 4, 1, True), (16, 512, 4, 2, False), (8, 1024, 4, 2, False)]]
-W4_GEMM_ALT = {16: [dict(block_m=16, block_n=16, num_warps=2, num_stages=4),
-                    dict(block_m=16, block_n=64, num_warps=4, num_stages=3),
-                    dict(block_m=16, block_n=128, num_warps=4, num_stages=3),
-                    dict(block_m=16, block_n=32, num_warps=4, num_stages=3, few_shifts=False),
-                    dict(block_m=16, block_n=32, num_warps=4, num_stages=3, split_k=1)],
-               64: [dict(block_m=64, block_n=128, num_warps=4, num_stages=3),
-                    dict(block_m=32, block_n=64, num_warps=4, num_stages=3)],
-               4096: [dict(block_m=128, block_n=256, num_warps=8, num_stages=3),
-                      dict(block_m=128, block_n=64, num_warps=4, num_stages=4)]}
+W4_GEMM_ALT = {16: [dict(block_m=16, block_n=128, num_warps=8, num_stages=4),
+                    dict(block_m=32, block_n=64, num_warps=4, num_stages=4),
+                    dict(block_m=16, block_n=64, num_warps=4, num_stages=4, split_k=1)],
+               64: [dict(block_m=64, block_n=64, num_warps=4, num_stages=4),
+                    dict(block_m=64, block_n=128, num_warps=8, num_stages=3)],
+               4096: [dict(block_m=128, block_n=128, num_warps=8, num_stages=2)]}
 FP8_GEMM_ALT = [dict(block_m=128, block_n=256, block_k=128, num_warps=8, num_stages=3),
                 dict(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4)]
 

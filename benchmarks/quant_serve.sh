@@ -8,7 +8,8 @@
 #   bash benchmarks/quant_serve.sh        # from the repository root on the GPU host, .gpu/wheels carried
 #
 # VARIANTS (default "8b:bf16 8b:fp8 8b:awq 70b:fp8"; a variant is SHAPE:QUANT[:kv8] — kv8 adds --kv-cache-dtype fp8),
-# BUDGET (seconds, 570), SG_REQUESTS (1000). A variant that no longer fits is skipped and said so. A dry run on a
+# BUDGET (seconds, 570), SG_REQUESTS (1000), SG_AWQ (1: sharegpt-synth for 8b:awq too). A variant that no longer
+# fits is skipped and said so. A dry run on a
 # CPU (checks the script, times nothing): HF_8B / HF_70B a tiny config.json, DTYPE=float32, FERRY_ARGS="--device
 # cpu", SG_REQUESTS small, and a stand-in nvidia-smi on PATH that prints 0.
 set -u
@@ -54,7 +55,7 @@ for v in $VARIANTS; do
     bench --num-requests 200 --name warmup > /dev/null 2>&1
     bench --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name "batch-1 $name" --out "$R/b1a_$name.json" | grep -E '^(==|TPOT)'
     bench --workload fixed --num-requests 1 --input-len 5 --output-len 256 --name "batch-1 $name" --out "$R/b1b_$name.json" --prompt-seed 1 | grep -E '^(==|TPOT)'
-    if [ "$quant" != awq ] || [ "$shape" = 70b ]; then
+    if [ "$quant" != awq ] || [ "$shape" = 70b ] || [ "${SG_AWQ:-0}" = 1 ]; then
       bench --num-requests "$SG_REQUESTS" --name "sharegpt $name" --prompt-seed 200 --out "$R/sg_$name.json" | grep -E '^(==|requests|TTFT)'
     fi
   else

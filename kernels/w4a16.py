@@ -10,9 +10,9 @@ q[n, 8 P b + P i + j]. So the 8 nibbles a kernel takes out of a tile of words wi
 are each a run of P consecutive k: the matching activations are one contiguous load, and a plane is a ready
 [rows, P] operand for tl.dot (no reshapes, no gathers). qweight is [N, K // 8]: no padding, so K is its width.
 
-On a GPU `w4a16_linear` runs a GEMV for a few rows (decode), a tl.dot GEMM for a few dozen, and for more
-(prefill, large batches) dequantizes the weight to a dense matrix (kernels/w4a16_dequant.py) for cuBLAS; all
-chosen from the shapes alone (CUDA-graph safe). On the CPU it keeps the torch reference.
+On a GPU `w4a16_linear` runs a GEMV for one or two rows (decode), a tensor-core GEMM up to GEMM_MAX_M rows, and
+for more (prefill, large batches) dequantizes the weight to a dense matrix (kernels/w4a16_dequant.py) for cuBLAS;
+all chosen from the shapes alone (CUDA-graph safe). On the CPU it keeps the torch reference.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-GEMV_MAX_M = 1  # rows up to which the GEMV beats the GEMM (H200, benchmarks/quant_kernels.py: 2 rows cost 2x)
-GEMM_MAX_M = 64  # rows up to which the GEMM beats dequantizing the weight for cuBLAS (H200, same benchmark)
+GEMV_MAX_M = 2  # rows up to which the GEMV beats the GEMM (H200, benchmarks/w4a16_gemm.py: not at 8)
+GEMM_MAX_M = 128  # rows up to which the GEMM beats dequantizing the weight for cuBLAS (H200, benchmarks/w4a16_gemm.py)
 
 
 class W4A16Tensors(NamedTuple):

@@ -9,7 +9,7 @@ import re
 
 from tests.kernels.sm90_build import compile_sm90
 
-NAMES = ["w4_gemv", "w4_gemv_2warps", "w4_gemv_packed", "fp8_gemv_wide", "w4_gemm_m16", "w4_gemm_m4096", "fp8_gemv",
+NAMES = ["w4_gemv", "w4_gemv_2warps", "w4_gemv_packed", "fp8_gemv_wide", "w4_gemm_m16", "w4_gemm_m128", "fp8_gemv",
          "fp8_gemm_m4096", "fp8_quant",
          "fp8_silu_quant", "w4_dequant", "w4_split_k_sum"]
 

@@ -93,25 +93,29 @@ def test_gemm_matches_reference(dtype, n, k, group, m, symmetric, bias, **varian
     _, _, _, t = _weights(n, k, group, symmetric, dtype)
     x = _x(m, k, dtype)
     b = (torch.randint(-8, 9, (n,)).float() / 2).to(dtype) if bias else None
-    out = w4a16_gemm(x, t, group, b, block_m=16, block_n=16, num_warps=1, num_stages=1, **variant)
+    out = w4a16_gemm(x, t, group, b, **{**dict(block_m=16, block_n=16, num_warps=1, num_stages=1), **variant})
     _check(out, w4a16_linear_ref(x, t, group, b), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group,m,symmetric,bias", [(37, 512, 128, 2, False, True), (9, 320, 32, 1, True, False)])
 def test_kernel_variants(dtype, n, k, group, m, symmetric, bias):
-    # FEW_SHIFTS off (the plain variant the benchmark compares against); the GEMM scaling the weight plane (as its
-    # large tiles do) instead of the partial sums.
+    # The GEMV's FEW_SHIFTS off (the plain variant the benchmark compares against) and without prefetch; the GEMM
+    # with K over 2 programs.
     test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, few_shifts=False)
     test_gemv_matches_reference(dtype, n, k, group, m, symmetric, bias, prefetch=False)
-    test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, few_shifts=False)
-    test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, scale_after=False)
-    test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, split_k=2)  # K over 2 programs
+    test_gemm_matches_reference(dtype, n, k, group, max(m, 3), symmetric, bias, split_k=2)
 
 
-def test_gemm_split_k_uneven():
-    # 3 blocks of K over 4 splits: one split has no block (its partial sum is zero).
-    test_gemm_matches_reference(torch.float32, 24, 768, 128, 5, False, True, split_k=4)
+@pytest.mark.parametrize("split", [2, 4])
+def test_gemm_split_k_uneven(split):
+    # 6 half-blocks of K over 4 splits (2 programs have 1 each) or 2; the bias added once, by the sum.
+    test_gemm_matches_reference(torch.float32, 24, 768, 128, 19, False, True, split_k=split)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(32, 16), (16, 64)])
+def test_gemm_tiles_larger_than_the_problem(block_m, block_n):
+    test_gemm_matches_reference(torch.bfloat16, 37, 512, 128, 21, False, True, block_m=block_m, block_n=block_n)
 
 
 def test_gemv_and_gemm_with_ordinary_values():
@@ -122,11 +126,14 @@ def test_gemv_and_gemm_with_ordinary_values():
     t = pack_w4a16(q, torch.rand(n, k // group) * 0.02 + 0.001, torch.randint(0, 16, (n, k // group)), group,
                    torch.bfloat16)
     ref_w = w4a16_dequantize(t, group)
-    for m, fn in [(1, w4a16_gemv), (2, w4a16_gemv), (17, w4a16_gemm)]:
+    for m, fn in [(1, w4a16_gemv), (2, w4a16_gemv), (17, w4a16_gemm), (40, w4a16_gemm)]:
         x = torch.randn(m, k).to(torch.bfloat16)
         kw = dict(block_n=16, block_b=2, num_warps=1) if fn is w4a16_gemv else dict(block_m=16, block_n=16)
         out = fn(x, t, group, None, **kw).float()
-        ref = x.float() @ ref_w.t()
+        # The GEMM rounds the dequantized weight to bf16 (as the dense path does): compare with that. 1e-2, not
+        # 2e-3: the interpreter truncates a cast to bf16 where a GPU rounds to nearest (benchmarks/w4a16_gemm.py
+        # checks the GPU's result at the 8B shapes).
+        ref = x.float() @ (ref_w if fn is w4a16_gemv else ref_w.to(torch.bfloat16).float()).t()
         assert (out - ref).norm() / ref.norm() < 1e-2
 
 
