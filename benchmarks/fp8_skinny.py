@@ -1,9 +1,11 @@
-"""FP8 projections of 1-32 rows on the GPU: today's dispatch against kernels/skinny_gemm.py's FP8 modes, then decode.
+"""FP8 projections of 1-32 rows on the GPU: the dispatch without the skinny path against kernels/skinny_gemm.py's FP8
+modes, then decode.
 
     python3 -m benchmarks.fp8_skinny [--sweep] [--skip-engine]
 
-1. Kernels, Llama-3.1-8B shapes: e4m3 weights with per-row scales, bf16 x. Variants: `fp8_linear` as dispatched
-   today (the W8A16 GEMV at one row, quantize + the Triton FP8 GEMM above), W8A8 skinny (quantize x per token, then
+1. Kernels, Llama-3.1-8B shapes: e4m3 weights with per-row scales, bf16 x. Variants: `fp8_linear` with the skinny path
+   off (its SKINNY_MAX_M is 0 until a runner sets it: the W8A16 GEMV at one row, quantize + the Triton FP8 GEMM
+   above), W8A8 skinny (quantize x per token, then
    kernels/skinny_gemm.py with both operands e4m3: what FERRY_FP8_SKINNY_MAX_M turns on), the W8A8 skinny kernel
    alone on x quantized beforehand, W8A16 skinny with fp16 and with bf16 dots, and bf16 (kernels.gemv at one row,
    the bf16 skinny kernel above) for reference. Each checked against the fp32 product of its own quantization
@@ -47,7 +49,7 @@ def variants():
         return skinny_gemm(xq, w[0], weight_scale=w[1], x_scale=xs, out_dtype=x.dtype, **cfg)
 
     return {
-        "fp8_linear today": ("fp8", lambda x, w: fp8_linear(x, w[0], w[1])),
+        "fp8_linear, skinny off": ("fp8", lambda x, w: fp8_linear(x, w[0], w[1])),
         "W8A8 skinny": ("fp8", w8a8),
         "W8A8 kernel alone": ("fp8q", lambda xq, w: skinny_gemm(xq[0], w[0], weight_scale=w[1], x_scale=xq[1],
                                                                 out_dtype=xq[2])),
@@ -84,7 +86,7 @@ def kernels(sweep: bool) -> list[dict]:
                 arg = (xq, xs, x.dtype) if kind == "fp8q" else x
                 wts = bf16 if kind == "bf16" else fp8
                 out = fn(arg, wts[0]).float()
-                w8a8 = vname.startswith("W8A8") or (vname == "fp8_linear today" and m > 1)  # x quantized
+                w8a8 = vname.startswith("W8A8") or (vname == "fp8_linear, skinny off" and m > 1)  # x quantized
                 ref = (x.float() @ wts[0].float().t() if kind == "bf16" else
                        fp8_linear_ref(x, w8, s8).float() if w8a8 else dense)
                 err = ((out - ref).norm() / ref.norm()).item()
@@ -169,7 +171,7 @@ def fused_checks() -> bool:
 
 def engine() -> dict:
     res = {}
-    for label, env in (("bf16", {}), ("fp8 today", {"FERRY_FP8_SKINNY_MAX_M": "0"}),
+    for label, env in (("bf16", {}), ("fp8 skinny off", {"FERRY_FP8_SKINNY_MAX_M": "0"}),
                        ("fp8 W8A8 skinny", {"FERRY_FP8_SKINNY_MAX_M": "32"})):
         scheme = "none" if label == "bf16" else "fp8"
         p = subprocess.run([sys.executable, "-m", "benchmarks.quantized_tpot", "--schemes", scheme],

@@ -8,7 +8,8 @@ config table come from.
    weight (what the dense path computes): relative norm error, limit 1e-2.
 2. Timings (benchmarks.quant_kernels.time_us: a CUDA graph of calls cycling through > 400 MB of weight copies,
    median of replays) at the Llama-3.1-8B shapes: bf16 F.linear; "dispatch" (w4a16_linear as the tree has it);
-   "dense" (dequantize + cuBLAS); "gemv" (up to 8 rows); "gemm <block_m/block_n/warps/stages>" each.
+   "dense" (dequantize + cuBLAS; from 256 rows also "dense <block_n/block_b/warps>" of the dequantizing kernel);
+   "gemv" (up to 8 rows); "gemm <block_m/block_n/warps/stages>" each.
 3. A table of the 32-layer sum of the four projections per step at each M, in ms: which path is fastest where.
 Writes w4a16_gemm.json under $OUT when that is set.
 """
@@ -28,7 +29,9 @@ from kernels.w4a16_gemv import w4a16_gemv
 
 GEMM = [cfg for _, cfg in CONFIGS] + [dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns) for bm, bn, nw, ns in
                                       [(16, 128, 8, 4), (64, 64, 4, 4), (64, 128, 8, 3), (128, 64, 4, 3),
-                                       (128, 128, 8, 2), (128, 256, 8, 2)]]
+                                       (128, 128, 8, 2)]]
+DENSE = [dict(block_n=bn, block_b=bb, num_warps=nw) for bn, bb, nw in
+         [(8, 8, 4), (32, 2, 4), (16, 8, 8), (32, 4, 8), (64, 1, 4)]]  # besides kernels.w4a16_dequant.DEFAULTS
 
 
 def _name(cfg: dict) -> str:
@@ -41,6 +44,10 @@ def variants(M: int) -> dict:
            "dense": ("w4", lambda x, t: F.linear(x, w4a16_dequantize_dense(t, GROUP, x.dtype)))}
     if M <= 8:
         out["gemv"] = ("w4", lambda x, t: w4a16_gemv(x, t, GROUP))
+    if M >= 256:
+        for cfg in DENSE:
+            name = "dense " + "/".join(str(v) for v in cfg.values())
+            out[name] = ("w4", lambda x, t, cfg=cfg: F.linear(x, w4a16_dequantize_dense(t, GROUP, x.dtype, **cfg)))
     for cfg in GEMM:
         out[_name(cfg)] = ("w4", lambda x, t, cfg=cfg: w4a16_gemm(x, t, GROUP, **cfg))
     return out
@@ -87,7 +94,7 @@ def main() -> None:
             print(f"{name:8} M={M:5}  " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
         del sets
         torch.cuda.empty_cache()
-    names = list(variants(1))
+    names = list(dict.fromkeys(list(variants(1)) + list(variants(4096))))
     print("\n32-layer sum of the four projections per step, ms")
     print("| M | " + " | ".join(names) + " | dispatch / best |")
     print("|" + " ---: |" * (len(names) + 2))

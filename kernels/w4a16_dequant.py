@@ -39,7 +39,10 @@ def _dequant_kernel(qw_ptr, s_ptr, z_ptr, out_ptr, N, K, stride_qn, stride_sn, s
                      mask=mask)
 
 
-def w4a16_dequantize_dense(t: W4A16Tensors, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+DEFAULTS = dict(block_n=16, block_b=4, num_warps=4)  # rows, blocks of K per program (benchmarks/w4a16_gemm.py)
+
+
+def w4a16_dequantize_dense(t: W4A16Tensors, group_size: int, dtype: torch.dtype, **overrides) -> torch.Tensor:
     """The dense [N, K] weight in `dtype` (CUDA): the reference's values, rounded once."""
     N, words = t.qweight.shape
     K = words * 8
@@ -47,9 +50,9 @@ def w4a16_dequantize_dense(t: W4A16Tensors, group_size: int, dtype: torch.dtype)
     ppg = planes_per_group(K, group_size)
     assert ppg
     out = torch.empty(N, K, dtype=dtype, device=t.qweight.device)
-    block_n, block_b = 16, 4
-    grid = (triton.cdiv(N, block_n), triton.cdiv(K // (8 * P), block_b))
+    cfg = dict(DEFAULTS, **overrides)
+    grid = (triton.cdiv(N, cfg["block_n"]), triton.cdiv(K // (8 * P), cfg["block_b"]))
     _dequant_kernel[grid](t.qweight, t.scales, t.zeros, out, N, K, t.qweight.stride(0), t.scales.stride(0),
-                          out.stride(0), GROUP=group_size, P=P, PPG=ppg, BLOCK_N=block_n, BLOCK_B=block_b,
-                          num_warps=4, **launch_options(t.qweight))
+                          out.stride(0), GROUP=group_size, P=P, PPG=ppg, BLOCK_N=cfg["block_n"],
+                          BLOCK_B=cfg["block_b"], num_warps=cfg["num_warps"], **launch_options(t.qweight))
     return out
