@@ -1,11 +1,11 @@
-"""W4A16 matrix product for 2 to a few hundred rows (decode batches, mixed steps): tensor cores, the int4 tile
+"""W4A16 matrix product for 3 to 128 rows (decode batches, mixed steps; kernels/w4a16.py): tensor cores, the int4
 dequantized in registers, fp32 accumulation.
 
 The dequantized weight tile is the left operand of the product and the activations the right one: out^T = W x^T.
 Why: on Hopper a wgmma reads its right operand from shared memory and may take its left one from registers, so
 the dequantized plane goes from the arithmetic straight into the product, and only the activations, loaded
 unchanged, are staged in shared memory by the pipeline. With the weight on the right (the earlier kernel), each
-plane was first written to shared memory and fenced: 1.1-1.8x slower at every M (docs/perf-kernels.md).
+plane was first written to shared memory and fenced: 1.3-1.9x slower at every M (docs/perf-kernels.md).
 
 A program owns a BLOCK_N x BLOCK_M tile of out^T and walks K a block of the packed layout (kernels/w4a16.py) at a
 time: a [BLOCK_N, P] tile of words whose plane i (4 + j in the upper 16 bits) is the weight for the P contiguous
