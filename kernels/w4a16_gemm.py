@@ -1,4 +1,4 @@
-"""W4A16 matrix product for 3 to 128 rows (decode batches, mixed steps; kernels/w4a16.py): tensor cores, the int4
+"""W4A16 matrix product for 3 to 128 rows (decode batches, mixed steps; kernels/w4a16.py): tensor cores, int4
 dequantized in registers, fp32 accumulation.
 
 The dequantized weight tile is the left operand of the product and the activations the right one: out^T = W x^T.
