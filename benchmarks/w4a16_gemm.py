@@ -34,8 +34,8 @@ DENSE = [dict(block_n=bn, block_b=bb, num_warps=nw) for bn, bb, nw in
          [(8, 8, 4), (32, 2, 4), (16, 8, 8), (32, 4, 8), (64, 1, 4)]]  # besides kernels.w4a16_dequant.DEFAULTS
 
 
-def _name(cfg: dict) -> str:
-    return "gemm " + "/".join(str(v) for v in cfg.values())
+def _name(path: str, cfg: dict) -> str:
+    return f"{path} " + "/".join(str(v) for v in cfg.values())
 
 
 def variants(M: int) -> dict:
@@ -46,10 +46,10 @@ def variants(M: int) -> dict:
         out["gemv"] = ("w4", lambda x, t: w4a16_gemv(x, t, GROUP))
     if M >= 256:
         for cfg in DENSE:
-            name = "dense " + "/".join(str(v) for v in cfg.values())
-            out[name] = ("w4", lambda x, t, cfg=cfg: F.linear(x, w4a16_dequantize_dense(t, GROUP, x.dtype, **cfg)))
+            out[_name("dense", cfg)] = ("w4", lambda x, t, cfg=cfg:
+                                        F.linear(x, w4a16_dequantize_dense(t, GROUP, x.dtype, **cfg)))
     for cfg in GEMM:
-        out[_name(cfg)] = ("w4", lambda x, t, cfg=cfg: w4a16_gemm(x, t, GROUP, **cfg))
+        out[_name("gemm", cfg)] = ("w4", lambda x, t, cfg=cfg: w4a16_gemm(x, t, GROUP, **cfg))
     return out
 
 

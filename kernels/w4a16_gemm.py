@@ -28,7 +28,7 @@ from kernels.tile_order import config_by_rows, grouped_tile
 from kernels.w4a16 import W4A16Tensors, plane_words, planes_per_group
 
 # (max M, config): the first whose bound holds; block_m rows of x (the product's N side), block_n weight rows.
-# Each the fastest at its M in `python -m benchmarks.w4a16_wide` (H200); kernels/w4a16.py sends more than
+# Each the fastest at its M in `python -m benchmarks.w4a16_gemm` (H200); kernels/w4a16.py sends more than
 # GEMM_MAX_M rows to dequantize + cuBLAS instead.
 CONFIGS = [
     (16, dict(block_m=16, block_n=64, num_warps=4, num_stages=4)),
@@ -74,7 +74,7 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K,
         w = tl.load(words + b * P, mask=nmask[:, None], other=0)
         # The two halves unrolled, each with a constant shift: a shift by a loop-carried amount (stepping half a
         # block at a time, which would stage half the activations) stops Triton from computing the plane in the
-        # product's register layout, and it goes through shared memory instead (benchmarks/compile_sm90.py).
+        # product's register layout, and it goes through shared memory instead (tests/kernels/test_sm90_compile.py).
         for hh in tl.static_range(2):
             if hh == 0:
                 half = w

@@ -29,7 +29,7 @@ def test_kernels_compile_for_sm90():
     assert "LDG.E.EF.128" in stdout.split("w4_gemv_packed:")[1].split("\n")[2]
     # The W4A16 GEMM: tensor-core products (HGMMA) whose weight operand comes straight from the dequantizing
     # registers. A shared-memory store in its main loop means Triton routed the plane through shared memory again
-    # (a loop-carried shift did that, 1.2-1.7x slower on an H200: kernels/w4a16_gemm.py).
+    # (a loop-carried shift did that, 1.23-1.34x slower on an H200: kernels/w4a16_gemm.py).
     for name in ("w4_gemm_m16", "w4_gemm_m128"):
         ops = stdout.split(f"{name}:")[1].split("\n")[1]
         assert "HGMMA" in ops and not re.search(r"\bSTS \d", ops), stdout

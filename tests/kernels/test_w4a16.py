@@ -109,7 +109,8 @@ def test_kernel_variants(dtype, n, k, group, m, symmetric, bias):
 
 @pytest.mark.parametrize("split", [2, 4])
 def test_gemm_split_k_uneven(split):
-    # 6 half-blocks of K over 4 splits (2 programs have 1 each) or 2; the bias added once, by the sum.
+    # 3 blocks of K over 4 splits (one program has none: its partial sum is zero) or 2; the bias added once, by the
+    # sum.
     test_gemm_matches_reference(torch.float32, 24, 768, 128, 19, False, True, split_k=split)
 
 
